@@ -1,0 +1,141 @@
+"""Repo-wide settings: ``reconcile.yaml`` (defaults, output folder, prices, limits) and the API env.
+
+Everything here is read once per run and is plain data afterwards, so the planner and the engine
+never touch the environment or the file system for settings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import Problem, SpecError, SpecErrors
+from .yamlio import load_documents, pydantic_problems
+
+CONFIG_FILE = "reconcile.yaml"
+DEFAULT_SUBMIT_BASE = "https://gptproto.com"
+DEFAULT_QUERY_BASE = "https://api.gptproto.com"
+API_KEY_ENV = "GPTPROTO_API_KEY"
+API_BASE_ENV = "RECONCILE_API_BASE"
+
+MODELS = ("veo-3.1-generate-preview", "veo-3.1-fast-generate-preview")
+
+# USD per second of generated video (Gemini API list prices, 2026-09; see veo-api.md).
+# Resellers charge differently, which is why reconcile.yaml may override any entry.
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "veo-3.1-generate-preview": {"720p": 0.40, "1080p": 0.40, "4k": 0.60},
+    "veo-3.1-fast-generate-preview": {"720p": 0.10, "1080p": 0.12, "4k": 0.30},
+}
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    submitPerMinute: float | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1, le=64)
+
+
+class Retries(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # A failed operation is not billed; resubmitting it twice in total is what DESIGN.md allows.
+    operationFailed: int = Field(default=2, ge=0, le=10)
+
+
+class ConfigFile(BaseModel):
+    """The schema of reconcile.yaml; unknown keys are errors, as in specs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    outputDir: str = "videos"
+    pricing: dict[str, dict[str, float]] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    retries: Retries = Field(default_factory=Retries)
+
+    @field_validator("outputDir")
+    @classmethod
+    def _inside_repo(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
+            raise ValueError("must be a relative folder inside the repo, without '..'")
+        if path.parts[0] in ("state", "specs", ".git"):
+            raise ValueError(f"must not be inside {path.parts[0]}/")
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings after validation, with the built-in price table merged under the user's."""
+
+    defaults: dict[str, Any] = field(default_factory=dict)
+    output_dir: str = "videos"
+    prices: dict[str, dict[str, float]] = field(default_factory=lambda: DEFAULT_PRICES)
+    submit_per_minute: float | None = None
+    concurrency: int | None = None
+    operation_failed_retries: int = 2
+
+    def price_per_second(self, model: str, resolution: str) -> float | None:
+        return self.prices.get(model, {}).get(resolution)
+
+
+def load_config(repo: Path) -> Config:
+    """Read reconcile.yaml if present; raise SpecErrors naming the file and field otherwise."""
+    path = repo / CONFIG_FILE
+    if not path.exists():
+        return Config()
+    docs, problems = load_documents(path, CONFIG_FILE)
+    if problems:
+        raise SpecErrors(problems)
+    if len(docs) > 1:
+        raise SpecError(Problem(CONFIG_FILE, "must hold one YAML document", line=docs[1].line))
+    if not docs:
+        return Config()
+    doc = docs[0]
+    if not isinstance(doc.data, dict):
+        raise SpecError(Problem(CONFIG_FILE, "must be a mapping of settings", line=doc.line))
+    try:
+        parsed = ConfigFile.model_validate(doc.data)
+    except ValidationError as exc:
+        raise SpecErrors(pydantic_problems(exc, CONFIG_FILE, doc)) from None
+    prices = {model: dict(table) for model, table in DEFAULT_PRICES.items()}
+    for model, table in parsed.pricing.items():
+        prices.setdefault(model, {}).update(table)
+    return Config(
+        defaults=parsed.defaults,
+        output_dir=parsed.outputDir,
+        prices=prices,
+        submit_per_minute=parsed.limits.submitPerMinute,
+        concurrency=parsed.limits.concurrency,
+        operation_failed_retries=parsed.retries.operationFailed,
+    )
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Where to send requests and with which key; the key never leaves this object but in headers."""
+
+    submit_base: str
+    query_base: str
+    api_key: str | None = field(repr=False, default=None)
+
+    @property
+    def origins(self) -> frozenset[tuple[str, str, int | None]]:
+        """(scheme, host, port) of the configured bases: the only places the key may be sent."""
+        parts = (urlsplit(base) for base in (self.submit_base, self.query_base))
+        return frozenset((p.scheme, p.hostname or "", p.port) for p in parts)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ApiSettings:
+        env = dict(os.environ) if env is None else env
+        base = env.get(API_BASE_ENV, "").rstrip("/")
+        return cls(
+            submit_base=base or DEFAULT_SUBMIT_BASE,
+            query_base=base or DEFAULT_QUERY_BASE,
+            api_key=env.get(API_KEY_ENV) or None,
+        )

@@ -1,0 +1,134 @@
+"""The one error tree of reconciler.
+
+Flow control is by error type (as in kopf): the engine decides whether to retry, record a final
+failure, stop the run, or park a generation as ``unknown`` from the class alone. The CLI turns any
+``ReconcileError`` into a one-line message and a non-zero exit, never a traceback.
+
+::
+
+    ReconcileError                   anything a user can cause or fix; printed as one message
+    ├── SpecError                    one bad spec or config value (file, line, field)
+    │   └── SpecErrors               several, collected so a user sees all of them at once
+    ├── StateError                   the state db, lock file or outputs are unusable
+    ├── CostLimitExceeded            the plan costs more than --max-cost
+    └── ApiError                     anything the provider said (or failed to say)
+        ├── TransientError           429, 5xx, nothing sent: retry after a delay
+        ├── PermanentError           400, content policy, filtered, failed operation: final for the spec
+        │   ├── ContentPolicyError
+        │   ├── FilteredError
+        │   └── OperationFailed      done with an error; not billed, retried at most N times
+        ├── FatalError               401, 403: stop the whole run, nothing else is marked failed
+        └── AmbiguousError           the POST may have been accepted: never resubmit by itself
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ReconcileError(Exception):
+    """Base of every error a user can cause or fix."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation finding, kept as data so it can be shown, sorted and tested."""
+
+    file: str
+    message: str
+    line: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        what = f"{self.field}: " if self.field else ""
+        return f"{where}: {what}{self.message}"
+
+
+class SpecError(ReconcileError):
+    """A spec or reconcile.yaml is invalid; names the file, line and field."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+class SpecErrors(ReconcileError):
+    """Every problem found in one load, so a user fixes them all in one pass."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line or 0, p.field or ""))
+        count = len(self.problems)
+        head = f"{count} invalid spec{'s' if count != 1 else ''}; nothing was submitted"
+        super().__init__("\n".join([*(str(p) for p in self.problems), head]))
+
+
+class StateError(ReconcileError):
+    """The state db, lock file or an output cannot be used as it is."""
+
+
+class CostLimitExceeded(ReconcileError):
+    """The plan would cost more than the user allowed; raised before any POST."""
+
+
+class ApiError(ReconcileError):
+    """Something the provider answered, or failed to answer.
+
+    ``status`` is the HTTP status when there was one; ``reason`` the provider's own words.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason or message
+
+
+class TransientError(ApiError):
+    """Retry later: rate limits, server errors, connections that never carried the request."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, status=status, reason=reason)
+        self.retry_after = retry_after
+
+
+class PermanentError(ApiError):
+    """Final for this spec key until the spec changes or the user asks for a retry."""
+
+    kind = "rejected"
+
+
+class ContentPolicyError(PermanentError):
+    """The provider refused the prompt or image on policy grounds."""
+
+    kind = "content_policy"
+
+
+class FilteredError(PermanentError):
+    """The operation finished but its video was withheld by safety filters (not billed)."""
+
+    kind = "filtered"
+
+
+class OperationFailed(PermanentError):
+    """The operation finished with an error (not billed); may be resubmitted a few times."""
+
+    kind = "operation_failed"
+
+
+class FatalError(ApiError):
+    """Stops the run at once: the key is wrong or the account cannot pay."""
+
+    exit_code = 3
+
+
+class AmbiguousError(ApiError):
+    """The POST was sent and no answer came back: the job may exist and be billed."""

@@ -1,0 +1,376 @@
+"""Specs: the pydantic model of one video, loading ``specs/**`` and the spec key.
+
+The spec key is what makes "never pay twice" checkable: sha256 over a canonical form of everything
+that decides the generated video (model, prompt, normalized parameters, image bytes and type, the
+source video's identity) and nothing else (name, file, key order, comments, output folder). Two specs
+with the same key are the same paid generation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import MODELS, Config
+from .errors import Problem, SpecErrors
+from .yamlio import Document, load_documents, pydantic_problems
+
+KEY_VERSION = 1
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
+MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the API's inline request limit
+MAX_PROMPT_CHARS = 4096  # about 1,024 tokens, the documented prompt limit
+RESOLUTION_NEEDS_8S = ("1080p", "4k")
+IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+FILE_ID_RE = re.compile(r"/files/([^/:?#]+)")
+
+ModelName = Literal["veo-3.1-generate-preview", "veo-3.1-fast-generate-preview"]
+assert set(ModelName.__args__) == set(MODELS)  # type: ignore[attr-defined]
+
+
+class VideoRef(BaseModel):
+    """The source of a video-to-video extension: a provider URI, or another spec's output."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    uri: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VideoRef:
+        if (self.uri is None) == (self.from_ is None):
+            raise ValueError("give exactly one of 'uri' or 'from'")
+        if self.from_ is not None:
+            raise ValueError(
+                "'from' (chaining onto another spec's output) is not supported yet; "
+                "use 'uri' with the provider's video URI"
+            )
+        if self.uri is not None and not self.uri.startswith(("https://", "http://")):
+            raise ValueError("'uri' must be an http(s) URI of a video the provider generated")
+        return self
+
+
+class SpecDoc(BaseModel):
+    """One spec document as written. Keys are the API's own parameter names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: ModelName
+    prompt: str
+    aspectRatio: Literal["16:9", "9:16"] = "16:9"
+    resolution: Literal["720p", "1080p", "4k"] = "720p"
+    durationSeconds: Literal[4, 6, 8] | None = None
+    personGeneration: Literal["allow_all", "allow_adult"] | None = None
+    enhancePrompt: bool = True
+    negativePrompt: str | None = None
+    image: str | None = None
+    video: VideoRef | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a slug: use 1-64 lowercase letters, digits, '-' or '_', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(
+                f"{len(value)} characters is longer than the API accepts "
+                f"(about 1,024 tokens; keep it under {MAX_PROMPT_CHARS} characters)"
+            )
+        return value
+
+    @field_validator("durationSeconds", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        # GPTProto's docs show it as a string; accept "8" in specs, always send a number.
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+
+def rule_problems(spec: SpecDoc) -> list[tuple[str, str]]:
+    """Rules across fields, as (field, message): the API's table that no single field shows."""
+    found = []
+    if spec.image is not None and spec.video is not None:
+        found.append(("video", "'image' and 'video' cannot be used together: pick one mode"))
+    if spec.video is not None:
+        if spec.resolution != "720p":
+            found.append(("resolution", "video-to-video (extension) only supports 720p"))
+        if spec.durationSeconds not in (None, 8):
+            found.append(("durationSeconds", "video-to-video (extension) needs 8 (or unset)"))
+    if spec.resolution in RESOLUTION_NEEDS_8S and spec.durationSeconds not in (None, 8):
+        found.append(
+            (
+                "durationSeconds",
+                f"resolution {spec.resolution} needs 8 seconds (got {spec.durationSeconds}); "
+                "use 720p for 4 or 6 seconds",
+            )
+        )
+    return found
+
+
+SPEC_FIELDS = tuple(SpecDoc.model_fields)
+FORBIDDEN_DEFAULTS = ("name", "image", "video")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """A first-frame image, identified by its bytes: moving or renaming it changes nothing."""
+
+    path: str  # relative to the repo root
+    sha256: str
+    mime_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One validated spec, normalized, with its key: the planner's unit of desired state."""
+
+    name: str
+    file: str
+    line: int
+    model: str
+    prompt: str
+    parameters: dict[str, Any]
+    image: ImageInput | None = None
+    video_uri: str | None = None
+    key: str = field(default="")
+
+    @property
+    def duration(self) -> int:
+        return int(self.parameters["durationSeconds"])
+
+    @property
+    def resolution(self) -> str:
+        return str(self.parameters["resolution"])
+
+    def canonical(self) -> dict[str, Any]:
+        """The key's input: only what decides the video, defaults filled in."""
+        return {
+            "v": KEY_VERSION,
+            "model": self.model,
+            "prompt": self.prompt,
+            "parameters": {k: self.parameters.get(k) for k in sorted(_KEY_PARAMETERS)},
+            "image": None
+            if self.image is None
+            else {"sha256": self.image.sha256, "mimeType": self.image.mime_type},
+            "video": None if self.video_uri is None else {"file": video_identity(self.video_uri)},
+        }
+
+    def request_body(self, repo: Path) -> dict[str, Any]:
+        """The submit body; re-reads the image and refuses it if it changed since the key was made."""
+        instance: dict[str, Any] = {"prompt": self.prompt}
+        if self.image is not None:
+            data = (repo / self.image.path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != self.image.sha256:
+                raise SpecErrors(
+                    [Problem(self.file, "changed while running; run again", field="image")]
+                )
+            instance["image"] = {
+                "bytesBase64Encoded": base64.b64encode(data).decode("ascii"),
+                "mimeType": self.image.mime_type,
+            }
+        if self.video_uri is not None:
+            instance["video"] = {"uri": self.video_uri}
+        params = {k: v for k, v in self.parameters.items() if v is not None}
+        return {"instances": [instance], "parameters": params}
+
+
+_KEY_PARAMETERS = (
+    "aspectRatio",
+    "resolution",
+    "durationSeconds",
+    "personGeneration",
+    "enhancePrompt",
+    "negativePrompt",
+)
+
+
+def video_identity(uri: str) -> str:
+    """A provider video is its file id: the /upload/ and host variants of one URI are one video."""
+    match = FILE_ID_RE.search(uri)
+    return match.group(1) if match else uri
+
+
+def spec_key(desired: Desired) -> str:
+    blob = json.dumps(
+        desired.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class LoadResult:
+    """Everything found under specs/: valid specs, and problems per file (for watch's partial reloads)."""
+
+    specs: list[Desired] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    files: dict[str, list[str]] = field(default_factory=dict)  # spec file -> names it defines
+    bad_files: set[str] = field(default_factory=set)
+
+    def raise_for_problems(self) -> None:
+        if self.problems:
+            raise SpecErrors(self.problems)
+
+
+def spec_files(repo: Path) -> list[Path]:
+    """Spec files in a stable order; hidden and editor temp files are skipped."""
+    root = repo / "specs"
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.rglob("*")
+        if p.suffix in (".yaml", ".yml")
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return sorted(found)
+
+
+def load_specs(repo: Path, config: Config) -> LoadResult:
+    """Load and validate every spec; never raises for user input, collects problems instead."""
+    repo = repo.resolve()
+    result = LoadResult()
+    result.problems.extend(check_defaults(config))
+    seen: dict[str, str] = {}
+    for path in spec_files(repo):
+        rel = path.relative_to(repo).as_posix()
+        specs, problems = load_file(path, repo, config)
+        result.files[rel] = [s.name for s in specs]
+        for spec in specs:
+            if spec.name in seen:
+                problems.append(
+                    Problem(
+                        rel,
+                        f"duplicate name {spec.name!r}: already defined in {seen[spec.name]}",
+                        line=spec.line,
+                        field="name",
+                    )
+                )
+            else:
+                seen[spec.name] = f"{rel}:{spec.line}"
+                result.specs.append(spec)
+        if problems:
+            result.bad_files.add(rel)
+            result.problems.extend(problems)
+    return result
+
+
+def check_defaults(config: Config) -> list[Problem]:
+    """reconcile.yaml's defaults must be spec fields a whole repo can share."""
+    problems = []
+    for key in config.defaults:
+        if key in FORBIDDEN_DEFAULTS:
+            problems.append(
+                Problem("reconcile.yaml", "cannot have a default", field=f"defaults.{key}")
+            )
+        elif key not in SPEC_FIELDS:
+            problems.append(Problem("reconcile.yaml", _unknown_key(key), field=f"defaults.{key}"))
+    return problems
+
+
+def _unknown_key(key: str) -> str:
+    import difflib
+
+    guess = difflib.get_close_matches(key, SPEC_FIELDS, n=1, cutoff=0.6)
+    return "unknown key" + (f"; did you mean '{guess[0]}'?" if guess else "")
+
+
+def load_file(path: Path, repo: Path, config: Config) -> tuple[list[Desired], list[Problem]]:
+    """Validate one spec file: all of its documents, each error with file, line and field."""
+    rel = path.relative_to(repo).as_posix()
+    docs, problems = load_documents(path, rel)
+    if problems:
+        return [], problems
+    if not docs:
+        return [], [Problem(rel, "holds no spec: the file is empty")]
+    specs = []
+    for doc in docs:
+        try:
+            specs.append(_desired(doc, path, rel, repo, config))
+        except SpecErrors as exc:
+            problems.extend(exc.problems)
+    return specs, problems
+
+
+def _desired(doc: Document, path: Path, rel: str, repo: Path, config: Config) -> Desired:
+    if not isinstance(doc.data, dict):
+        kind = type(doc.data).__name__
+        raise SpecErrors(
+            [Problem(rel, f"a spec must be a mapping of keys, not a {kind}", line=doc.line)]
+        )
+    merged = {k: v for k, v in config.defaults.items() if k not in FORBIDDEN_DEFAULTS}
+    merged.update(doc.data)
+    try:
+        parsed = SpecDoc.model_validate(merged)
+    except ValidationError as exc:
+        raise SpecErrors(pydantic_problems(exc, rel, doc, known=SPEC_FIELDS)) from None
+    broken = rule_problems(parsed)
+    if broken:
+        raise SpecErrors(
+            [Problem(rel, msg, line=doc.line_of(name), field=name) for name, msg in broken]
+        )
+    image = None
+    if parsed.image is not None:
+        image = _image(parsed.image, path, rel, repo, doc.line_of("image"))
+    params = {
+        "aspectRatio": parsed.aspectRatio,
+        "resolution": parsed.resolution,
+        "durationSeconds": parsed.durationSeconds or 8,
+        "enhancePrompt": parsed.enhancePrompt,
+        "personGeneration": parsed.personGeneration,
+        "negativePrompt": parsed.negativePrompt.strip() if parsed.negativePrompt else None,
+    }
+    desired = Desired(
+        name=parsed.name,
+        file=rel,
+        line=doc.line,
+        model=parsed.model,
+        prompt=parsed.prompt,
+        parameters=params,
+        image=image,
+        video_uri=parsed.video.uri if parsed.video else None,
+    )
+    return Desired(**{**desired.__dict__, "key": spec_key(desired)})
+
+
+def _image(value: str, spec_path: Path, rel: str, repo: Path, line: int) -> ImageInput:
+    def bad(message: str) -> SpecErrors:
+        return SpecErrors([Problem(rel, message, line=line, field="image")])
+
+    target = (spec_path.parent / value).resolve()
+    if not target.is_relative_to(repo):
+        raise bad(f"{value!r} leaves the asset repo; images must live inside it")
+    if not target.is_file():
+        raise bad(f"{value!r} not found (looked for {target.relative_to(repo).as_posix()})")
+    size = target.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise bad(f"{value!r} is {size / 1048576:.1f} MiB; the API accepts at most 20 MiB")
+    with target.open("rb") as fh:
+        head = fh.read(8)
+    mime = next((m for magic, m in IMAGE_TYPES.items() if head.startswith(magic)), None)
+    if mime is None:
+        raise bad(f"{value!r} is not a PNG or JPEG file")
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    return ImageInput(target.relative_to(repo).as_posix(), digest, mime, size)
