@@ -127,8 +127,6 @@ class OperationFailed(PermanentError):
 class FatalError(ApiError):
     """Stops the run at once: the key is wrong or the account cannot pay."""
 
-    exit_code = 3
-
 
 class AmbiguousError(ApiError):
     """The POST was sent and no answer came back: the job may exist and be billed."""

@@ -1,0 +1,549 @@
+"""The engine: observe, plan and execute; the one reconciler behind ``apply`` and ``watch``.
+
+Each spec's action runs as its own task, so one spec's failure never stops the others. The paid
+step follows the write-ahead discipline of DESIGN.md: claim the row (``submitting``) in a write
+transaction, POST, commit the operation name, then poll, download into the cache and materialize.
+Stopping is cooperative: a stop request is seen before every claim and between polls, and a POST
+already on the wire is always allowed to finish, because abandoning it is what makes jobs unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import lockfile
+from . import plan as planning
+from .client import Backoff, OpResult, VeoClient, with_retries
+from .config import ApiSettings, Config, load_config
+from .errors import (
+    AmbiguousError,
+    ApiError,
+    FatalError,
+    OperationFailed,
+    PermanentError,
+    ReconcileError,
+    StateError,
+    TransientError,
+)
+from .lockfile import LockEntry
+from .objects import ObjectCache, sha256_file
+from .pacing import Pacer
+from .plan import Action, Observed, Options, Plan
+from .spec import Desired, LoadResult, load_specs
+from .store import (
+    FAILED,
+    MATERIALIZED,
+    PENDING,
+    RUNNING,
+    SUBMITTING,
+    SUCCEEDED,
+    UNKNOWN,
+    Generation,
+    Output,
+    Store,
+    now_iso,
+)
+
+STATE_DIR = "state"
+DB_FILE = "reconciler.db"
+
+
+@dataclass
+class Event:
+    """One thing worth telling the user; the CLI renders it as a line, a progress bar or JSON."""
+
+    kind: str
+    message: str
+    name: str | None = None
+    level: str = "info"
+    operation: str | None = None
+
+
+@dataclass
+class Tuning:
+    concurrency: int = 4
+    poll_interval: float = 10.0
+    submit_backoff: Backoff = field(default_factory=Backoff)
+    poll_backoff: Backoff = field(default_factory=lambda: Backoff(base=2.0, cap=60.0, attempts=10))
+
+
+@dataclass
+class Outcome:
+    name: str
+    state: str  # materialized, failed, unknown, running, pending, removed
+    message: str = ""
+
+
+@dataclass
+class Summary:
+    outcomes: list[Outcome] = field(default_factory=list)
+    fatal: str | None = None
+    stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.fatal is None and all(
+            o.state in ("materialized", "removed") for o in self.outcomes
+        )
+
+
+class Engine:
+    """One asset repo's reconciler."""
+
+    def __init__(
+        self,
+        repo: Path,
+        *,
+        api: ApiSettings | None = None,
+        tuning: Tuning | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        sandbox: bool = False,
+    ) -> None:
+        self.repo = repo.resolve()
+        self.config: Config = load_config(self.repo)
+        self.sandbox = sandbox
+        state_dir = self.repo / STATE_DIR
+        self.lock_path = self.repo / lockfile.LOCK_FILE
+        if sandbox:
+            # Simulated videos must never pass for paid ones: a sandbox run keeps its state, its
+            # outputs and its lock apart from the real ones.
+            state_dir = state_dir / "sim"
+            self.lock_path = state_dir / lockfile.LOCK_FILE
+            self.config = replace(self.config, output_dir=f"{STATE_DIR}/sim/videos")
+        self.api = api
+        self.tuning = tuning or Tuning()
+        if self.config.concurrency and tuning is None:
+            self.tuning.concurrency = self.config.concurrency
+        self.store = Store(state_dir / DB_FILE)
+        self.cache = ObjectCache(state_dir / "objects")
+        self._fatal: FatalError | None = None
+        self.emit = on_event or (lambda _event: None)
+        self._stop = asyncio.Event()
+        self.pacer = Pacer(cap_per_minute=self.config.submit_per_minute)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- observe and plan ------------------------------------------------------------------------
+
+    def load(self) -> LoadResult:
+        return load_specs(self.repo, self.config)
+
+    def observe(self, specs: list[Desired], lock: dict[str, LockEntry]) -> Observed:
+        """Hash what needs it: files whose size or mtime differ from what was recorded."""
+        outputs = self.store.outputs()
+        gens = self.store.generations()
+        known = {o.path: o for o in outputs.values()}
+        candidates = set(known) | {e.path for e in lock.values()}
+        shas = {e.sha256 for e in lock.values()}
+        for spec in specs:
+            gen = gens.get(spec.key)
+            if gen and gen.sha256:
+                shas.add(gen.sha256)
+                candidates.add(planning.output_path(self.config, spec.name, gen.sha256))
+        verified = {}
+        for rel in sorted(candidates):
+            path = self.repo / rel
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            row = known.get(rel)
+            if row and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
+                verified[rel] = row.sha256
+            else:
+                verified[rel] = sha256_file(path)[0]
+        cached = frozenset(s for s in shas if self.cache.has(s))
+        return Observed(verified=verified, cached=cached)
+
+    def plan(self, specs: list[Desired], options: Options | None = None) -> Plan:
+        lock = lockfile.read(self.lock_path)
+        observed = self.observe(specs, lock)
+        return planning.make_plan(
+            specs,
+            self.store.generations(),
+            self.store.outputs(),
+            lock,
+            observed,
+            self.config,
+            options,
+        )
+
+    def recover(self) -> None:
+        """Submits left by dead processes become unknown: shown, never resubmitted by themselves."""
+        for gen in self.store.recover_stale():
+            self.emit(Event("unknown", gen.error or "unknown", name=gen.name, level="warning"))
+
+    def import_lock(self, specs: list[Desired]) -> None:
+        """A fresh clone: adopt every verified output of the lock into the state, free of charge."""
+        lock = lockfile.read(self.lock_path)
+        if not lock:
+            return
+        gens = self.store.generations()
+        by_name = {s.name: s for s in specs}
+        for name, entry in lock.items():
+            spec = by_name.get(name)
+            if spec is None or spec.key != entry.spec_key:
+                continue
+            gen = gens.get(entry.spec_key)
+            if gen is not None and gen.state != PENDING:
+                continue
+            path = self.repo / entry.path
+            if not path.is_file() or sha256_file(path)[0] != entry.sha256:
+                continue
+            sha, size = self.cache.add_file(path)
+            row = _generation(spec, self.config, state=MATERIALIZED)
+            row.sha256, row.bytes = sha, size
+            self.store.adopt(row, operation=entry.operation or "", state=MATERIALIZED)
+            self._record_output(spec, sha, size, entry.path)
+            self.emit(
+                Event("adopted", f"adopted {entry.path} from {lockfile.LOCK_FILE}", name=name)
+            )
+
+    # -- apply -----------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def apply(self, plan: Plan, *, options: Options | None = None) -> Summary:
+        """Execute a plan. Raises nothing for API trouble: every outcome lands in the summary."""
+        opts = options or Options()
+        summary = Summary()
+        self._fatal = None
+        slots = asyncio.Semaphore(max(1, self.tuning.concurrency))
+        client = VeoClient(self.api) if self.api is not None and plan.changes else None
+        try:
+            tasks = [
+                asyncio.create_task(self._run(action, client, slots, opts), name=action.name)
+                for action in plan.actions
+            ]
+            for outcome in await asyncio.gather(*tasks):
+                summary.outcomes.append(outcome)
+        finally:
+            if client is not None:
+                await client.aclose()
+        self.write_lock()
+        summary.fatal = str(self._fatal) if self._fatal else None
+        summary.stopped = self.stopping
+        return summary
+
+    def write_lock(self) -> None:
+        gens = self.store.generations()
+        entries = []
+        for out in self.store.outputs().values():
+            gen = gens.get(out.spec_key)
+            entries.append(
+                LockEntry(
+                    name=out.name, spec_key=out.spec_key, path=out.path, sha256=out.sha256,
+                    bytes=out.bytes, model=gen.model if gen else "", operation=gen.operation if gen else None,
+                    generated=(gen.finished_at or out.materialized_at) if gen else out.materialized_at,
+                )
+            )  # fmt: skip
+        lockfile.write(self.lock_path, entries)
+
+    async def _run(
+        self, action: Action, client: VeoClient | None, slots: asyncio.Semaphore, opts: Options
+    ) -> Outcome:
+        try:
+            if action.kind == planning.NOOP:
+                return Outcome(action.name, "materialized", "up to date")
+            if action.kind == planning.REMOVE:
+                return self._remove(action)
+            if action.kind == planning.BLOCKED:
+                return Outcome(action.name, action.state or FAILED, action.reason)
+            assert action.spec is not None
+            if action.kind == planning.MATERIALIZE:
+                return self._materialize(action.spec, action.sha256 or "")
+            if client is None:
+                raise StateError("no API configured")
+            async with slots:
+                return await self._generate(action, client, opts)
+        except FatalError as exc:
+            self._fatal = self._fatal or exc
+            self.request_stop()
+            return Outcome(action.name, "pending", "stopped: " + str(exc))
+        except TransientError as exc:
+            gen = self.store.get(action.key or "")
+            return Outcome(action.name, gen.state if gen else "pending", str(exc))
+        except ReconcileError as exc:
+            self.emit(Event("failed", str(exc), name=action.name, level="error"))
+            return Outcome(action.name, FAILED, str(exc))
+
+    async def _generate(self, action: Action, client: VeoClient, opts: Options) -> Outcome:
+        """Drive one spec key to bytes in the cache, then materialize it."""
+        spec = action.spec
+        assert spec is not None
+        allowed = [PENDING]
+        if opts.retry_failed:
+            allowed.append(FAILED)
+        if opts.resubmit_unknown:
+            allowed.append(UNKNOWN)
+        if spec.name in opts.replace:
+            allowed += [MATERIALIZED, FAILED, UNKNOWN]
+        want_submit = action.kind in planning.PAID
+        while True:
+            gen = self.store.get(spec.key)
+            if gen is None or (want_submit and gen.state in allowed):
+                if self.stopping:
+                    return Outcome(spec.name, "pending", "not submitted: stopping")
+                gen = await self._submit(spec, client, tuple(allowed))
+                want_submit = False
+                if gen is None:
+                    continue  # another process claimed it first: follow its progress
+            if gen.state == SUBMITTING:
+                if not await self._wait(self.tuning.poll_interval):
+                    return Outcome(spec.name, SUBMITTING, "being submitted by another process")
+                continue
+            if gen.state == RUNNING:
+                result = await self._poll_until_done(spec, gen, client)
+                if result is None:
+                    return Outcome(spec.name, RUNNING, f"still running remotely: {gen.operation}")
+                if result.error is not None:
+                    state = self._record_op_error(spec, result.error)
+                    if state == PENDING and not self.stopping:
+                        want_submit, allowed = True, [PENDING]
+                        continue
+                    return Outcome(spec.name, state, str(result.error))
+                self.store.mark_succeeded(spec.key, video_uri=result.video_uri or "",
+                                          file_id=result.file_id or "")  # fmt: skip
+                continue
+            if gen.state == SUCCEEDED:
+                await self._download(spec, gen, client)
+                continue
+            if gen.state == MATERIALIZED and gen.sha256:
+                if self.cache.has(gen.sha256):
+                    return self._materialize(spec, gen.sha256)
+                if gen.file_id:
+                    await self._download(spec, gen, client)
+                    continue
+            return Outcome(spec.name, gen.state, gen.error or "")
+
+    async def _submit(
+        self, spec: Desired, client: VeoClient, allowed: tuple[str, ...]
+    ) -> Generation | None:
+        """The only paid call, wrapped in the write-ahead claim."""
+        body = spec.request_body(self.repo)  # before the claim: a bad image must not leave a claim
+        claimed = self.store.claim(_generation(spec, self.config, state=PENDING), allowed=allowed)
+        if claimed is None:
+            return None
+        self.emit(Event("submit", f"submitting ({spec.model}, {spec.resolution}, {spec.duration}s)",
+                        name=spec.name))  # fmt: skip
+        backoff = self.tuning.submit_backoff
+        for attempt in range(backoff.attempts):
+            await self.pacer.turn()
+            try:
+                operation = await client.submit(spec.model, body)
+            except TransientError as exc:
+                self._note_not_accepted(spec, exc, final=False)
+                if exc.status == 429:
+                    wait = self.pacer.rate_limited(exc.retry_after, backoff.delay(attempt))
+                else:
+                    wait = backoff.delay(attempt, exc.retry_after)
+                if attempt + 1 >= backoff.attempts or self.stopping:
+                    return self.store.get(spec.key)
+                self.emit(Event("retry", f"{exc}; retrying in {wait:.1f}s", name=spec.name,
+                                level="warning"))  # fmt: skip
+                if (
+                    not await self._wait(wait)
+                    or self.store.claim(
+                        _generation(spec, self.config, state=PENDING), allowed=(PENDING,)
+                    )
+                    is None
+                ):
+                    return self.store.get(spec.key)
+                continue
+            except FatalError as exc:
+                self._note_not_accepted(spec, exc, final=False)
+                raise
+            except AmbiguousError as exc:
+                self.store.mark_unknown(spec.key, str(exc))
+                self.emit(Event("unknown", str(exc), name=spec.name, level="error"))
+                return self.store.get(spec.key)
+            except PermanentError as exc:
+                self._note_not_accepted(spec, exc, final=True)
+                self.emit(Event("failed", str(exc), name=spec.name, level="error"))
+                return self.store.get(spec.key)
+            self.store.mark_running(spec.key, operation)
+            self.pacer.succeeded()
+            self.emit(Event("submitted", "accepted", name=spec.name, operation=operation))
+            return self.store.get(spec.key)
+        return self.store.get(spec.key)
+
+    def _note_not_accepted(self, spec: Desired, exc: ApiError, *, final: bool) -> None:
+        kind = getattr(exc, "kind", "rejected") if final else "transient"
+        self.store.mark_not_accepted(spec.key, outcome=kind, message=str(exc), status=exc.status,
+                                     final=final, kind=kind)  # fmt: skip
+
+    def _record_op_error(self, spec: Desired, error: PermanentError) -> str:
+        retries = self.config.operation_failed_retries
+        counted = isinstance(error, OperationFailed)
+        state = self.store.mark_failed(spec.key, message=str(error), kind=error.kind,
+                                       count_failure=counted, retries=retries)  # fmt: skip
+        level = "warning" if state == PENDING else "error"
+        note = "; resubmitting (not billed)" if state == PENDING else ""
+        self.emit(Event("failed", f"{error}{note}", name=spec.name, level=level))
+        return state
+
+    async def _poll_until_done(
+        self, spec: Desired, gen: Generation, client: VeoClient
+    ) -> OpResult | None:
+        """Poll on the schedule; None when stopping or when polling keeps failing this run."""
+        operation = gen.operation or ""
+        self.emit(Event("poll", "waiting for the operation", name=spec.name, operation=operation))
+        while True:
+            try:
+                result = await with_retries(
+                    lambda: client.poll(spec.model, operation),
+                    self.tuning.poll_backoff,
+                    sleep=self._sleep_or_stop,
+                )
+            except TransientError as exc:
+                self.emit(Event("retry", f"polling keeps failing ({exc}); will resume next run",
+                                name=spec.name, level="warning"))  # fmt: skip
+                return None
+            except PermanentError as exc:
+                return OpResult(done=True, error=exc)
+            if result.done:
+                return result
+            if not await self._wait(self.tuning.poll_interval):
+                return None
+
+    async def _download(self, spec: Desired, gen: Generation, client: VeoClient) -> None:
+        async def once() -> tuple[str, int]:
+            with self.cache.writer() as incoming:
+                await client.download(gen.video_uri or "", gen.file_id, incoming.write)
+                with incoming.tmp.open("rb") as fh:
+                    head = fh.read(12)
+                if head[4:8] != b"ftyp":
+                    raise TransientError("the downloaded file is not an MP4 video")
+            return incoming.sha256, incoming.size
+
+        self.emit(Event("download", "downloading", name=spec.name, operation=gen.operation))
+        try:
+            sha, size = await with_retries(
+                once, self.tuning.poll_backoff, sleep=self._sleep_or_stop
+            )
+        except PermanentError as exc:
+            self.store.mark_failed(spec.key, message=str(exc), kind=exc.reason or "rejected")
+            raise
+        self.store.mark_materialized(spec.key, sha256=sha, size=size)
+
+    def _materialize(self, spec: Desired, sha: str) -> Outcome:
+        """Place the cached bytes at the content-hashed path and retire the name's previous file."""
+        rel = planning.output_path(self.config, spec.name, sha)
+        if not self.cache.verify(sha):
+            found = self._find_on_disk(sha)
+            if found is None:
+                raise StateError(
+                    f"{spec.name}: cached video {sha[:16]} is missing; run apply again"
+                )
+            self.cache.add_file(found)
+        target = self.repo / rel
+        if not (target.is_file() and sha256_file(target)[0] == sha):
+            self.cache.materialize(sha, target)
+        self._record_output(spec, sha, target.stat().st_size, rel)
+        self.emit(Event("materialized", rel, name=spec.name))
+        return Outcome(spec.name, "materialized", rel)
+
+    def _find_on_disk(self, sha: str) -> Path | None:
+        for entry in lockfile.read(self.lock_path).values():
+            path = self.repo / entry.path
+            if entry.sha256 == sha and path.is_file() and sha256_file(path)[0] == sha:
+                return path
+        return None
+
+    def _record_output(self, spec: Desired, sha: str, size: int, rel: str) -> None:
+        previous = self.store.outputs().get(spec.name)
+        st = (self.repo / rel).stat()
+        self.store.set_output(Output(spec.name, spec.key, rel, sha, size, st.st_size,
+                                     st.st_mtime_ns, now_iso()))  # fmt: skip
+        if previous and previous.path != rel:
+            self._unlink(previous.path)
+
+    def _remove(self, action: Action) -> Outcome:
+        if action.path:
+            self._unlink(action.path)
+        self.store.delete_output(action.name)
+        self.emit(Event("removed", f"removed {action.path}", name=action.name))
+        return Outcome(action.name, "removed", action.path or "")
+
+    def _unlink(self, rel: str) -> None:
+        path = (self.repo / rel).resolve()
+        if path.is_relative_to(self.repo / self.config.output_dir):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep unless asked to stop; False when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        return not self.stopping
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        if not await self._wait(seconds):
+            raise TransientError("stopping")
+
+    # -- user's word on single generations ------------------------------------------------------
+
+    def resolve(self, spec: Desired, operation: str) -> None:
+        """Adopt an operation the user found for a spec (the way out of ``unknown``)."""
+        gen = _generation(spec, self.config, state=RUNNING)
+        self.store.adopt(gen, operation=operation, state=RUNNING)
+
+
+def _generation(spec: Desired, config: Config, *, state: str) -> Generation:
+    return Generation(
+        spec_key=spec.key, name=spec.name, model=spec.model, resolution=spec.resolution,
+        duration=spec.duration, cost=planning.estimate(config, spec), state=state,
+    )  # fmt: skip
+
+
+def status_rows(engine: Engine, specs: list[Desired]) -> list[dict[str, Any]]:
+    """One row per spec (and per output whose spec is gone), for ``reconcile status``."""
+    gens = engine.store.generations()
+    outputs = engine.store.outputs()
+    lock = lockfile.read(engine.lock_path)
+    rows = []
+    for spec in sorted(specs, key=lambda s: s.name):
+        gen = gens.get(spec.key)
+        out = outputs.get(spec.name)
+        entry = lock.get(spec.name)
+        current = out if out and out.spec_key == spec.key else None
+        state = (
+            gen.state
+            if gen
+            else ("materialized" if entry and entry.spec_key == spec.key else "new")
+        )
+        if state == MATERIALIZED and current is None and not (entry and entry.spec_key == spec.key):
+            state = "cached"  # bytes known, file not placed yet
+        rows.append({
+            "name": spec.name,
+            "state": state,
+            "path": current.path if current else (entry.path if entry and entry.spec_key == spec.key else None),
+            "sha256": gen.sha256 if gen and gen.sha256 else (entry.sha256 if entry and entry.spec_key == spec.key else None),
+            "bytes": gen.bytes if gen else None,
+            "error": gen.error if gen and gen.state in (FAILED, UNKNOWN, PENDING) else None,
+            "spec_key": spec.key,
+            "operation": gen.operation if gen else None,
+            "file": spec.file,
+        })  # fmt: skip
+    wanted = {s.name for s in specs}
+    for name, out in sorted(outputs.items()):
+        if name not in wanted:
+            rows.append({"name": name, "state": "orphaned", "path": out.path, "sha256": out.sha256,
+                         "bytes": out.bytes, "error": "spec removed; `apply` removes the file",
+                         "spec_key": out.spec_key, "operation": None, "file": None})  # fmt: skip
+    return rows
+
+
+__all__ = ["Engine", "Event", "Outcome", "Summary", "Tuning", "replace", "status_rows"]

@@ -1,0 +1,147 @@
+"""Files: the content-addressed object cache, materialized outputs, and atomic writes.
+
+The cache (``state/objects/ab/cdef…``) holds every video ever downloaded, named by its sha256, so
+re-materializing after a revert, a deleted output or a lost ``videos/`` never needs the API. Outputs
+are *copies* of cache objects (a reflink where the file system has them), never hardlinks: a user who
+edits a video in place must not corrupt the bytes that repairs and undo rely on.
+
+Every file is written the same way: a temp file in the target folder, fsync, rename, fsync of the
+folder. A reader (or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1024 * 1024
+FICLONE = 0x40049409  # linux/fs.h: share extents between files (btrfs, xfs, overlay on those)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[BinaryIO]:
+    """Yield a temp file beside ``target``; on success fsync it and rename it over ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    with atomic_file(target) as fh:
+        fh.write(text.encode("utf-8"))
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Hash a file in chunks: memory stays flat whatever its size."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _clone_or_copy(src: BinaryIO, dst: BinaryIO) -> None:
+    try:
+        fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+    except OSError:
+        shutil.copyfileobj(src, dst, CHUNK)  # uses copy_file_range/sendfile where it can
+
+
+class ObjectCache:
+    """Content-addressed video bytes under ``state/objects``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256[2:]
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    @contextmanager
+    def writer(self) -> Iterator[_IncomingObject]:
+        """Stream bytes in while hashing; the object lands under its hash only when complete."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming.", suffix=".tmp")
+        incoming = _IncomingObject(os.fdopen(fd, "wb"), Path(tmp))
+        try:
+            yield incoming
+            incoming.fh.flush()
+            os.fsync(incoming.fh.fileno())
+            incoming.fh.close()
+            final = self.path(incoming.sha256)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+        finally:
+            incoming.fh.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def add_file(self, path: Path) -> tuple[str, int]:
+        """Copy an existing file (a verified output of a fresh clone) into the cache."""
+        with self.writer() as incoming, path.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                incoming.write(chunk)
+        return incoming.sha256, incoming.size
+
+    def verify(self, sha256: str) -> bool:
+        """A cached object whose bytes no longer match its name is dropped, never served."""
+        path = self.path(sha256)
+        if not path.is_file():
+            return False
+        if sha256_file(path)[0] == sha256:
+            return True
+        path.unlink()
+        return False
+
+    def materialize(self, sha256: str, target: Path) -> None:
+        """Place a copy of a cached object at ``target`` atomically."""
+        with self.path(sha256).open("rb") as src, atomic_file(target) as dst:
+            _clone_or_copy(src, dst)
+
+
+class _IncomingObject:
+    def __init__(self, fh: BinaryIO, tmp: Path) -> None:
+        self.fh = fh
+        self.tmp = tmp
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self.fh.write(chunk)
+        self.size += len(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()

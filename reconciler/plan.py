@@ -1,0 +1,203 @@
+"""The plan: a pure diff of desired specs against recorded generations and observed files.
+
+No I/O happens here. ``observe`` (in the engine) hashes whatever files need it and hands this module
+plain data, so every planning rule is a plain function tested with parametrized tables, and
+``reconcile plan`` can never call the API or change anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .config import Config
+from .lockfile import LockEntry
+from .spec import Desired
+from .store import (
+    FAILED,
+    IN_FLIGHT,
+    MATERIALIZED,
+    PENDING,
+    SUBMITTING,
+    UNKNOWN,
+    Generation,
+    Output,
+)
+
+# Plan actions. Only CREATE and REPLACE send a paid POST.
+CREATE = "create"  # no generation for this key yet
+REPLACE = "replace"  # a new generation supersedes the name's current video
+RESUME = "resume"  # an operation in flight (or a finished one not yet downloaded): poll it
+MATERIALIZE = "materialize"  # bytes known: place the file, free
+REMOVE = "remove"  # the spec is gone: its file leaves the output folder, bytes stay cached
+NOOP = "no-op"
+BLOCKED = "blocked"  # failed or unknown: waits for the spec to change or for the user's word
+PAID = (CREATE, REPLACE)
+CHANGES = (CREATE, REPLACE, RESUME, MATERIALIZE, REMOVE)
+
+
+def output_path(config: Config, name: str, sha256: str) -> str:
+    return f"{config.output_dir}/{name}.{sha256[:16]}.mp4"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What is on disk, measured by the engine: files that verify, and objects in the cache."""
+
+    verified: dict[str, str] = field(default_factory=dict)  # repo-relative path -> sha256
+    cached: frozenset[str] = frozenset()  # sha256 of objects present in state/objects
+
+
+@dataclass(frozen=True)
+class Options:
+    targets: frozenset[str] = frozenset()
+    replace: frozenset[str] = frozenset()
+    retry_failed: bool = False
+    resubmit_unknown: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    kind: str
+    key: str | None
+    reason: str
+    cost: float | None = None  # USD, paid actions only
+    seconds: int = 0  # seconds of video to generate, paid actions only
+    path: str | None = None  # the file it will leave in place (or remove)
+    old_path: str | None = None  # a file it supersedes
+    sha256: str | None = None  # known bytes (materialize)
+    spec: Desired | None = None
+    state: str | None = None  # the generation's state, for display
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: list[Action]
+
+    @property
+    def changes(self) -> list[Action]:
+        return [a for a in self.actions if a.kind in CHANGES]
+
+    @property
+    def paid(self) -> list[Action]:
+        return [a for a in self.actions if a.kind in PAID]
+
+    @property
+    def cost(self) -> float:
+        return sum(a.cost or 0.0 for a in self.paid)
+
+    @property
+    def cost_known(self) -> bool:
+        return all(a.cost is not None for a in self.paid)
+
+    @property
+    def seconds(self) -> int:
+        return sum(a.seconds for a in self.paid)
+
+
+def estimate(config: Config, spec: Desired) -> float | None:
+    price = config.price_per_second(spec.model, spec.resolution)
+    return None if price is None else round(price * spec.duration, 4)
+
+
+def make_plan(
+    specs: Iterable[Desired],
+    generations: dict[str, Generation],
+    outputs: dict[str, Output],
+    lock: dict[str, LockEntry],
+    observed: Observed,
+    config: Config,
+    options: Options | None = None,
+) -> Plan:
+    opts = options or Options()
+    specs = list(specs)
+    wanted = {s.name for s in specs}
+    actions = [
+        _action_for(s, generations, outputs, lock, observed, config, opts)
+        for s in sorted(specs, key=lambda s: s.name)
+        if not opts.targets or s.name in opts.targets
+    ]
+    current = {**{n: e.path for n, e in lock.items()}, **{n: o.path for n, o in outputs.items()}}
+    for name in sorted(set(current) - wanted):
+        if opts.targets and name not in opts.targets:
+            continue
+        actions.append(Action(name, REMOVE, None, "spec removed", path=current[name]))
+    return Plan(sorted(actions, key=lambda a: a.name))
+
+
+def known_bytes(
+    spec: Desired, gen: Generation | None, lock: dict[str, LockEntry], observed: Observed
+) -> str | None:
+    """The sha256 of a finished video for this key, from the state or a verified lock entry."""
+    if gen is not None and gen.state == MATERIALIZED and gen.sha256:
+        return gen.sha256
+    for entry in lock.values():
+        if entry.spec_key == spec.key and observed.verified.get(entry.path) == entry.sha256:
+            return entry.sha256
+    return None
+
+
+def _action_for(
+    spec: Desired,
+    generations: dict[str, Generation],
+    outputs: dict[str, Output],
+    lock: dict[str, LockEntry],
+    observed: Observed,
+    config: Config,
+    opts: Options,
+) -> Action:
+    gen = generations.get(spec.key)
+    state = gen.state if gen else None
+    out = outputs.get(spec.name)
+    current_path = out.path if out else (lock[spec.name].path if spec.name in lock else None)
+    current_key = out.spec_key if out else (lock[spec.name].spec_key if spec.name in lock else None)
+
+    def paid(reason: str) -> Action:
+        kind = (
+            REPLACE
+            if current_path and (current_key != spec.key or spec.name in opts.replace)
+            else CREATE
+        )
+        return Action(
+            spec.name, kind, spec.key, reason, cost=estimate(config, spec), seconds=spec.duration,
+            old_path=current_path, spec=spec, state=state,
+        )  # fmt: skip
+
+    if state in IN_FLIGHT:
+        verb = "poll operation" if state != SUBMITTING else "being submitted by another process"
+        return Action(
+            spec.name, RESUME, spec.key, verb, spec=spec, state=state, old_path=current_path
+        )
+    if spec.name in opts.replace:
+        return paid("--replace asked for a new generation")
+    sha = known_bytes(spec, gen, lock, observed)
+    if sha is not None:
+        path = output_path(config, spec.name, sha)
+        if observed.verified.get(path) == sha and current_path == path:
+            return Action(spec.name, NOOP, spec.key, "up to date", path=path, sha256=sha, spec=spec,
+                          state=MATERIALIZED)  # fmt: skip
+        on_disk = any(v == sha for v in observed.verified.values())
+        if sha in observed.cached or on_disk:
+            reason = "restore from cache" if current_key != spec.key else "file missing or changed"
+            return Action(spec.name, MATERIALIZE, spec.key, reason, path=path, sha256=sha,
+                          old_path=current_path if current_path != path else None, spec=spec,
+                          state=MATERIALIZED)  # fmt: skip
+        if gen is not None and gen.file_id:
+            return Action(spec.name, RESUME, spec.key, "cached bytes lost: download again",
+                          spec=spec, state=state, old_path=current_path)  # fmt: skip
+        return paid("cached bytes lost and no copy on disk")
+    if state == FAILED:
+        if opts.retry_failed:
+            return paid("--retry-failed")
+        return Action(spec.name, BLOCKED, spec.key, gen.error or "failed" if gen else "failed",
+                      spec=spec, state=state, old_path=current_path)  # fmt: skip
+    if state == UNKNOWN:
+        if opts.resubmit_unknown:
+            return paid("--resubmit-unknown: may be paid twice")
+        return Action(spec.name, BLOCKED, spec.key,
+                      "submission outcome unknown: `reconcile resolve` or --resubmit-unknown",
+                      spec=spec, state=state, old_path=current_path)  # fmt: skip
+    if state == PENDING:
+        return paid(f"retry: {gen.error}" if gen and gen.error else "not yet submitted")
+    return paid("new spec" if current_path is None else "spec changed")

@@ -1,0 +1,419 @@
+"""The state store: the only module that speaks SQL.
+
+One sqlite file (WAL mode, so ``status``/``plan`` read while an ``apply`` writes) holds:
+
+- ``generations``: one row per spec key, moving through the state machine of DESIGN.md;
+- ``attempts``: append-only, one row per submit attempt and outcome: the ledger of paid calls;
+- ``outputs``: which spec key each name is materialized from, at which path;
+- ``migrations``: the schema steps applied, each in its own transaction, safe to re-run.
+
+Every state change is one ``BEGIN IMMEDIATE`` transaction. Claiming a row for submission is a
+compare-and-swap on its state inside such a transaction, so two processes can never both POST for
+one key, and no global lock exists that a killed process could leave behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import StateError
+
+# States of a generation (DESIGN.md, "Exactly-once submission").
+PENDING = "pending"  # known, nothing sent (or an answered error proved nothing was accepted)
+SUBMITTING = "submitting"  # committed before the POST; owner is the process sending it
+RUNNING = "running"  # operation name committed: poll, never resubmit
+SUCCEEDED = "succeeded"  # the provider has a video for it; download next
+MATERIALIZED = "materialized"  # bytes verified in the object cache
+FAILED = "failed"  # final until the spec changes or the user asks for a retry
+UNKNOWN = "unknown"  # the POST may have been accepted: only the user may resubmit
+IN_FLIGHT = (SUBMITTING, RUNNING, SUCCEEDED)
+
+# A submit that has not settled after this long belongs to a dead or wedged process, whatever host.
+STALE_SUBMIT_SECONDS = 600.0
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of a pid, so a reused pid is not mistaken for the original owner."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return "0"
+
+
+def this_owner() -> str:
+    """Who holds a claim: host, pid and the pid's start time, as shown in messages."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """True/False for an owner on this host; None when it lives elsewhere and cannot be checked."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname():
+        return None
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    return _process_start(pid) == start
+
+
+@dataclass
+class Generation:
+    """A generations row as plain data."""
+
+    spec_key: str
+    name: str
+    model: str
+    resolution: str
+    duration: int
+    cost: float | None
+    state: str
+    operation: str | None = None
+    video_uri: str | None = None
+    file_id: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    op_failures: int = 0
+    owner: str | None = None
+    claimed_at: float | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    submitted_at: str | None = None
+    finished_at: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Generation:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+
+@dataclass
+class Output:
+    """An outputs row: a name materialized from a spec key at a path."""
+
+    name: str
+    spec_key: str
+    path: str
+    sha256: str
+    bytes: int
+    size: int
+    mtime_ns: int
+    materialized_at: str
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db.table("generations").create(
+        dict(
+            spec_key=str, name=str, model=str, resolution=str, duration=int, cost=float,
+            state=str, operation=str, video_uri=str, file_id=str, sha256=str, bytes=int,
+            error=str, error_kind=str, op_failures=int, owner=str, claimed_at=float,
+            created_at=str, updated_at=str, submitted_at=str, finished_at=str,
+        ),
+        pk="spec_key",
+        not_null={"state", "model", "name"},
+        defaults={"op_failures": 0},
+    )  # fmt: skip
+    db.table("generations").create_index(["state"])
+    db.table("attempts").create(
+        {
+            "id": int, "spec_key": str, "name": str, "at": str, "outcome": str,
+            "operation": str, "status": int, "message": str, "owner": str,
+        },
+        pk="id",
+    )  # fmt: skip
+    db.table("attempts").create_index(["spec_key"])
+    db.table("outputs").create(
+        {
+            "name": str, "spec_key": str, "path": str, "sha256": str, "bytes": int,
+            "size": int, "mtime_ns": int, "materialized_at": str,
+        },
+        pk="name",
+    )  # fmt: skip
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("0001_initial", _m1_initial),
+]
+
+
+class Store:
+    """The state db of one asset repo."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE below.
+            conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{path}: not a usable state db ({exc})") from None
+        self.db = sqlite_utils.Database(conn)
+        self.owner = this_owner()
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
+            )
+        for name, step in MIGRATIONS:
+            with self.tx() as conn:
+                if conn.execute("SELECT 1 FROM migrations WHERE name = ?", [name]).fetchone():
+                    continue
+                step(self.db)
+                conn.execute("INSERT INTO migrations VALUES (?, ?)", [name, now_iso()])
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def generations(self) -> dict[str, Generation]:
+        return {r["spec_key"]: Generation.from_row(r) for r in self.db["generations"].rows}
+
+    def get(self, key: str) -> Generation | None:
+        rows = list(self.db["generations"].rows_where("spec_key = ?", [key]))
+        return Generation.from_row(rows[0]) if rows else None
+
+    def outputs(self) -> dict[str, Output]:
+        return {r["name"]: Output(**r) for r in self.db["outputs"].rows}
+
+    def attempts(self, key: str | None = None) -> list[dict[str, Any]]:
+        where, args = ("spec_key = ?", [key]) if key else (None, [])
+        return list(self.db["attempts"].rows_where(where, args, order_by="id"))
+
+    def meta(self, key: str) -> str | None:
+        rows = list(self.db["meta"].rows_where("key = ?", [key]))
+        return rows[0]["value"] if rows else None
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+    def _update(self, conn: sqlite3.Connection, key: str, **values: Any) -> None:
+        values["updated_at"] = now_iso()
+        cols = ", ".join(f"{k} = ?" for k in values)
+        conn.execute(f"UPDATE generations SET {cols} WHERE spec_key = ?", [*values.values(), key])
+
+    def _attempt(
+        self, conn: sqlite3.Connection, gen: Generation | str, outcome: str, **values: Any
+    ) -> None:
+        key = gen if isinstance(gen, str) else gen.spec_key
+        name = None if isinstance(gen, str) else gen.name
+        if name is None:
+            row = conn.execute("SELECT name FROM generations WHERE spec_key = ?", [key]).fetchone()
+            name = row[0] if row else None
+        conn.execute(
+            "INSERT INTO attempts (spec_key, name, at, outcome, operation, status, message, owner)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                key,
+                name,
+                now_iso(),
+                outcome,
+                values.get("operation"),
+                values.get("status"),
+                values.get("message"),
+                self.owner,
+            ],
+        )
+
+    def claim(self, gen: Generation, *, allowed: tuple[str, ...]) -> Generation | None:
+        """Move a key to ``submitting`` if its state is one of ``allowed``; None if someone else won.
+
+        This is the write-ahead step: it commits before the POST, so a crash after it can only
+        leave a ``submitting`` row, which recovery turns into ``unknown``, never a silent resubmit.
+        """
+        with self.tx() as conn:
+            row = conn.execute(
+                "SELECT state FROM generations WHERE spec_key = ?", [gen.spec_key]
+            ).fetchone()
+            claim = {"owner": self.owner, "claimed_at": time.time(), "submitted_at": now_iso()}
+            if row is None:
+                if PENDING not in allowed:
+                    return None
+                conn.execute(
+                    "INSERT INTO generations (spec_key, name, model, resolution, duration, cost,"
+                    " state, op_failures, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        gen.spec_key, gen.name, gen.model, gen.resolution, gen.duration,
+                        gen.cost, SUBMITTING, 0, now_iso(), now_iso(),
+                    ],
+                )  # fmt: skip
+                self._update(conn, gen.spec_key, **claim)
+            elif row[0] in allowed:
+                self._update(
+                    conn,
+                    gen.spec_key,
+                    state=SUBMITTING,
+                    name=gen.name,
+                    operation=None,
+                    video_uri=None,
+                    file_id=None,
+                    **claim,
+                )
+            else:
+                return None
+        return self.get(gen.spec_key)
+
+    def mark_running(self, key: str, operation: str) -> None:
+        """Commit the operation name the moment it arrives: from here on, poll, never resubmit."""
+        with self.tx() as conn:
+            self._update(conn, key, state=RUNNING, operation=operation, owner=None, error=None)
+            self._attempt(conn, key, "accepted", operation=operation)
+
+    def mark_not_accepted(
+        self, key: str, *, outcome: str, message: str, status: int | None, final: bool, kind: str
+    ) -> None:
+        """The POST was answered with an error: nothing was accepted, so nothing was paid."""
+        with self.tx() as conn:
+            state = FAILED if final else PENDING
+            self._update(
+                conn,
+                key,
+                state=state,
+                owner=None,
+                error=message,
+                error_kind=kind if final else None,
+            )
+            self._attempt(conn, key, outcome, status=status, message=message)
+
+    def mark_unknown(self, key: str, message: str) -> None:
+        with self.tx() as conn:
+            self._update(conn, key, state=UNKNOWN, owner=None, error=message, error_kind="unknown")
+            self._attempt(conn, key, "unknown", message=message)
+
+    def mark_succeeded(self, key: str, *, video_uri: str, file_id: str) -> None:
+        with self.tx() as conn:
+            self._update(
+                conn, key, state=SUCCEEDED, video_uri=video_uri, file_id=file_id,
+                finished_at=now_iso(), error=None, error_kind=None,
+            )  # fmt: skip
+
+    def mark_materialized(self, key: str, *, sha256: str, size: int) -> None:
+        with self.tx() as conn:
+            self._update(
+                conn,
+                key,
+                state=MATERIALIZED,
+                sha256=sha256,
+                bytes=size,
+                error=None,
+                error_kind=None,
+            )
+
+    def mark_failed(
+        self, key: str, *, message: str, kind: str, count_failure: bool = False, retries: int = 0
+    ) -> str:
+        """Record a final outcome of an operation; an op error goes back to pending while retries last.
+
+        Returns the new state.
+        """  # fmt: skip
+        with self.tx() as conn:
+            row = conn.execute(
+                "SELECT op_failures FROM generations WHERE spec_key = ?", [key]
+            ).fetchone()
+            failures = (row[0] if row else 0) + (1 if count_failure else 0)
+            state = PENDING if count_failure and failures <= retries else FAILED
+            self._update(
+                conn, key, state=state, error=message, error_kind=kind, op_failures=failures,
+                finished_at=now_iso(), owner=None,
+            )  # fmt: skip
+            self._attempt(conn, key, kind, message=message)
+        return state
+
+    def reset(self, key: str, *, to: str = PENDING) -> None:
+        """The user asked for a retry (--retry-failed, --resubmit-unknown, --replace)."""
+        with self.tx() as conn:
+            self._update(conn, key, state=to, error=None, error_kind=None, op_failures=0)
+
+    def adopt(self, gen: Generation, *, operation: str, state: str = RUNNING) -> None:
+        """Record a generation whose operation exists already (resolve, or rebuilt from the lock)."""
+        with self.tx() as conn:
+            conn.execute("DELETE FROM generations WHERE spec_key = ?", [gen.spec_key])
+            row = {f.name: getattr(gen, f.name) for f in fields(Generation)}
+            row.update(state=state, operation=operation, owner=None, updated_at=now_iso())
+            row.setdefault("created_at", now_iso())
+            cols = ", ".join(row)
+            conn.execute(
+                f"INSERT INTO generations ({cols}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+            self._attempt(conn, gen, "adopted", operation=operation)
+
+    def recover_stale(self) -> list[Generation]:
+        """Turn submits whose owner died into ``unknown``: the POST may or may not have gone out."""
+        stale = []
+        with self.tx() as conn:
+            rows = conn.execute(
+                "SELECT spec_key, owner, claimed_at FROM generations WHERE state = ?", [SUBMITTING]
+            ).fetchall()
+            for key, owner, claimed_at in rows:
+                alive = owner_alive(owner)
+                expired = time.time() - (claimed_at or 0) > STALE_SUBMIT_SECONDS
+                if alive is False or (alive is None and expired):
+                    message = (
+                        f"the process submitting it ({owner}) stopped before the provider's answer"
+                        " was recorded; the job may exist and be billed"
+                    )
+                    self._update(conn, key, state=UNKNOWN, owner=None, error=message,
+                                 error_kind="unknown")  # fmt: skip
+                    self._attempt(conn, key, "unknown", message=message)
+                    stale.append(key)
+        return [g for g in (self.get(k) for k in stale) if g is not None]
+
+    def set_output(self, out: Output) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [out.name, out.spec_key, out.path, out.sha256, out.bytes, out.size, out.mtime_ns,
+                 out.materialized_at],
+            )  # fmt: skip
+
+    def delete_output(self, name: str) -> None:
+        with self.tx() as conn:
+            conn.execute("DELETE FROM outputs WHERE name = ?", [name])
