@@ -452,7 +452,7 @@ class Engine:
         if not (target.is_file() and sha256_file(target)[0] == sha):
             self.cache.materialize(sha, target)
         self._record_output(spec, sha, target.stat().st_size, rel)
-        self.emit(Event("materialized", rel, name=spec.name))
+        self.emit(Event("materialized", f"materialized {rel}", name=spec.name))
         return Outcome(spec.name, "materialized", rel)
 
     def _find_on_disk(self, sha: str) -> Path | None:

@@ -1,0 +1,338 @@
+"""The command line: thin. Each command builds an Engine, calls it, and renders what it returns.
+
+Library errors become one-line messages and exit 1 only here, never tracebacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, report
+from .config import API_KEY_ENV, ApiSettings
+from .engine import Engine, Summary, Tuning, status_rows
+from .errors import CostLimitExceeded, ReconcileError
+from .plan import PAID, RESUME, Options, Plan
+from .spec import Desired
+
+F = TypeVar("F", bound=Callable[..., Any])
+SIM_KEY = "sim-key"
+
+
+def friendly(fn: F) -> F:
+    """Turn every error a user can cause into one message and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ReconcileError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--repo",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="The asset repo (holds specs/ and reconcile.yaml).",
+)
+@click.version_option(__version__, prog_name="reconcile")
+@click.pass_context
+def main(ctx: click.Context, repo: Path) -> None:
+    """Make a repo's videos match its YAML specs, paying for each video once."""
+    ctx.obj = repo
+
+
+def _repo() -> Path:
+    repo: Path = click.get_current_context().find_root().obj
+    if not repo.is_dir():
+        raise ReconcileError(f"{repo}: no such folder (pass the asset repo with --repo)")
+    return repo
+
+
+def _options(f: F) -> F:
+    for option in reversed(
+        [
+            click.option("--target", "targets", multiple=True, metavar="NAME",
+                         help="Only these specs (repeatable)."),
+            click.option("--replace", "replace", multiple=True, metavar="NAME",
+                         help="Pay for a new generation of this spec (repeatable)."),
+            click.option("--retry-failed", is_flag=True,
+                         help="Resubmit specs whose generation failed for good."),
+            click.option("--resubmit-unknown", is_flag=True,
+                         help="Resubmit specs whose submission outcome is unknown (may pay twice)."),
+            click.option("--sim", is_flag=True,
+                         help="Use the embedded simulator and the sandbox under state/sim/."),
+        ]
+    ):  # fmt: skip
+        f = option(f)
+    return f
+
+
+def _load(engine: Engine) -> list[Desired]:
+    result = engine.load()
+    result.raise_for_problems()
+    return result.specs
+
+
+def _check_names(specs: list[Desired], names: tuple[str, ...], flag: str) -> None:
+    known = {s.name for s in specs}
+    for name in names:
+        if name not in known:
+            raise ReconcileError(f"{flag} {name}: no spec has that name")
+
+
+def _make_options(specs: list[Desired], **kw: Any) -> Options:
+    _check_names(specs, kw["targets"], "--target")
+    _check_names(specs, kw["replace"], "--replace")
+    return Options(
+        targets=frozenset(kw["targets"]) | frozenset(kw["replace"])
+        if kw["targets"]
+        else frozenset(),
+        replace=frozenset(kw["replace"]),
+        retry_failed=kw["retry_failed"],
+        resubmit_unknown=kw["resubmit_unknown"],
+    )
+
+
+@main.command()
+@friendly
+def validate() -> None:
+    """Load and check every spec; nothing else."""
+    engine = Engine(_repo())
+    try:
+        specs = _load(engine)
+    finally:
+        engine.close()
+    click.echo(f"{len(specs)} spec{'s' if len(specs) != 1 else ''} valid.")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 no changes, 2 changes, 1 error.")
+@_options
+@friendly
+def plan(as_json: bool, detailed_exitcode: bool, sim: bool, **kw: Any) -> None:
+    """Show what apply would do and what it would cost. Never calls the API."""
+    engine = Engine(_repo(), sandbox=sim)
+    try:
+        specs = _load(engine)
+        engine.recover()
+        the_plan = engine.plan(specs, _make_options(specs, **kw))
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(json.dumps(report.plan_json(the_plan), indent=2))
+    else:
+        report.render_plan(the_plan, sys.stdout)
+    if detailed_exitcode and the_plan.changes:
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--max-cost", type=float, metavar="USD", help="Refuse before any POST above this.")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Operations in flight (default 4).")
+@click.option("--poll-interval", type=click.FloatRange(0.05), help="Seconds between polls.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and the outcome as JSON.")
+@_options
+@friendly
+def apply(
+    yes: bool,
+    max_cost: float | None,
+    concurrency: int | None,
+    poll_interval: float | None,
+    as_json: bool,
+    sim: bool,
+    **kw: Any,
+) -> None:
+    """Converge: submit, poll, download and materialize until the videos match the specs."""
+    repo = _repo()
+    progress = report.Progress(sys.stderr)
+    tuning = _tuning(concurrency, poll_interval, sim=sim)
+    with _api(sim) as api:
+        engine = Engine(repo, api=api, tuning=tuning, on_event=progress, sandbox=sim)
+        try:
+            specs = _load(engine)
+            options = _make_options(specs, **kw)
+            engine.recover()
+            engine.import_lock(specs)
+            the_plan = engine.plan(specs, options)
+            out = sys.stderr if as_json else sys.stdout
+            report.render_plan(the_plan, out)
+            _guard(the_plan, max_cost=max_cost, api=api, yes=yes)
+            summary = _run(engine, the_plan, options)
+        finally:
+            engine.close()
+    if as_json:
+        click.echo(json.dumps({"plan": report.plan_json(the_plan), **report.summary_json(summary)},
+                              indent=2))  # fmt: skip
+    else:
+        report.render_summary(summary, sys.stdout)
+    sys.exit(0 if summary.ok else 1)
+
+
+def _tuning(concurrency: int | None, poll_interval: float | None, *, sim: bool) -> Tuning | None:
+    if concurrency is None and poll_interval is None and not sim:
+        return None
+    tuning = Tuning()
+    if concurrency:
+        tuning.concurrency = concurrency
+    if poll_interval:
+        tuning.poll_interval = poll_interval
+    elif sim:
+        tuning.poll_interval = 0.5
+    return tuning
+
+
+@contextmanager
+def _api(sim: bool) -> Iterator[ApiSettings | None]:
+    """The API to talk to: the embedded simulator, or the configured one (None without a key)."""
+    if sim:
+        from .sim import Simulator
+
+        with Simulator(api_key=SIM_KEY, latency=2.0) as server:
+            yield ApiSettings(
+                submit_base=server.base_url, query_base=server.base_url, api_key=SIM_KEY
+            )
+        return
+    settings = ApiSettings.from_env()
+    yield settings if settings.api_key else None
+
+
+def _guard(the_plan: Plan, *, max_cost: float | None, api: ApiSettings | None, yes: bool) -> None:
+    """Everything that must hold before the first POST."""
+    paid = the_plan.paid
+    if max_cost is not None and paid:
+        if not the_plan.cost_known:
+            unknown = ", ".join(a.name for a in paid if a.cost is None)
+            raise CostLimitExceeded(
+                f"cannot estimate the cost of {unknown}: add its model and resolution to "
+                "`pricing` in reconcile.yaml; nothing was submitted"
+            )
+        if the_plan.cost > max_cost + 1e-9:
+            raise CostLimitExceeded(
+                f"the plan costs {report.money(the_plan.cost)}, more than --max-cost "
+                f"{report.money(max_cost)}; nothing was submitted"
+            )
+    if api is None and any(a.kind in (*PAID, RESUME) for a in the_plan.actions):
+        raise ReconcileError(
+            f"{API_KEY_ENV} is not set: export your GPTProto API key, "
+            "or try the whole loop with `reconcile apply --sim`"
+        )
+    confirm = the_plan.changes and not yes and sys.stdin.isatty()
+    if confirm and not click.confirm("Apply these changes?", default=False, err=True):
+        raise ReconcileError("cancelled; nothing was submitted")
+
+
+def _run(engine: Engine, the_plan: Plan, options: Options) -> Summary:
+    """Run the plan with signal handling: first SIGINT/SIGTERM stops cleanly, a second at once."""
+
+    async def main() -> Summary:
+        loop = asyncio.get_running_loop()
+        hits = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal hits
+            hits += 1
+            if hits > 1:
+                os._exit(128 + signum)
+            click.echo(
+                f"\n{signal.Signals(signum).name}: stopping; operations in flight are recorded "
+                "and resumed by the next run (send again to quit at once)",
+                err=True,
+            )
+            engine.request_stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        return await engine.apply(the_plan, options=options)
+
+    return asyncio.run(main())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows.")
+@click.option("--sim", is_flag=True, help="Show the sandbox of --sim runs.")
+@friendly
+def status(as_json: bool, sim: bool) -> None:
+    """One row per spec: name, state, path, sha256, error."""
+    engine = Engine(_repo(), sandbox=sim)
+    try:
+        result = engine.load()
+        rows = status_rows(engine, result.specs)
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        report.render_status(rows, sys.stdout)
+    for problem in result.problems:
+        click.echo(f"warning: {problem}", err=True)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--operation", required=True, help="The operation name the provider gave for it.")
+@click.option("--sim", is_flag=True, help="Resolve in the sandbox of --sim runs.")
+@friendly
+def resolve(name: str, operation: str, sim: bool) -> None:
+    """Adopt an operation for a spec whose submission outcome is unknown."""
+    if "operations/" not in operation:
+        raise ReconcileError(
+            f"--operation {operation!r} is not an operation name "
+            "(models/MODEL/operations/ID or operations/ID)"
+        )
+    engine = Engine(_repo(), sandbox=sim)
+    try:
+        specs = {s.name: s for s in _load(engine)}
+        if name not in specs:
+            raise ReconcileError(f"no spec named {name!r}")
+        engine.resolve(specs[name], operation)
+    finally:
+        engine.close()
+    click.echo(f"{name}: adopted {operation}; `reconcile apply` polls it instead of submitting.")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--latency", default=5.0, show_default=True, type=float, help="Seconds per video.")
+@click.option("--api-key", default=SIM_KEY, show_default=True, help="The key it accepts.")
+def sim(host: str, port: int, latency: float, api_key: str) -> None:
+    """Serve the Veo API simulator on loopback, for your own tests."""
+    from .sim import Simulator
+
+    server = Simulator(host=host, port=port, latency=latency, api_key=api_key, log=True).start()
+    click.echo(f"Veo simulator on {server.base_url} (key {api_key!r}); Ctrl-C stops it.", err=True)
+    click.echo(f"export RECONCILE_API_BASE={server.base_url} {API_KEY_ENV}={api_key}", err=True)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

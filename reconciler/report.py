@@ -1,0 +1,168 @@
+"""How plans, progress, summaries and status look: rich on a terminal, plain lines otherwise, JSON.
+
+Kept apart from the CLI so the wording of a plan or a summary can be tested as data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from .engine import Event, Summary
+from .plan import BLOCKED, CREATE, MATERIALIZE, NOOP, REMOVE, REPLACE, RESUME, Action, Plan
+
+SYMBOLS = {
+    CREATE: "+",
+    REPLACE: "-/+",
+    RESUME: "~",
+    MATERIALIZE: ">",
+    REMOVE: "-",
+    BLOCKED: "!",
+    NOOP: " ",
+}
+
+
+def money(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:,.2f}"
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "changes": bool(plan.changes),
+        "cost_usd": round(plan.cost, 4),
+        "cost_known": plan.cost_known,
+        "video_seconds": plan.seconds,
+        "actions": [action_json(a) for a in plan.actions],
+    }
+
+
+def action_json(action: Action) -> dict[str, Any]:
+    return {
+        "name": action.name,
+        "action": action.kind,
+        "reason": action.reason,
+        "spec_key": action.key,
+        "state": action.state,
+        "cost_usd": action.cost,
+        "video_seconds": action.seconds,
+        "path": action.path,
+        "old_path": action.old_path,
+        "file": action.spec.file if action.spec else None,
+    }
+
+
+def plan_headline(plan: Plan) -> str:
+    if not plan.changes:
+        blocked = [a for a in plan.actions if a.kind == BLOCKED]
+        if blocked:
+            return f"No changes can be made: {len(blocked)} spec(s) blocked (see above)."
+        return "No changes. The videos match the specs."
+    counts: dict[str, int] = {}
+    for action in plan.changes:
+        counts[action.kind] = counts.get(action.kind, 0) + 1
+    parts = [f"{n} to {k}" for k, n in counts.items()]
+    cost = money(plan.cost) if plan.cost_known else f"at least {money(plan.cost)}"
+    return f"Plan: {', '.join(parts)}. Estimated cost: {cost} for {plan.seconds} s of video."
+
+
+def render_plan(plan: Plan, out: TextIO) -> None:
+    console = Console(file=out, highlight=False, soft_wrap=True)
+    rows = [a for a in plan.actions if a.kind != NOOP]
+    if rows:
+        table = Table(box=None, show_header=True, pad_edge=False)
+        for column in ("", "name", "action", "cost", "why"):
+            table.add_column(column, no_wrap=column != "why")
+        for a in rows:
+            cost = money(a.cost) if a.kind in (CREATE, REPLACE) else ""
+            table.add_row(SYMBOLS[a.kind], a.name, a.kind, cost, a.reason)
+        console.print(table)
+        console.print()
+    console.print(plan_headline(plan))
+
+
+class Progress:
+    """Event lines for apply and watch: rich colours on a terminal, plain text in CI, or JSON lines."""
+
+    def __init__(self, out: TextIO | None = None, *, json_lines: bool = False) -> None:
+        self.out = out or sys.stderr
+        self.json_lines = json_lines
+        self.console = Console(file=self.out, highlight=False, soft_wrap=True)
+        self.rich = self.out.isatty() and not json_lines
+
+    def __call__(self, event: Event) -> None:
+        if self.json_lines:
+            record = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "level": event.level,
+                "event": event.kind,
+                "name": event.name,
+                "operation": event.operation,
+                "message": event.message,
+            }
+            self.out.write(json.dumps(record) + "\n")
+            self.out.flush()
+            return
+        who = f"{event.name}: " if event.name else ""
+        text = f"{who}{event.message}" + (f" [{event.operation}]" if event.operation else "")
+        if self.rich:
+            style = {"error": "red", "warning": "yellow"}.get(event.level, "")
+            stamp = time.strftime("%H:%M:%S")
+            self.console.print(f"[dim]{stamp}[/dim] [{style or 'default'}]{_escape(text)}[/]")
+        else:
+            self.out.write(f"{event.level.upper():7} {text}\n")
+            self.out.flush()
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+def summary_json(summary: Summary) -> dict[str, Any]:
+    return {
+        "ok": summary.ok,
+        "fatal": summary.fatal,
+        "stopped": summary.stopped,
+        "outcomes": [o.__dict__ for o in summary.outcomes],
+    }
+
+
+def render_summary(summary: Summary, out: TextIO) -> None:
+    console = Console(file=out, highlight=False, soft_wrap=True)
+    counts: dict[str, int] = {}
+    for o in summary.outcomes:
+        counts[o.state] = counts.get(o.state, 0) + 1
+    console.print(
+        "Apply " + ("complete" if summary.ok else "incomplete") + ": "
+        + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    )  # fmt: skip
+    for o in summary.outcomes:
+        if o.state not in ("materialized", "removed"):
+            console.print(f"  {o.name}: {o.state}: {_escape(o.message)}")
+    if summary.stopped and not summary.fatal:
+        console.print(
+            "Stopped early; operations still running remotely are resumed by the next apply."
+        )
+    if summary.fatal:
+        console.print(f"Stopped: {_escape(summary.fatal)}")
+
+
+def render_status(rows: list[dict[str, Any]], out: TextIO, *, daemon: str | None = None) -> None:
+    console = Console(file=out, highlight=False, soft_wrap=True)
+    if not rows:
+        console.print("No specs found under specs/.")
+    else:
+        table = Table(box=None, pad_edge=False)
+        for column in ("name", "state", "path", "sha256"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("error", overflow="fold")
+        for r in rows:
+            sha = (r["sha256"] or "")[:16]
+            table.add_row(r["name"], r["state"], r["path"] or "", sha, _escape(r["error"] or ""))
+        console.print(table)
+    if daemon:
+        console.print(daemon)
