@@ -188,6 +188,8 @@ def apply(
                               indent=2))  # fmt: skip
     else:
         report.render_summary(summary, sys.stdout)
+    if summary.stopped and engine.stop_signal:
+        sys.exit(128 + engine.stop_signal)
     sys.exit(0 if summary.ok else 1)
 
 
@@ -245,26 +247,30 @@ def _guard(the_plan: Plan, *, max_cost: float | None, api: ApiSettings | None, y
 
 
 def _run(engine: Engine, the_plan: Plan, options: Options) -> Summary:
-    """Run the plan with signal handling: first SIGINT/SIGTERM stops cleanly, a second at once."""
+    """Run the plan with signal handling: first SIGINT/SIGTERM stops cleanly, a second at once.
+
+    Plain signal handlers rather than the loop's: they stay in force after the loop has closed, so
+    a second signal during shutdown still exits at once with 128+signum instead of a traceback.
+    """
 
     async def main() -> Summary:
         loop = asyncio.get_running_loop()
         hits = 0
 
-        def on_signal(signum: int) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
             nonlocal hits
             hits += 1
             if hits > 1:
                 os._exit(128 + signum)
-            click.echo(
+            sys.stderr.write(
                 f"\n{signal.Signals(signum).name}: stopping; operations in flight are recorded "
-                "and resumed by the next run (send again to quit at once)",
-                err=True,
+                "and resumed by the next run (send again to quit at once)\n"
             )
-            engine.request_stop()
+            engine.stop_signal = signum
+            loop.call_soon_threadsafe(engine.request_stop)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
+            signal.signal(sig, on_signal)
         return await engine.apply(the_plan, options=options)
 
     return asyncio.run(main())

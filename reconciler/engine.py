@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import lockfile
+from . import failpoints, lockfile
 from . import plan as planning
 from .client import Backoff, OpResult, VeoClient, with_retries
 from .config import ApiSettings, Config, load_config
@@ -32,7 +32,7 @@ from .errors import (
     TransientError,
 )
 from .lockfile import LockEntry
-from .objects import ObjectCache, sha256_file
+from .objects import ObjectCache, sha256_file, sweep_temp
 from .pacing import Pacer
 from .plan import Action, Observed, Options, Plan
 from .spec import Desired, LoadResult, load_specs
@@ -69,6 +69,7 @@ class Event:
 class Tuning:
     concurrency: int = 4
     poll_interval: float = 10.0
+    stop_grace: float = 1.0  # seconds between a stop request and cancelling what is left
     submit_backoff: Backoff = field(default_factory=Backoff)
     poll_backoff: Backoff = field(default_factory=lambda: Backoff(base=2.0, cap=60.0, attempts=10))
 
@@ -123,6 +124,8 @@ class Engine:
         self.store = Store(state_dir / DB_FILE)
         self.cache = ObjectCache(state_dir / "objects")
         self._fatal: FatalError | None = None
+        self._posting: set[asyncio.Task[Any]] = set()
+        self.stop_signal: int | None = None
         self.emit = on_event or (lambda _event: None)
         self._stop = asyncio.Event()
         self.pacer = Pacer(cap_per_minute=self.config.submit_per_minute)
@@ -176,7 +179,12 @@ class Engine:
         )
 
     def recover(self) -> None:
-        """Submits left by dead processes become unknown: shown, never resubmitted by themselves."""
+        """Submits left by dead processes become unknown: shown, never resubmitted by themselves.
+
+        Half-written files of dead processes go too; they were never renamed into place.
+        """
+        for folder in (self.repo / self.config.output_dir, self.cache.root, self.lock_path.parent):
+            sweep_temp(folder)
         for gen in self.store.recover_stale():
             self.emit(Event("unknown", gen.error or "unknown", name=gen.name, level="warning"))
 
@@ -222,34 +230,63 @@ class Engine:
         self._fatal = None
         slots = asyncio.Semaphore(max(1, self.tuning.concurrency))
         client = VeoClient(self.api) if self.api is not None and plan.changes else None
+        tasks = [
+            asyncio.create_task(self._run(action, client, slots, opts), name=action.name)
+            for action in plan.actions
+        ]
+        reaper = asyncio.create_task(self._cancel_after_grace(tasks))
         try:
-            tasks = [
-                asyncio.create_task(self._run(action, client, slots, opts), name=action.name)
-                for action in plan.actions
-            ]
-            for outcome in await asyncio.gather(*tasks):
-                summary.outcomes.append(outcome)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            reaper.cancel()
             if client is not None:
                 await client.aclose()
+        for action, result in zip(plan.actions, results, strict=True):
+            if isinstance(result, Outcome):
+                summary.outcomes.append(result)
+            elif isinstance(result, asyncio.CancelledError):
+                gen = self.store.get(action.key or "")
+                state = gen.state if gen else PENDING
+                where = f" ({gen.operation})" if gen and gen.operation else ""
+                summary.outcomes.append(
+                    Outcome(action.name, state, f"interrupted{where}; the next run resumes it")
+                )
+            else:
+                raise result
         self.write_lock()
         summary.fatal = str(self._fatal) if self._fatal else None
         summary.stopped = self.stopping
         return summary
 
+    async def _cancel_after_grace(self, tasks: list[asyncio.Task[Outcome]]) -> None:
+        """After a stop request, give tasks a moment to settle, then cancel all but live POSTs.
+
+        Everything a cancelled task leaves behind is recorded already (an operation name, a
+        succeeded row); only a POST is never abandoned, since that is what makes a job unknown.
+        """
+        await self._stop.wait()
+        await asyncio.sleep(self.tuning.stop_grace)
+        for task in tasks:
+            if not task.done() and task not in self._posting:
+                task.cancel()
+
     def write_lock(self) -> None:
-        gens = self.store.generations()
-        entries = []
-        for out in self.store.outputs().values():
-            gen = gens.get(out.spec_key)
-            entries.append(
+        """Rewrite the lock from the db, inside a write transaction, so that of two processes
+        finishing together the last to write the lock is also the one that saw the latest state."""
+        failpoints.hit("before_lock")
+        with self.store.tx():
+            gens = self.store.generations()
+            entries = [
                 LockEntry(
                     name=out.name, spec_key=out.spec_key, path=out.path, sha256=out.sha256,
-                    bytes=out.bytes, model=gen.model if gen else "", operation=gen.operation if gen else None,
+                    bytes=out.bytes, model=gen.model if gen else "",
+                    operation=gen.operation if gen else None,
                     generated=(gen.finished_at or out.materialized_at) if gen else out.materialized_at,
                 )
-            )  # fmt: skip
-        lockfile.write(self.lock_path, entries)
+                for out in self.store.outputs().values()
+                for gen in [gens.get(out.spec_key)]
+            ]  # fmt: skip
+            lockfile.write(self.lock_path, entries)
 
     async def _run(
         self, action: Action, client: VeoClient | None, slots: asyncio.Semaphore, opts: Options
@@ -316,6 +353,7 @@ class Engine:
                     return Outcome(spec.name, state, str(result.error))
                 self.store.mark_succeeded(spec.key, video_uri=result.video_uri or "",
                                           file_id=result.file_id or "")  # fmt: skip
+                failpoints.hit("after_succeeded")
                 continue
             if gen.state == SUCCEEDED:
                 await self._download(spec, gen, client)
@@ -333,16 +371,25 @@ class Engine:
     ) -> Generation | None:
         """The only paid call, wrapped in the write-ahead claim."""
         body = spec.request_body(self.repo)  # before the claim: a bad image must not leave a claim
+        failpoints.hit("before_claim")
         claimed = self.store.claim(_generation(spec, self.config, state=PENDING), allowed=allowed)
         if claimed is None:
             return None
+        failpoints.hit("after_claim")
         self.emit(Event("submit", f"submitting ({spec.model}, {spec.resolution}, {spec.duration}s)",
                         name=spec.name))  # fmt: skip
         backoff = self.tuning.submit_backoff
         for attempt in range(backoff.attempts):
             await self.pacer.turn()
+            posting = asyncio.current_task()
+            if posting is not None:
+                # Never cancelled while the paid call and its commit are under way.
+                self._posting.add(posting)
             try:
                 operation = await client.submit(spec.model, body)
+                failpoints.hit("after_post")
+                self.store.mark_running(spec.key, operation)
+                failpoints.hit("after_running")
             except TransientError as exc:
                 self._note_not_accepted(spec, exc, final=False)
                 if exc.status == 429:
@@ -373,7 +420,8 @@ class Engine:
                 self._note_not_accepted(spec, exc, final=True)
                 self.emit(Event("failed", str(exc), name=spec.name, level="error"))
                 return self.store.get(spec.key)
-            self.store.mark_running(spec.key, operation)
+            finally:
+                self._posting.discard(posting)
             self.pacer.succeeded()
             self.emit(Event("submitted", "accepted", name=spec.name, operation=operation))
             return self.store.get(spec.key)
@@ -401,6 +449,7 @@ class Engine:
         operation = gen.operation or ""
         self.emit(Event("poll", "waiting for the operation", name=spec.name, operation=operation))
         while True:
+            failpoints.hit("before_poll")
             try:
                 result = await with_retries(
                     lambda: client.poll(spec.model, operation),
@@ -420,12 +469,17 @@ class Engine:
 
     async def _download(self, spec: Desired, gen: Generation, client: VeoClient) -> None:
         async def once() -> tuple[str, int]:
+            def sink(chunk: bytes) -> None:
+                incoming.write(chunk)
+                failpoints.hit("mid_download")
+
             with self.cache.writer() as incoming:
-                await client.download(gen.video_uri or "", gen.file_id, incoming.write)
+                await client.download(gen.video_uri or "", gen.file_id, sink)
                 with incoming.tmp.open("rb") as fh:
                     head = fh.read(12)
                 if head[4:8] != b"ftyp":
                     raise TransientError("the downloaded file is not an MP4 video")
+            failpoints.hit("after_download")
             return incoming.sha256, incoming.size
 
         self.emit(Event("download", "downloading", name=spec.name, operation=gen.operation))
@@ -437,6 +491,7 @@ class Engine:
             self.store.mark_failed(spec.key, message=str(exc), kind=exc.reason or "rejected")
             raise
         self.store.mark_materialized(spec.key, sha256=sha, size=size)
+        failpoints.hit("after_cached")
 
     def _materialize(self, spec: Desired, sha: str) -> Outcome:
         """Place the cached bytes at the content-hashed path and retire the name's previous file."""
@@ -451,6 +506,7 @@ class Engine:
         target = self.repo / rel
         if not (target.is_file() and sha256_file(target)[0] == sha):
             self.cache.materialize(sha, target)
+            failpoints.hit("after_rename")
         self._record_output(spec, sha, target.stat().st_size, rel)
         self.emit(Event("materialized", f"materialized {rel}", name=spec.name))
         return Outcome(spec.name, "materialized", rel)

@@ -58,7 +58,7 @@ def write(path: Path, entries: list[LockEntry]) -> None:
     text = render(entries)
     if path.exists() and path.read_text(encoding="utf-8", errors="replace") == text:
         return  # untouched: keeps mtimes (and make-style tools) quiet
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, failpoint="mid_lock")
 
 
 def read(path: Path) -> dict[str, LockEntry]:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from . import failpoints
+
 CHUNK = 1024 * 1024
 FICLONE = 0x40049409  # linux/fs.h: share extents between files (btrfs, xfs, overlay on those)
 
@@ -35,15 +37,19 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_file(target: Path) -> Iterator[BinaryIO]:
+def atomic_file(target: Path, *, failpoint: str | None = None) -> Iterator[BinaryIO]:
     """Yield a temp file beside ``target``; on success fsync it and rename it over ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if failpoint:
+            failpoints.hit(failpoint)
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
@@ -52,8 +58,41 @@ def atomic_file(target: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_text(target: Path, text: str) -> None:
-    with atomic_file(target) as fh:
+def sweep_temp(folder: Path) -> list[Path]:
+    """Delete temp files that a killed process left behind (named ``.<name>.<pid>.<rand>.tmp``).
+
+    A temp file whose writer is still alive is left alone: it may be about to be renamed.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = list(folder.glob(".*.tmp"))
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            pid = int(path.name[: -len(".tmp")].rsplit(".", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if _pid_alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def atomic_write_text(target: Path, text: str, *, failpoint: str | None = None) -> None:
+    with atomic_file(target, failpoint=failpoint) as fh:
         fh.write(text.encode("utf-8"))
 
 
@@ -91,7 +130,7 @@ class ObjectCache:
     def writer(self) -> Iterator[_IncomingObject]:
         """Stream bytes in while hashing; the object lands under its hash only when complete."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".incoming.{os.getpid()}.", suffix=".tmp")
         incoming = _IncomingObject(os.fdopen(fd, "wb"), Path(tmp))
         try:
             yield incoming
@@ -126,7 +165,10 @@ class ObjectCache:
 
     def materialize(self, sha256: str, target: Path) -> None:
         """Place a copy of a cached object at ``target`` atomically."""
-        with self.path(sha256).open("rb") as src, atomic_file(target) as dst:
+        with (
+            self.path(sha256).open("rb") as src,
+            atomic_file(target, failpoint="before_rename") as dst,
+        ):
             _clone_or_copy(src, dst)
 
 
