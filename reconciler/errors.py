@@ -61,7 +61,7 @@ class SpecErrors(ReconcileError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: (p.file, p.line or 0, p.field or ""))
         count = len(self.problems)
-        head = f"{count} invalid spec{'s' if count != 1 else ''}; nothing was submitted"
+        head = f"{count} problem{'s' if count != 1 else ''} found; nothing was submitted"
         super().__init__("\n".join([*(str(p) for p in self.problems), head]))
 
 
