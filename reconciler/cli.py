@@ -277,21 +277,64 @@ def _run(engine: Engine, the_plan: Plan, options: Options) -> Summary:
 
 
 @main.command()
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Operations in flight (default 4).")
+@click.option("--poll-interval", type=click.FloatRange(0.05), help="Seconds between polls.")
+@click.option(
+    "--resync",
+    type=click.FloatRange(1.0),
+    default=300.0,
+    show_default=True,
+    help="Seconds between full reconciles when nothing changes.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line (time, level, event, name, operation, message).",
+)
+@click.option(
+    "--sim", is_flag=True, help="Use the embedded simulator and the sandbox under state/sim/."
+)
+@friendly
+def watch(
+    concurrency: int | None, poll_interval: float | None, resync: float, log_format: str, sim: bool
+) -> None:
+    """Run as a daemon: reconcile whenever specs change, and every --resync seconds."""
+    from .daemon import Daemon, DaemonSettings
+
+    progress = report.Progress(sys.stderr, json_lines=log_format == "json")
+    tuning = _tuning(concurrency, poll_interval, sim=sim)
+    with _api(sim) as api:
+        engine = Engine(_repo(), api=api, tuning=tuning, on_event=progress, sandbox=sim)
+        try:
+            code = asyncio.run(Daemon(engine, api, DaemonSettings(resync=resync)).run())
+        finally:
+            engine.close()
+    sys.exit(code)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows.")
 @click.option("--sim", is_flag=True, help="Show the sandbox of --sim runs.")
 @friendly
 def status(as_json: bool, sim: bool) -> None:
     """One row per spec: name, state, path, sha256, error."""
+    from .daemon import META_KEY, describe
+
     engine = Engine(_repo(), sandbox=sim)
     try:
         result = engine.load()
-        rows = status_rows(engine, result.specs)
+        rows = status_rows(engine, result.specs, invalid_files=bool(result.problems))
+        daemon = describe(engine.store.meta(META_KEY))
     finally:
         engine.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+        if daemon:
+            click.echo(daemon, err=True)
     else:
-        report.render_status(rows, sys.stdout)
+        report.render_status(rows, sys.stdout, daemon=daemon)
     for problem in result.problems:
         click.echo(f"warning: {problem}", err=True)
 

@@ -125,6 +125,10 @@ class Engine:
         self.cache = ObjectCache(state_dir / "objects")
         self._fatal: FatalError | None = None
         self._posting: set[asyncio.Task[Any]] = set()
+        # apply stops at the first 401/403; watch only pauses submits until its next resync.
+        self.stop_on_fatal = True
+        # watch tells a task whether its spec still wants this key before it places a file.
+        self.still_wanted: Callable[[str, str], bool] = lambda _name, _key: True
         self.stop_signal: int | None = None
         self.emit = on_event or (lambda _event: None)
         self._stop = asyncio.Event()
@@ -219,6 +223,19 @@ class Engine:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def stopped(self) -> None:
+        await self._stop.wait()
+
+    def is_posting(self, task: asyncio.Task[Any]) -> bool:
+        return task in self._posting
+
+    def clear_fatal(self) -> None:
+        self._fatal = None
+
+    @property
+    def fatal(self) -> FatalError | None:
+        return self._fatal
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -231,7 +248,7 @@ class Engine:
         slots = asyncio.Semaphore(max(1, self.tuning.concurrency))
         client = VeoClient(self.api) if self.api is not None and plan.changes else None
         tasks = [
-            asyncio.create_task(self._run(action, client, slots, opts), name=action.name)
+            asyncio.create_task(self.run_action(action, client, slots, opts), name=action.name)
             for action in plan.actions
         ]
         reaper = asyncio.create_task(self._cancel_after_grace(tasks))
@@ -288,9 +305,10 @@ class Engine:
             ]  # fmt: skip
             lockfile.write(self.lock_path, entries)
 
-    async def _run(
+    async def run_action(
         self, action: Action, client: VeoClient | None, slots: asyncio.Semaphore, opts: Options
     ) -> Outcome:
+        """Carry one action to its end; every API trouble becomes the Outcome, never an exception."""
         try:
             if action.kind == planning.NOOP:
                 return Outcome(action.name, "materialized", "up to date")
@@ -307,7 +325,8 @@ class Engine:
                 return await self._generate(action, client, opts)
         except FatalError as exc:
             self._fatal = self._fatal or exc
-            self.request_stop()
+            if self.stop_on_fatal:
+                self.request_stop()
             return Outcome(action.name, "pending", "stopped: " + str(exc))
         except TransientError as exc:
             gen = self.store.get(action.key or "")
@@ -331,8 +350,9 @@ class Engine:
         while True:
             gen = self.store.get(spec.key)
             if gen is None or (want_submit and gen.state in allowed):
-                if self.stopping:
-                    return Outcome(spec.name, "pending", "not submitted: stopping")
+                if self.stopping or self._fatal is not None:
+                    why = str(self._fatal) if self._fatal else "stopping"
+                    return Outcome(spec.name, "pending", f"not submitted: {why}")
                 gen = await self._submit(spec, client, tuple(allowed))
                 want_submit = False
                 if gen is None:
@@ -496,6 +516,10 @@ class Engine:
     def _materialize(self, spec: Desired, sha: str) -> Outcome:
         """Place the cached bytes at the content-hashed path and retire the name's previous file."""
         rel = planning.output_path(self.config, spec.name, sha)
+        if not self.still_wanted(spec.name, spec.key):
+            return Outcome(
+                spec.name, "superseded", "the spec changed meanwhile; bytes kept in cache"
+            )
         if not self.cache.verify(sha):
             found = self._find_on_disk(sha)
             if found is None:
@@ -564,7 +588,9 @@ def _generation(spec: Desired, config: Config, *, state: str) -> Generation:
     )  # fmt: skip
 
 
-def status_rows(engine: Engine, specs: list[Desired]) -> list[dict[str, Any]]:
+def status_rows(
+    engine: Engine, specs: list[Desired], *, invalid_files: bool = False
+) -> list[dict[str, Any]]:
     """One row per spec (and per output whose spec is gone), for ``reconcile status``."""
     gens = engine.store.generations()
     outputs = engine.store.outputs()
@@ -596,8 +622,13 @@ def status_rows(engine: Engine, specs: list[Desired]) -> list[dict[str, Any]]:
     wanted = {s.name for s in specs}
     for name, out in sorted(outputs.items()):
         if name not in wanted:
+            why = (
+                "not in any valid spec (some spec files are invalid)"
+                if invalid_files
+                else "spec removed; `apply` removes the file"
+            )
             rows.append({"name": name, "state": "orphaned", "path": out.path, "sha256": out.sha256,
-                         "bytes": out.bytes, "error": "spec removed; `apply` removes the file",
+                         "bytes": out.bytes, "error": why,
                          "spec_key": out.spec_key, "operation": None, "file": None})  # fmt: skip
     return rows
 

@@ -152,7 +152,10 @@ def render_summary(summary: Summary, out: TextIO) -> None:
 
 
 def render_status(rows: list[dict[str, Any]], out: TextIO, *, daemon: str | None = None) -> None:
-    console = Console(file=out, highlight=False, soft_wrap=True)
+    # Off a terminal nothing limits the width: keep one row per line for logs and grep.
+    console = Console(
+        file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 200
+    )
     if not rows:
         console.print("No specs found under specs/.")
     else:
