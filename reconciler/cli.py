@@ -196,7 +196,7 @@ def apply(
 def _tuning(concurrency: int | None, poll_interval: float | None, *, sim: bool) -> Tuning | None:
     if concurrency is None and poll_interval is None and not sim:
         return None
-    tuning = Tuning()
+    tuning = Tuning.from_env()
     if concurrency:
         tuning.concurrency = concurrency
     if poll_interval:
@@ -212,7 +212,7 @@ def _api(sim: bool) -> Iterator[ApiSettings | None]:
     if sim:
         from .sim import Simulator
 
-        with Simulator(api_key=SIM_KEY, latency=2.0) as server:
+        with Simulator(api_key=SIM_KEY, latency=2.0, foreign_sources=True) as server:
             yield ApiSettings(
                 submit_base=server.base_url, query_base=server.base_url, api_key=SIM_KEY
             )

@@ -68,8 +68,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_hup, wake)
         watcher = Watcher(self.engine.repo, loop, debounce=self.settings.debounce)
         watcher.start()
-        client = VeoClient(self.api) if self.api else None
-        slots = asyncio.Semaphore(max(1, self.engine.tuning.concurrency))
+        client = self.engine.client()
+        slots = asyncio.Semaphore(self.engine.concurrency)
         heartbeat = asyncio.create_task(self._heartbeat())
         self.emit(
             Event("start", f"watching {self.engine.repo} (resync every {self.settings.resync:g}s)")

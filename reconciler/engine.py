@@ -51,6 +51,7 @@ from .store import (
 )
 
 STATE_DIR = "state"
+DEFAULT_CONCURRENCY = 4  # fits preview quotas of a few concurrent operations
 DB_FILE = "reconciler.db"
 
 
@@ -67,9 +68,23 @@ class Event:
 
 @dataclass
 class Tuning:
-    concurrency: int = 4
+    concurrency: int | None = None  # None: reconcile.yaml's limits.concurrency, else 4
     poll_interval: float = 10.0
     stop_grace: float = 1.0  # seconds between a stop request and cancelling what is left
+    http_timeout: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Tuning:
+        """Defaults, with the retry base and HTTP timeout adjustable for tests and slow links."""
+        env = dict(os.environ) if env is None else env
+        tuning = cls()
+        if base := env.get("RECONCILE_RETRY_BASE"):
+            tuning.submit_backoff = Backoff(base=float(base), cap=60.0, attempts=6)
+            tuning.poll_backoff = Backoff(base=float(base), cap=60.0, attempts=10)
+        if timeout := env.get("RECONCILE_HTTP_TIMEOUT"):
+            tuning.http_timeout = float(timeout)
+        return tuning
+
     submit_backoff: Backoff = field(default_factory=Backoff)
     poll_backoff: Backoff = field(default_factory=lambda: Backoff(base=2.0, cap=60.0, attempts=10))
 
@@ -118,9 +133,8 @@ class Engine:
             self.lock_path = state_dir / lockfile.LOCK_FILE
             self.config = replace(self.config, output_dir=f"{STATE_DIR}/sim/videos")
         self.api = api
-        self.tuning = tuning or Tuning()
-        if self.config.concurrency and tuning is None:
-            self.tuning.concurrency = self.config.concurrency
+        self.tuning = tuning or Tuning.from_env()
+        self.concurrency = self.tuning.concurrency or self.config.concurrency or DEFAULT_CONCURRENCY
         self.store = Store(state_dir / DB_FILE)
         self.cache = ObjectCache(state_dir / "objects")
         self._fatal: FatalError | None = None
@@ -220,6 +234,9 @@ class Engine:
 
     # -- apply -----------------------------------------------------------------------------------
 
+    def client(self) -> VeoClient | None:
+        return VeoClient(self.api, timeout=self.tuning.http_timeout) if self.api else None
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -245,8 +262,8 @@ class Engine:
         opts = options or Options()
         summary = Summary()
         self._fatal = None
-        slots = asyncio.Semaphore(max(1, self.tuning.concurrency))
-        client = VeoClient(self.api) if self.api is not None and plan.changes else None
+        slots = asyncio.Semaphore(self.concurrency)
+        client = self.client() if plan.changes else None
         tasks = [
             asyncio.create_task(self.run_action(action, client, slots, opts), name=action.name)
             for action in plan.actions

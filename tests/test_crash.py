@@ -16,7 +16,7 @@ import yaml
 from conftest import Repo
 
 from reconciler import failpoints
-from reconciler.sim import Simulator
+from reconciler.sim import Simulator, stall
 
 SPECS = {
     "alpha": "A red kite flying over green hills, crash-test alpha.",
@@ -135,28 +135,37 @@ def test_sigterm_stops_within_two_seconds_and_resumes(repo: Repo) -> None:
 
 
 def test_second_signal_exits_at_once(repo: Repo) -> None:
-    """A second SIGINT does not wait for anything; what was committed is still resumed later."""
+    """A first SIGINT waits for a POST on the wire; a second exits at once, and the job it may have
+    created is `unknown` next run, adopted with `reconcile resolve`, never paid again."""
     assert repo.sim is not None
-    repo.sim.set_latency(30.0)
-    write_specs(repo)
+    repo.write("specs/alpha.yaml", f"name: alpha\nmodel: veo-3.1-fast-generate-preview\n"
+                                   f"prompt: {SPECS['alpha']}\n")  # fmt: skip
+    repo.sim.inject("submit", stall(30.0))
     proc = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.2"],
         cwd=repo.path, env=repo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 20
-    while repo.sim.paid_posts < 3 and time.monotonic() < deadline:
+    while repo.sim.paid_posts < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    time.sleep(1.5)  # past the stop grace: only the POST keeps it alive
+    assert proc.poll() is None
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=10)
     assert time.monotonic() - sent < 0.5
     assert proc.returncode == 128 + signal.SIGINT
-    repo.sim.set_latency(0.2)
+
+    result = repo.apply()
+    assert result.returncode == 1
+    assert repo.status()["alpha"]["state"] == "unknown"
+    assert repo.sim.paid_posts == 1
+    op = next(iter(repo.sim.operations.values()))
+    assert repo.run("resolve", "alpha", "--operation", op.name).returncode == 0
     assert repo.apply().returncode == 0
-    assert repo.sim.paid_posts == 3
+    assert repo.sim.paid_posts == 1
+    assert repo.status()["alpha"]["state"] == "materialized"
 
 
 def test_status_json_of_unknown_after_kill(repo: Repo) -> None:
@@ -165,7 +174,8 @@ def test_status_json_of_unknown_after_kill(repo: Repo) -> None:
     assert repo.sim is not None
     write_specs(repo)
     env = repo.env(**{failpoints.ENV: "after_post:1"})
-    assert repo.apply(env=env).returncode == -signal.SIGKILL
+    # One operation in flight, so exactly one POST is on the wire when the process dies.
+    assert repo.apply("--concurrency", "1", env=env).returncode == -signal.SIGKILL
     assert repo.sim.paid_posts == 1
     result = repo.apply()
     assert result.returncode == 1
