@@ -27,6 +27,11 @@ SYMBOLS = {
 }
 
 
+def _console(out: TextIO) -> Console:
+    # Off a terminal nothing limits the width: keep one row per line for CI logs and grep.
+    return Console(file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 200)
+
+
 def money(value: float | None) -> str:
     return "unknown" if value is None else f"${value:,.2f}"
 
@@ -71,7 +76,7 @@ def plan_headline(plan: Plan) -> str:
 
 
 def render_plan(plan: Plan, out: TextIO) -> None:
-    console = Console(file=out, highlight=False, soft_wrap=True)
+    console = _console(out)
     rows = [a for a in plan.actions if a.kind != NOOP]
     if rows:
         table = Table(box=None, show_header=True, pad_edge=False)
@@ -132,7 +137,7 @@ def summary_json(summary: Summary) -> dict[str, Any]:
 
 
 def render_summary(summary: Summary, out: TextIO) -> None:
-    console = Console(file=out, highlight=False, soft_wrap=True)
+    console = _console(out)
     counts: dict[str, int] = {}
     for o in summary.outcomes:
         counts[o.state] = counts.get(o.state, 0) + 1
@@ -152,10 +157,7 @@ def render_summary(summary: Summary, out: TextIO) -> None:
 
 
 def render_status(rows: list[dict[str, Any]], out: TextIO, *, daemon: str | None = None) -> None:
-    # Off a terminal nothing limits the width: keep one row per line for logs and grep.
-    console = Console(
-        file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 200
-    )
+    console = _console(out)
     if not rows:
         console.print("No specs found under specs/.")
     else:
