@@ -36,9 +36,12 @@ class Pacer:
     async def turn(self) -> None:
         """Wait until the next submit may go out, then reserve that slot."""
         async with self._lock:
-            now = self._clock()
-            start = max(now, self._next, self._hold_until)
-            if start > now:
+            # Re-check after each sleep: a 429 that arrives while this turn waits extends the hold.
+            while True:
+                now = self._clock()
+                start = max(now, self._next, self._hold_until)
+                if start <= now:
+                    break
                 await self._sleep(start - now)
             if self.rate is not None:
                 self._next = max(self._clock(), start) + 60.0 / self.rate

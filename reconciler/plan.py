@@ -8,7 +8,7 @@ plain data, so every planning rule is a plain function tested with parametrized 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .config import Config
 from .lockfile import LockEntry
@@ -123,17 +123,35 @@ def make_plan(
         if opts.targets and name not in opts.targets:
             continue
         actions.append(Action(name, REMOVE, None, "spec removed", path=current[name]))
-    return Plan(sorted(actions, key=lambda a: a.name))
+    return Plan(_pay_once(sorted(actions, key=lambda a: a.name)))
+
+
+def _pay_once(actions: list[Action]) -> list[Action]:
+    """Names sharing a key share one generation: only the first of them carries its cost."""
+    paid_keys: set[str] = set()
+    result = []
+    for action in actions:
+        key = action.key
+        if action.kind in PAID and key is not None:
+            if key in paid_keys:
+                action = replace(action, cost=0.0, seconds=0,
+                                 reason=f"{action.reason} (same video as another spec)")  # fmt: skip
+            paid_keys.add(key)
+        result.append(action)
+    return result
 
 
 def known_bytes(
     spec: Desired, gen: Generation | None, lock: dict[str, LockEntry], observed: Observed
 ) -> str | None:
-    """The sha256 of a finished video for this key, from the state or a verified lock entry."""
+    """The sha256 of a finished video for this key, from the state or a lock entry whose bytes
+    are at hand (its file verifies, or the object cache holds them: a lost db must not re-bill)."""
     if gen is not None and gen.state == MATERIALIZED and gen.sha256:
         return gen.sha256
     for entry in lock.values():
-        if entry.spec_key == spec.key and observed.verified.get(entry.path) == entry.sha256:
+        if entry.spec_key == spec.key and (
+            observed.verified.get(entry.path) == entry.sha256 or entry.sha256 in observed.cached
+        ):
             return entry.sha256
     return None
 

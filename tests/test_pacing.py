@@ -1,0 +1,162 @@
+"""Submit pacing on a fake clock: unmetered by default, capped when asked, AIMD around 429s.
+
+The pacer takes its clock and its async sleep as arguments, so these tests run it on a clock that
+only moves when the pacer sleeps: every wait it asks for is recorded, and no real time passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reconciler.pacing import MIN_PER_MINUTE, UNLIMITED_PER_MINUTE, Pacer
+
+
+class FakeTime:
+    """A clock that advances only through ``sleep``; ``sleep`` yields once before it wakes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        wake = self.now + seconds
+        await asyncio.sleep(0)  # let other tasks (a 429 arriving) run while this one waits
+        self.now = max(self.now, wake)
+
+
+def pacer(cap: float | None = None) -> tuple[Pacer, FakeTime]:
+    fake = FakeTime()
+    return Pacer(cap_per_minute=cap, clock=fake.clock, sleep=fake.sleep), fake
+
+
+def turn_times(p: Pacer, fake: FakeTime, count: int) -> list[float]:
+    """Take ``count`` turns one after another; the fake time at which each was granted."""
+
+    async def main() -> list[float]:
+        times = []
+        for _ in range(count):
+            await p.turn()
+            times.append(fake.now)
+        return times
+
+    return asyncio.run(main())
+
+
+def test_unmetered_by_default() -> None:
+    """With no cap and no 429 yet, submits never wait."""
+    p, fake = pacer()
+    assert p.rate is None
+    assert turn_times(p, fake, 20) == [0.0] * 20
+    assert fake.sleeps == []
+
+
+@pytest.mark.parametrize(("cap", "gap"), [(6.0, 10.0), (10.0, 6.0), (60.0, 1.0), (1.0, 60.0)])
+def test_cap_spaces_submits(cap: float, gap: float) -> None:
+    """limits.submitPerMinute spaces submits 60/cap seconds apart, the first at once."""
+    p, fake = pacer(cap)
+    times = turn_times(p, fake, 6)
+    assert times == pytest.approx([i * gap for i in range(6)])
+    assert fake.sleeps == pytest.approx([gap] * 5)
+
+
+def test_cap_counts_from_the_last_submit_not_from_now() -> None:
+    """A turn taken long after the previous one does not wait at all."""
+    p, fake = pacer(6.0)
+    turn_times(p, fake, 1)
+    fake.now = 100.0
+    assert turn_times(p, fake, 2) == pytest.approx([100.0, 110.0])
+
+
+@pytest.mark.parametrize(
+    ("cap", "rate_after", "times"),
+    [
+        (None, UNLIMITED_PER_MINUTE / 4, [32.0, 34.0]),
+        (6.0, 3.0, [32.0, 52.0]),
+        (1.5, MIN_PER_MINUTE, [40.0, 100.0]),
+    ],
+    ids=["unmetered", "capped", "never below the minimum"],
+)
+def test_429_holds_until_retry_after_and_slows_down(
+    cap: float | None, rate_after: float, times: list[float]
+) -> None:
+    """A 429 holds the next submit until its Retry-After (or a later slot) and halves the rate."""
+    # Unmetered counts as half the unmetering threshold before halving; never below 1 a minute.
+    p, fake = pacer(cap)
+    turn_times(p, fake, 1)  # t=0; reserves the next slot at 60/cap
+    fake.now = 2.0
+    assert p.rate_limited(30.0, fallback=5.0) == 30.0
+    assert p.rate == pytest.approx(rate_after)
+    assert turn_times(p, fake, 2) == pytest.approx(times)
+
+
+def test_429_without_retry_after_uses_the_fallback() -> None:
+    """With no Retry-After, the caller's backoff delay is the hold."""
+    p, fake = pacer()
+    assert p.rate_limited(None, fallback=4.0) == 4.0
+    assert turn_times(p, fake, 1) == [4.0]
+
+
+def test_a_later_shorter_429_does_not_shorten_the_hold() -> None:
+    """Two 429s in a row: the longer hold stands."""
+    p, fake = pacer()
+    p.rate_limited(30.0, fallback=1.0)
+    p.rate_limited(5.0, fallback=1.0)
+    assert turn_times(p, fake, 1) == [30.0]
+
+
+def test_429_holds_a_turn_that_is_already_waiting() -> None:
+    """A submit already waiting for its slot when a 429 arrives still waits out the hold."""
+    p, fake = pacer(6.0)
+
+    async def main() -> float:
+        await p.turn()  # t=0; the next slot is t=10
+        waiting = asyncio.create_task(p.turn())
+        await asyncio.sleep(0)  # the task is now asleep until t=10
+        fake.now = 2.0
+        p.rate_limited(30.0, fallback=1.0)  # the first submit got a 429: hold until t=32
+        await waiting
+        return fake.now
+
+    assert asyncio.run(main()) >= 32.0
+
+
+def test_successes_raise_the_rate_back_to_unmetered() -> None:
+    """Without a cap, successes after a 429 raise the rate until metering stops altogether."""
+    p, fake = pacer()
+    p.rate_limited(1.0, fallback=1.0)
+    p.rate_limited(1.0, fallback=1.0)
+    rates = []
+    while p.rate is not None:
+        rates.append(p.rate)
+        p.succeeded()
+        assert len(rates) < 50, "the rate never recovers"
+    assert rates == sorted(rates) and rates[0] == pytest.approx(UNLIMITED_PER_MINUTE / 8)
+    fake.now = 100.0
+    assert turn_times(p, fake, 5) == [100.0] * 5
+
+
+def test_successes_raise_the_rate_back_to_the_cap_only() -> None:
+    """With a cap, successes raise the rate back to the cap and never past it."""
+    p, fake = pacer(6.0)
+    p.rate_limited(0.0, fallback=0.0)
+    assert p.rate == pytest.approx(3.0)
+    for _ in range(30):
+        p.succeeded()
+        assert p.rate is not None and p.rate <= 6.0
+    assert p.rate == pytest.approx(6.0)
+    fake.now = 100.0
+    assert turn_times(p, fake, 3) == pytest.approx([100.0, 110.0, 120.0])
+
+
+def test_success_while_unmetered_stays_unmetered() -> None:
+    """A success with no rate in force changes nothing."""
+    p, fake = pacer()
+    p.succeeded()
+    assert p.rate is None
+    assert turn_times(p, fake, 3) == [0.0] * 3

@@ -1,0 +1,391 @@
+"""The state store on real sqlite files: migrations, WAL, the claim CAS, the ledger, recovery.
+
+Two ``Store`` objects on one file stand in for two processes (a CI apply beside a ``watch``): each
+has its own connection, so sqlite's own locking is what is under test, not anything in Python.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.store import (
+    FAILED,
+    MATERIALIZED,
+    PENDING,
+    RUNNING,
+    STALE_SUBMIT_SECONDS,
+    SUBMITTING,
+    SUCCEEDED,
+    UNKNOWN,
+    Generation,
+    Output,
+    Store,
+    owner_alive,
+    this_owner,
+)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "reconciler.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    s = Store(db_path)
+    yield s
+    s.close()
+
+
+def generation(key: str = "k1", name: str = "hero") -> Generation:
+    return Generation(
+        spec_key=key,
+        name=name,
+        model="veo-3.1-fast-generate-preview",
+        resolution="720p",
+        duration=8,
+        cost=0.8,
+        state=PENDING,
+    )
+
+
+def raw(path: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Read or poke the db file with plain sqlite3, outside the Store under test."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+
+def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
+    """Each migration is recorded once; opening the db again applies nothing and keeps the data."""
+    first = Store(db_path)
+    assert first.claim(generation(), allowed=(PENDING,)) is not None
+    first.close()
+    before = raw(db_path, "SELECT name, applied_at FROM migrations ORDER BY name")
+    assert [name for name, _ in before] == ["0001_initial"]
+
+    again = Store(db_path)
+    try:
+        assert raw(db_path, "SELECT name, applied_at FROM migrations ORDER BY name") == before
+        gen = again.get("k1")
+        assert gen is not None and gen.state == SUBMITTING
+    finally:
+        again.close()
+
+
+def test_wal_mode(store: Store, db_path: Path) -> None:
+    """The db runs in WAL mode, so readers never wait for a writer."""
+    assert store.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+# -- the claim ---------------------------------------------------------------------------------
+
+
+def test_claim_inserts_a_submitting_row_owned_by_this_process(store: Store) -> None:
+    """Claiming an unknown key records it as submitting, owned by this process, before any POST."""
+    claimed = store.claim(generation(), allowed=(PENDING,))
+    assert claimed is not None
+    assert (claimed.state, claimed.owner) == (SUBMITTING, this_owner())
+    assert claimed.claimed_at is not None and claimed.submitted_at is not None
+    assert store.attempts() == []  # a claim is not an outcome
+
+
+@pytest.mark.parametrize(
+    ("state", "allowed", "wins"),
+    [
+        (SUBMITTING, (PENDING,), False),
+        (RUNNING, (PENDING, FAILED, UNKNOWN, MATERIALIZED), False),
+        (SUCCEEDED, (PENDING, FAILED, UNKNOWN, MATERIALIZED), False),
+        (FAILED, (PENDING,), False),
+        (FAILED, (PENDING, FAILED), True),
+        (UNKNOWN, (PENDING,), False),
+        (UNKNOWN, (PENDING, UNKNOWN), True),
+        (MATERIALIZED, (PENDING,), False),
+        (MATERIALIZED, (PENDING, MATERIALIZED), True),
+        (PENDING, (PENDING,), True),
+    ],
+)
+def test_claim_is_a_compare_and_swap(
+    store: Store, db_path: Path, state: str, allowed: tuple[str, ...], wins: bool
+) -> None:
+    """A claim succeeds only from an allowed state; otherwise it returns None and changes nothing."""
+    store.claim(generation(), allowed=(PENDING,))
+    raw(db_path, "UPDATE generations SET state = ?, operation = 'operations/old'", (state,))
+    claimed = store.claim(generation(), allowed=allowed)
+    gen = store.get("k1")
+    assert gen is not None
+    if wins:
+        assert claimed is not None and claimed.state == SUBMITTING
+        assert gen.operation is None  # a new submission starts from a clean slate
+    else:
+        assert claimed is None
+        assert (gen.state, gen.operation) == (state, "operations/old")
+
+
+@pytest.mark.parametrize("same_store", [True, False], ids=["same store", "another store"])
+def test_second_claim_of_a_submitting_row_loses(
+    store: Store, db_path: Path, same_store: bool
+) -> None:
+    """Claiming a key that is already being submitted returns None, from this process or another."""
+    assert store.claim(generation(), allowed=(PENDING,)) is not None
+    other = store if same_store else Store(db_path)
+    try:
+        assert other.claim(generation(), allowed=(PENDING,)) is None
+    finally:
+        if not same_store:
+            other.close()
+    gen = store.get("k1")
+    assert gen is not None and (gen.state, gen.owner) == (SUBMITTING, store.owner)
+
+
+def test_two_stores_racing_for_one_key_one_wins(db_path: Path) -> None:
+    """Several Stores (own connections, own threads) claiming one key at once: exactly one wins."""
+    Store(db_path).close()  # schema in place before the race
+    racers = 4
+    barrier = threading.Barrier(racers)
+    results: list[Generation | BaseException | None] = [None] * racers
+
+    def race(i: int) -> None:
+        s = Store(db_path)  # sqlite connections belong to the thread that opened them
+        try:
+            barrier.wait(timeout=10)
+            results[i] = s.claim(generation(), allowed=(PENDING,))
+        except BaseException as exc:
+            results[i] = exc
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert sum(isinstance(r, Generation) for r in results) == 1
+    assert raw(db_path, "SELECT state FROM generations") == [(SUBMITTING,)]
+
+
+# -- the ledger ----------------------------------------------------------------------------------
+
+
+def test_attempts_one_row_per_outcome_append_only(store: Store) -> None:
+    """Every outcome appends exactly one attempts row; earlier rows never change."""
+    store.claim(generation(), allowed=(PENDING,))
+    store.mark_not_accepted(
+        "k1", outcome="transient", message="429", status=429, final=False, kind="transient"
+    )
+    first = store.attempts("k1")
+    store.claim(generation(), allowed=(PENDING,))
+    store.mark_running("k1", "operations/op1")
+    store.mark_failed(
+        "k1", message="internal", kind="operation_failed", count_failure=True, retries=2
+    )
+    store.claim(generation(), allowed=(PENDING,))
+    store.mark_unknown("k1", "connection dropped")
+    store.claim(generation("k2", "intro"), allowed=(PENDING,))
+    store.mark_not_accepted(
+        "k2",
+        outcome="content_policy",
+        message="policy",
+        status=400,
+        final=True,
+        kind="content_policy",
+    )
+
+    rows = store.attempts("k1")
+    assert rows[: len(first)] == first
+    assert [r["outcome"] for r in rows] == ["transient", "accepted", "operation_failed", "unknown"]
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+    assert rows[0]["status"] == 429 and rows[1]["operation"] == "operations/op1"
+    assert all(r["name"] == "hero" and r["owner"] == this_owner() for r in rows)
+    assert [r["outcome"] for r in store.attempts()] == [
+        *(r["outcome"] for r in rows),
+        "content_policy",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("final", "state", "error_kind"),
+    [(False, PENDING, None), (True, FAILED, "content_policy")],
+)
+def test_not_accepted_goes_back_to_pending_or_fails(
+    store: Store, final: bool, state: str, error_kind: str | None
+) -> None:
+    """An answered POST error releases the claim: pending to try again, or failed when final."""
+    store.claim(generation(), allowed=(PENDING,))
+    store.mark_not_accepted(
+        "k1", outcome="x", message="no", status=400, final=final, kind="content_policy"
+    )
+    gen = store.get("k1")
+    assert gen is not None
+    assert (gen.state, gen.owner, gen.error, gen.error_kind) == (state, None, "no", error_kind)
+
+
+@pytest.mark.parametrize(
+    ("retries", "states"),
+    [
+        (2, [PENDING, PENDING, FAILED]),
+        (0, [FAILED]),
+        (1, [PENDING, FAILED]),
+    ],
+)
+def test_mark_failed_counts_operation_failures(
+    store: Store, retries: int, states: list[str]
+) -> None:
+    """A counted operation failure goes back to pending while retries last, then fails for good."""
+    got = []
+    for _ in states:
+        store.claim(generation(), allowed=(PENDING,))
+        store.mark_running("k1", "operations/op")
+        got.append(
+            store.mark_failed(
+                "k1",
+                message="internal",
+                kind="operation_failed",
+                count_failure=True,
+                retries=retries,
+            )
+        )
+    assert got == states
+    gen = store.get("k1")
+    assert gen is not None and (gen.state, gen.op_failures) == (states[-1], len(states))
+
+
+def test_mark_failed_uncounted_is_final_at_once(store: Store) -> None:
+    """A filtered or refused result fails at once, whatever retries remain, and counts nothing."""
+    store.claim(generation(), allowed=(PENDING,))
+    store.mark_running("k1", "operations/op")
+    assert store.mark_failed("k1", message="filtered", kind="filtered", retries=5) == FAILED
+    gen = store.get("k1")
+    assert gen is not None and (gen.state, gen.error_kind, gen.op_failures) == (
+        FAILED,
+        "filtered",
+        0,
+    )
+
+
+def test_reset_clears_the_failure_count(store: Store) -> None:
+    """A user's retry resets the row to pending with a fresh failure budget."""
+    store.claim(generation(), allowed=(PENDING,))
+    store.mark_failed("k1", message="x", kind="operation_failed", count_failure=True, retries=0)
+    store.reset("k1")
+    gen = store.get("k1")
+    assert gen is not None and (gen.state, gen.op_failures, gen.error) == (PENDING, 0, None)
+
+
+def test_outputs_round_trip(store: Store) -> None:
+    """An output row is stored, replaced per name and deleted."""
+    out = Output("hero", "k1", "videos/hero.aaaa.mp4", "a" * 64, 10, 10, 1, "2026-01-01T00:00:00Z")
+    store.set_output(out)
+    newer = Output(
+        "hero", "k2", "videos/hero.bbbb.mp4", "b" * 64, 20, 20, 2, "2026-01-02T00:00:00Z"
+    )
+    store.set_output(newer)
+    assert store.outputs() == {"hero": newer}
+    store.delete_output("hero")
+    assert store.outputs() == {}
+
+
+# -- recovery ----------------------------------------------------------------------------------
+
+
+def claimed_by(db_path: Path, owner: str, key: str = "k1") -> None:
+    """Claim ``key`` as the process ``owner`` would have (a Store under another owner's name)."""
+    other = Store(db_path)
+    other.owner = owner
+    try:
+        assert other.claim(generation(key, f"name-{key}"), allowed=(PENDING,)) is not None
+    finally:
+        other.close()
+
+
+def test_recover_stale_turns_a_dead_owners_submit_into_unknown(store: Store, db_path: Path) -> None:
+    """A submitting row whose owner process is gone becomes unknown, with a ledger row saying why."""
+    owner = f"{socket.gethostname()}:{dead_pid()}:12345"
+    assert owner_alive(owner) is False
+    claimed_by(db_path, owner)
+
+    (recovered,) = store.recover_stale()
+    assert (recovered.spec_key, recovered.state, recovered.owner) == ("k1", UNKNOWN, None)
+    assert recovered.error is not None and owner in recovered.error
+    assert [r["outcome"] for r in store.attempts("k1")] == ["unknown"]
+    assert store.recover_stale() == []  # nothing left to recover; no second ledger row
+    assert len(store.attempts("k1")) == 1
+
+
+def test_recover_stale_leaves_a_live_owners_submit_alone(store: Store, db_path: Path) -> None:
+    """A submitting row owned by a live process stays submitting."""
+    store.claim(generation(), allowed=(PENDING,))
+    assert owner_alive(store.owner) is True
+    assert store.recover_stale() == []
+    gen = store.get("k1")
+    assert gen is not None and (gen.state, gen.owner) == (SUBMITTING, this_owner())
+    assert store.attempts() == []
+
+
+def test_recover_stale_does_not_trust_a_reused_pid(store: Store, db_path: Path) -> None:
+    """A live pid with another start time is not the owner: its submit is unknown."""
+    claimed_by(db_path, f"{socket.gethostname()}:{os.getpid()}:not-the-start-time")
+    (recovered,) = store.recover_stale()
+    assert recovered.state == UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("age", "state"),
+    [(10.0, SUBMITTING), (STALE_SUBMIT_SECONDS + 60, UNKNOWN)],
+    ids=["recent", "stale"],
+)
+def test_recover_stale_other_host(store: Store, db_path: Path, age: float, state: str) -> None:
+    """An owner on another host cannot be checked: its submit is left alone until it is stale."""
+    claimed_by(db_path, "some-other-host.example:4242:999")
+    raw(db_path, "UPDATE generations SET claimed_at = ?", (time.time() - age,))
+    store.recover_stale()
+    gen = store.get("k1")
+    assert gen is not None and gen.state == state
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+def test_reader_reads_while_a_writer_holds_the_write_lock(db_path: Path) -> None:
+    """With a write transaction open, another Store still reads the last committed state at once."""
+    writer = Store(db_path)
+    reader = Store(db_path, busy_timeout=0.2)
+    try:
+        writer.claim(generation(), allowed=(PENDING,))
+        with writer.tx() as conn:
+            conn.execute("UPDATE generations SET state = ? WHERE spec_key = 'k1'", [RUNNING])
+            started = time.monotonic()
+            gens = reader.generations()
+            assert time.monotonic() - started < 0.2
+            assert gens["k1"].state == SUBMITTING  # the uncommitted change is not visible
+            # ...while a second writer has to wait for the first.
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                reader.claim(generation("k2"), allowed=(PENDING,))
+        gen = reader.get("k1")
+        assert gen is not None and gen.state == RUNNING
+    finally:
+        reader.close()
+        writer.close()
