@@ -142,7 +142,7 @@ def error_from_response(
             f"refused by content policy ({said})", status=status, reason=message
         )
     if status == 429:
-        wait = retry_after_seconds(headers.get("retry-after"))
+        wait = retry_after_seconds(httpx.Headers(headers).get("retry-after"))
         return TransientError(
             f"rate limited ({said})", status=status, reason=message, retry_after=wait
         )

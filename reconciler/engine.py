@@ -344,7 +344,8 @@ class Engine:
             self._fatal = self._fatal or exc
             if self.stop_on_fatal:
                 self.request_stop()
-            return Outcome(action.name, "pending", "stopped: " + str(exc))
+            # The reason is said once, as the summary's stop line (Summary.fatal), not per spec.
+            return Outcome(action.name, "pending", "not accepted: the account was refused")
         except TransientError as exc:
             gen = self.store.get(action.key or "")
             return Outcome(action.name, gen.state if gen else "pending", str(exc))
@@ -363,12 +364,14 @@ class Engine:
             allowed.append(UNKNOWN)
         if spec.name in opts.replace:
             allowed += [MATERIALIZED, FAILED, UNKNOWN]
+        if action.kind in planning.PAID and action.state == MATERIALIZED:
+            allowed.append(MATERIALIZED)  # the plan found its bytes lost everywhere: pay again
         want_submit = action.kind in planning.PAID
         while True:
             gen = self.store.get(spec.key)
             if gen is None or (want_submit and gen.state in allowed):
                 if self.stopping or self._fatal is not None:
-                    why = str(self._fatal) if self._fatal else "stopping"
+                    why = "the account was refused" if self._fatal else "stopping"
                     return Outcome(spec.name, "pending", f"not submitted: {why}")
                 gen = await self._submit(spec, client, tuple(allowed))
                 want_submit = False
@@ -401,6 +404,8 @@ class Engine:
                 if gen.file_id:
                     await self._download(spec, gen, client)
                     continue
+                return Outcome(spec.name, PENDING, "its bytes are in neither the cache nor the "
+                               "output folder; the next apply plans a new generation")  # fmt: skip
             return Outcome(spec.name, gen.state, gen.error or "")
 
     async def _submit(
@@ -568,7 +573,14 @@ class Engine:
             self._unlink(previous.path)
 
     def _remove(self, action: Action) -> Outcome:
+        """The file leaves the output folder; its bytes stay in the cache (a fresh clone's outputs
+        were never cached, so they are cached here first: a rename must not lose them)."""
         if action.path:
+            path = self.repo / action.path
+            out = self.store.outputs().get(action.name)
+            known = out.sha256 if out else None
+            if path.is_file() and not (known and self.cache.has(known)):
+                self.cache.add_file(path)
             self._unlink(action.path)
         self.store.delete_output(action.name)
         self.emit(Event("removed", f"removed {action.path}", name=action.name))

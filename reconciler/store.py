@@ -286,6 +286,8 @@ class Store:
                 )  # fmt: skip
                 self._update(conn, gen.spec_key, **claim)
             elif row[0] in allowed:
+                # Leaving failed/unknown/materialized takes the user's word: a fresh retry budget.
+                budget = {} if row[0] == PENDING else {"op_failures": 0}
                 self._update(
                     conn,
                     gen.spec_key,
@@ -295,6 +297,7 @@ class Store:
                     video_uri=None,
                     file_id=None,
                     **claim,
+                    **budget,
                 )
             else:
                 return None

@@ -41,7 +41,9 @@ def three_specs(repo: Repo) -> None:
 
 def posts(repo: Repo) -> list[dict]:
     assert repo.sim is not None
-    return [r.json for r in repo.sim.requests if r.method == "POST" and "predictLongRunning" in r.path]
+    return [
+        r.json for r in repo.sim.requests if r.method == "POST" and "predictLongRunning" in r.path
+    ]
 
 
 def sha(path: Path) -> str:
@@ -266,5 +268,44 @@ def test_apply_sim_sandbox(offline_repo: Repo) -> None:
 
 def test_file_id_is_taken_from_any_uri_form() -> None:
     """Downloads go to the configured base by file id, whatever host or /upload/ the URI names."""
-    assert file_id_of("https://api.gptproto.com/upload/v1beta/files/abc:download?alt=media") == "abc"
+    assert (
+        file_id_of("https://api.gptproto.com/upload/v1beta/files/abc:download?alt=media") == "abc"
+    )
     assert file_id_of("https://elsewhere.example/v1beta/files/xyz:download?alt=media") == "xyz"
+
+
+def test_renaming_a_spec_in_a_fresh_clone_is_free(repo: Repo, tmp_path: Path) -> None:
+    """A rename in a clone without state/ moves the video under the new name with no POST."""
+    repo.write("specs/hero.yaml", TEXT)
+    assert repo.apply().returncode == 0
+    clone = Repo(tmp_path / "clone", repo.sim)
+    shutil.copytree(repo.path, clone.path, ignore=shutil.ignore_patterns("state"))
+    original = (clone.path / "videos" / clone.videos()[0]).read_bytes()
+    clone.write("specs/hero.yaml", TEXT.replace("name: hero", "name: hero-wide"))
+    result = clone.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert repo.sim is not None and repo.sim.post_requests == 1
+    assert [v.split(".")[0] for v in clone.videos()] == ["hero-wide"]
+    assert (clone.path / "videos" / clone.videos()[0]).read_bytes() == original
+    assert clone.run("plan", "--detailed-exitcode").returncode == 0
+
+
+def test_bytes_lost_everywhere_are_paid_for_again_and_say_so(repo: Repo, tmp_path: Path) -> None:
+    """With the video gone from the cache, the output folder and the provider, plan says it will
+    pay, and apply does pay once and converges (never claims success without a file)."""
+    repo.write("specs/hero.yaml", TEXT)
+    assert repo.apply().returncode == 0
+    clone = Repo(tmp_path / "clone", repo.sim)
+    shutil.copytree(repo.path, clone.path, ignore=shutil.ignore_patterns("state"))
+    assert clone.apply().returncode == 0  # adopts the lock: no operation file id to download from
+    shutil.rmtree(clone.path / "state" / "objects")
+    for video in (clone.path / "videos").iterdir():
+        video.unlink()
+    plan = json.loads(clone.run("plan", "--json").stdout)
+    assert [(a["action"], a["reason"]) for a in plan["actions"]] == [
+        ("create", "cached bytes lost and no copy on disk")
+    ]
+    result = clone.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert repo.sim is not None and repo.sim.post_requests == 2
+    assert len(clone.videos()) == 1 and clone.status()["hero"]["state"] == "materialized"
