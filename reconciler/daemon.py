@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import plan as planning
 from .client import VeoClient
-from .config import ApiSettings, load_config
+from .config import ApiSettings
 from .engine import Engine, Event, Outcome
 from .errors import ReconcileError
 from .plan import Options
@@ -117,12 +117,23 @@ class Daemon:
         self.engine.request_stop()
 
     def _on_hup(self, wake: asyncio.Event) -> None:
-        try:
-            self.engine.config = load_config(self.engine.repo)
-            self.emit(Event("reload", "reloaded reconcile.yaml"))
-        except ReconcileError as exc:
-            self.emit(Event("reload", f"reconcile.yaml not reloaded: {exc}", level="error"))
+        self.emit(Event("reload", "SIGHUP: reloading reconcile.yaml"))
         wake.set()
+
+    def _reload_config(self) -> None:
+        """Every reconcile re-reads reconcile.yaml; a broken one keeps the last good settings."""
+        try:
+            config = self.engine.read_config()
+        except ReconcileError as exc:
+            problems = getattr(exc, "problems", None) or [exc]
+            said = "; ".join(str(p) for p in problems)
+            self._say("config", f"{said}; keeping the last good settings", level="error")
+            return
+        self.reported.pop("config", None)
+        if config != self.engine.config:
+            self.engine.config = config
+            self.engine.pacer.cap = config.submit_per_minute
+            self.emit(Event("reload", "reloaded reconcile.yaml"))
 
     # -- one reconcile ---------------------------------------------------------------------------
 
@@ -130,6 +141,7 @@ class Daemon:
         self, reason: str, client: VeoClient | None, slots: asyncio.Semaphore
     ) -> set[Path]:
         """Plan and start tasks for whatever is not under way yet; returns the images to watch."""
+        self._reload_config()
         specs = self._load()
         self.wanted = {s.name: s.key for s in specs}
         try:

@@ -122,16 +122,13 @@ class Engine:
         sandbox: bool = False,
     ) -> None:
         self.repo = repo.resolve()
-        self.config: Config = load_config(self.repo)
         self.sandbox = sandbox
+        self.config: Config = self.read_config()
         state_dir = self.repo / STATE_DIR
         self.lock_path = self.repo / lockfile.LOCK_FILE
         if sandbox:
-            # Simulated videos must never pass for paid ones: a sandbox run keeps its state, its
-            # outputs and its lock apart from the real ones.
             state_dir = state_dir / "sim"
             self.lock_path = state_dir / lockfile.LOCK_FILE
-            self.config = replace(self.config, output_dir=f"{STATE_DIR}/sim/videos")
         self.api = api
         self.tuning = tuning or Tuning.from_env()
         self.concurrency = self.tuning.concurrency or self.config.concurrency or DEFAULT_CONCURRENCY
@@ -150,6 +147,15 @@ class Engine:
 
     def close(self) -> None:
         self.store.close()
+
+    def read_config(self) -> Config:
+        """reconcile.yaml, with the sandbox's output folder when running against the simulator."""
+        config = load_config(self.repo)
+        if self.sandbox:
+            # Simulated videos must never pass for paid ones: a sandbox run keeps its state, its
+            # outputs and its lock apart from the real ones.
+            config = replace(config, output_dir=f"{STATE_DIR}/sim/videos")
+        return config
 
     # -- observe and plan ------------------------------------------------------------------------
 

@@ -196,5 +196,40 @@ def test_json_log_format(repo: Repo, watch: Callable[..., Watch]) -> None:
     repo.write("specs/a.yaml", SPEC.format(name="a", prompt="A paper crane."))
     w.wait_for(lambda line: '"materialized"' in line)
     records = [json.loads(line) for line in w.lines]
-    assert all({"time", "level", "event", "name", "operation", "message"} <= set(r) for r in records)
+    assert all(
+        {"time", "level", "event", "name", "operation", "message"} <= set(r) for r in records
+    )
     assert any(r["event"] == "submitted" and r["name"] == "a" and r["operation"] for r in records)
+
+
+def test_image_and_config_edits_are_seen(repo: Repo, watch: Callable[..., Watch]) -> None:
+    """Editing a referenced image or reconcile.yaml re-plans: each changes the key, so one POST each;
+    a broken reconcile.yaml is reported and the last good settings stay; SIGHUP reloads."""
+    from conftest import png_bytes
+
+    assert repo.sim is not None
+    repo.write_bytes("assets/first.png", png_bytes(1))
+    repo.write(
+        "specs/a.yaml", SPEC.format(name="a", prompt="A sunrise.") + "image: ../assets/first.png\n"
+    )
+    w = watch()
+    wait_until(lambda: materialized(repo, "a"))
+    assert repo.sim.paid_posts == 1
+    repo.write_bytes("assets/first.png", png_bytes(2))
+    wait_until(lambda: repo.sim is not None and repo.sim.paid_posts == 2)
+    repo.write("reconcile.yaml", "defaults:\n  enhancePrompt: false\n")
+    wait_until(lambda: repo.sim is not None and repo.sim.paid_posts == 3)
+    last_post = [r for r in repo.sim.requests if r.method == "POST"][-1]
+    assert last_post.json["parameters"]["enhancePrompt"] is False
+    repo.write("reconcile.yaml", "defaults: [\n")
+    w.wait_for(lambda line: "reconcile.yaml" in line and "keeping the last good settings" in line)
+    w.proc.send_signal(signal.SIGHUP)
+    w.wait_for(lambda line: "SIGHUP: reloading" in line)
+    wait_until(lambda: len(repo.videos()) == 1 and repo.sim is not None and repo.sim.downloads >= 3)
+    time.sleep(0.3)
+    assert repo.sim.paid_posts == 3
+    repo.write("reconcile.yaml", "defaults:\n  enhancePrompt: false\n")
+    wait_until(lambda: materialized(repo, "a"))
+    assert repo.sim.paid_posts == 3
+    code, _ = w.stop()
+    assert code == 0
