@@ -180,7 +180,8 @@ def apply(
             out = sys.stderr if as_json else sys.stdout
             report.render_plan(the_plan, out)
             _guard(the_plan, max_cost=max_cost, api=api, yes=yes)
-            summary = _run(engine, the_plan, options)
+            with progress.live([a.name for a in the_plan.changes]):
+                summary = _run(engine, the_plan, options)
         finally:
             engine.close()
     if as_json:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import Problem, SpecError, SpecErrors
+from .errors import Problem, SpecErrors
 from .yamlio import load_documents, pydantic_problems
 
 CONFIG_FILE = "reconcile.yaml"
@@ -58,6 +58,12 @@ class ConfigFile(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     retries: Retries = Field(default_factory=Retries)
 
+    @field_validator("defaults", "pricing", "limits", "retries", mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any) -> Any:
+        # `defaults:` with only comments under it is an empty section, not an error.
+        return {} if value is None else value
+
     @field_validator("outputDir")
     @classmethod
     def _inside_repo(cls, value: str) -> str:
@@ -67,6 +73,14 @@ class ConfigFile(BaseModel):
         if path.parts[0] in ("state", "specs", ".git"):
             raise ValueError(f"must not be inside {path.parts[0]}/")
         return str(path)
+
+
+# The keys allowed at each level of reconcile.yaml, for "did you mean" on a typo.
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "": tuple(ConfigFile.model_fields),
+    "limits": tuple(Limits.model_fields),
+    "retries": tuple(Retries.model_fields),
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,8 @@ class Config:
     submit_per_minute: float | None = None
     concurrency: int | None = None
     operation_failed_retries: int = 2
+    # dotted key path in reconcile.yaml -> line, so later checks (the defaults) can point at it
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def price_per_second(self, model: str, resolution: str) -> float | None:
         return self.prices.get(model, {}).get(resolution)
@@ -93,16 +109,16 @@ def load_config(repo: Path) -> Config:
     if problems:
         raise SpecErrors(problems)
     if len(docs) > 1:
-        raise SpecError(Problem(CONFIG_FILE, "must hold one YAML document", line=docs[1].line))
+        raise SpecErrors([Problem(CONFIG_FILE, "must hold one YAML document", line=docs[1].line)])
     if not docs:
         return Config()
     doc = docs[0]
     if not isinstance(doc.data, dict):
-        raise SpecError(Problem(CONFIG_FILE, "must be a mapping of settings", line=doc.line))
+        raise SpecErrors([Problem(CONFIG_FILE, "must be a mapping of settings", line=doc.line)])
     try:
         parsed = ConfigFile.model_validate(doc.data)
     except ValidationError as exc:
-        raise SpecErrors(pydantic_problems(exc, CONFIG_FILE, doc)) from None
+        raise SpecErrors(pydantic_problems(exc, CONFIG_FILE, doc, known=KNOWN_KEYS)) from None
     prices = {model: dict(table) for model, table in DEFAULT_PRICES.items()}
     for model, table in parsed.pricing.items():
         prices.setdefault(model, {}).update(table)
@@ -113,6 +129,7 @@ def load_config(repo: Path) -> Config:
         submit_per_minute=parsed.limits.submitPerMinute,
         concurrency=parsed.limits.concurrency,
         operation_failed_retries=parsed.retries.operationFailed,
+        lines=dict(doc.key_lines),
     )
 
 

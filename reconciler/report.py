@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from .engine import Event, Summary
@@ -90,6 +93,23 @@ def render_plan(plan: Plan, out: TextIO) -> None:
     console.print(plan_headline(plan))
 
 
+PHASES = {
+    "submit": "submitting",
+    "submitted": "running",
+    "poll": "running",
+    "download": "downloading",
+    "materialized": "materialized",
+    "removed": "removed",
+    "failed": "failed",
+    "unknown": "unknown",
+    "retry": "retrying",
+    "adopted": "materialized",
+}
+PHASE_DONE = {"materialized": "[green]✓[/]", "removed": "[green]-[/]", "failed": "[red]✗[/]",
+              "unknown": "[red]?[/]"}  # fmt: skip
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
 class Progress:
     """Event lines for apply and watch: rich colours on a terminal, plain text in CI, or JSON lines."""
 
@@ -98,8 +118,53 @@ class Progress:
         self.json_lines = json_lines
         self.console = Console(file=self.out, highlight=False, soft_wrap=True)
         self.rich = self.out.isatty() and not json_lines
+        self._live: Live | None = None
+        self._rows: dict[str, list[Any]] = {}
+
+    @contextmanager
+    def live(self, names: list[str]) -> Iterator[None]:
+        """On a terminal, a live table of every spec's phase while apply runs; elsewhere nothing."""
+        if not self.rich or not names:
+            yield
+            return
+        now = time.monotonic()
+        self._rows = {name: ["queued", now, ""] for name in names}
+        with Live(get_renderable=self._table, console=self.console, refresh_per_second=8,
+                  transient=True) as live:  # fmt: skip
+            self._live = live
+            try:
+                yield
+            finally:
+                self._live = None
+        self.console.print(self._table(final=True))
+
+    def _table(self, final: bool = False) -> Table:
+        table = Table(box=None, pad_edge=False, show_header=False)
+        for column in ("", "name", "phase", "time", "operation"):
+            table.add_column(column, no_wrap=True)
+        frame = int(time.monotonic() * 8)
+        for name, (phase, since, operation) in self._rows.items():
+            done = phase in PHASE_DONE
+            mark = PHASE_DONE.get(phase) or ("" if final else SPINNER[frame % len(SPINNER)])
+            elapsed = "" if phase == "queued" else f"{time.monotonic() - since:5.0f}s"
+            style = {"failed": "red", "unknown": "red", "pending": "yellow"}.get(phase, "")
+            table.add_row(mark, name, f"[{style or 'default'}]{phase}[/]",
+                          "" if done else elapsed, operation.rsplit("/", 1)[-1])  # fmt: skip
+        return table
 
     def __call__(self, event: Event) -> None:
+        if self._live is not None and event.name in self._rows:
+            row = self._rows[event.name]
+            phase = PHASES.get(event.kind, row[0])
+            if event.kind == "failed" and event.level != "error":
+                phase = "retrying"
+            if phase != row[0]:
+                row[0], row[1] = phase, time.monotonic()
+            row[2] = event.operation or row[2]
+            if event.level in ("warning", "error"):
+                style = "red" if event.level == "error" else "yellow"
+                self._live.console.print(f"[{style}]{event.name}: {_escape(event.message)}[/]")
+            return
         if self.json_lines:
             record = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -9,21 +9,25 @@ with the same key are the same paid generation.
 from __future__ import annotations
 
 import base64
+import difflib
+import errno
 import hashlib
 import json
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import MODELS, Config
+from .config import CONFIG_FILE, MODELS, Config
 from .errors import Problem, SpecErrors
-from .yamlio import Document, load_documents, pydantic_problems
+from .yamlio import Document, load_documents, pydantic_problems, show
 
 KEY_VERSION = 1
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
+MAX_NAME_CHARS = 64
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the API's inline request limit
 MAX_PROMPT_CHARS = 4096  # about 1,024 tokens, the documented prompt limit
 RESOLUTION_NEEDS_8S = ("1080p", "4k")
@@ -41,6 +45,13 @@ class VideoRef(BaseModel):
 
     uri: str | None = None
     from_: str | None = Field(default=None, alias="from")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a mapping such as {{uri: https://…}}, not {show(value)}")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> VideoRef:
@@ -76,12 +87,18 @@ class SpecDoc(BaseModel):
     @field_validator("name")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not NAME_RE.match(value):
+        if NAME_RE.match(value):
+            return value
+        if len(value) > MAX_NAME_CHARS:
             raise ValueError(
-                f"{value!r} is not a slug: use 1-64 lowercase letters, digits, '-' or '_', "
-                "starting and ending with a letter or digit"
+                f"is {len(value)} characters long; a name has at most {MAX_NAME_CHARS}"
             )
-        return value
+        guess = slugify(value)
+        raise ValueError(
+            f"{value!r} is not a slug: use 1-{MAX_NAME_CHARS} lowercase letters, digits, '-' or '_', "
+            "starting and ending with a letter or digit"
+            + (f" (such as {guess!r})" if guess else "")
+        )
 
     @field_validator("prompt")
     @classmethod
@@ -96,6 +113,13 @@ class SpecDoc(BaseModel):
             )
         return value
 
+    @field_validator("image")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty: give the image's path relative to this spec file")
+        return value
+
     @field_validator("durationSeconds", mode="before")
     @classmethod
     def _number(cls, value: Any) -> Any:
@@ -105,6 +129,12 @@ class SpecDoc(BaseModel):
         if isinstance(value, float) and value.is_integer():
             return int(value)
         return value
+
+
+def slugify(value: str) -> str:
+    """The nearest valid name, offered in the error message; "" when there is none."""
+    slug = re.sub(r"[^a-z0-9_-]+", "-", value.lower()).strip("-_")[:MAX_NAME_CHARS].strip("-_")
+    return slug if NAME_RE.match(slug) else ""
 
 
 def rule_problems(spec: SpecDoc) -> list[tuple[str, str]]:
@@ -130,6 +160,7 @@ def rule_problems(spec: SpecDoc) -> list[tuple[str, str]]:
 
 SPEC_FIELDS = tuple(SpecDoc.model_fields)
 FORBIDDEN_DEFAULTS = ("name", "image", "video")
+KNOWN_KEYS = {"": SPEC_FIELDS, "video": ("uri", "from")}
 
 
 @dataclass(frozen=True)
@@ -252,11 +283,16 @@ def load_specs(repo: Path, config: Config) -> LoadResult:
     """Load and validate every spec; never raises for user input, collects problems instead."""
     repo = repo.resolve()
     result = LoadResult()
-    result.problems.extend(check_defaults(config))
+    default_problems = check_defaults(config)
+    result.problems.extend(default_problems)
+    # A bad default is reported once, against reconcile.yaml, not again in every spec using it.
+    reported = frozenset(
+        p.field.split(".")[1] for p in default_problems if p.field and p.field.count(".") >= 1
+    )
     seen: dict[str, str] = {}
     for path in spec_files(repo):
         rel = path.relative_to(repo).as_posix()
-        specs, problems = load_file(path, repo, config)
+        specs, problems = load_file(path, repo, config, reported=reported)
         result.files[rel] = [s.name for s in specs]
         for spec in specs:
             if spec.name in seen:
@@ -278,58 +314,101 @@ def load_specs(repo: Path, config: Config) -> LoadResult:
 
 
 def check_defaults(config: Config) -> list[Problem]:
-    """reconcile.yaml's defaults must be spec fields a whole repo can share."""
+    """reconcile.yaml's defaults must be valid values of spec fields a whole repo can share."""
     problems = []
-    for key in config.defaults:
+    top = config.lines.get("defaults")
+    lines = {key: config.lines.get(f"defaults.{key}", top) for key in config.defaults}
+    usable = {}
+    for key, value in config.defaults.items():
         if key in FORBIDDEN_DEFAULTS:
-            problems.append(
-                Problem("reconcile.yaml", "cannot have a default", field=f"defaults.{key}")
-            )
+            message = f"{key!r} cannot have a default: each spec sets its own"
         elif key not in SPEC_FIELDS:
-            problems.append(Problem("reconcile.yaml", _unknown_key(key), field=f"defaults.{key}"))
+            message = _unknown_key(key)
+        else:
+            usable[key] = value
+            continue
+        problems.append(Problem(CONFIG_FILE, message, line=lines[key], field=f"defaults.{key}"))
+    if not usable:
+        return problems
+    # Check the values the way a spec that sets nothing else would see them.
+    probe = {"name": "defaults", "model": MODELS[0], "prompt": "defaults", **usable}
+    doc = Document(usable, top or 1, {k: v for k, v in lines.items() if v is not None})
+    try:
+        parsed = SpecDoc.model_validate(probe)
+    except ValidationError as exc:
+        for p in pydantic_problems(exc, CONFIG_FILE, doc, known=SPEC_FIELDS):
+            if p.field is not None and p.field.split(".")[0] in usable:
+                problems.append(replace(p, field=f"defaults.{p.field}"))
+        return problems
+    for name, message in rule_problems(parsed):
+        where = lines.get(name, top)
+        problems.append(Problem(CONFIG_FILE, message, line=where, field=f"defaults.{name}"))
     return problems
 
 
 def _unknown_key(key: str) -> str:
-    import difflib
-
     guess = difflib.get_close_matches(key, SPEC_FIELDS, n=1, cutoff=0.6)
     return "unknown key" + (f"; did you mean '{guess[0]}'?" if guess else "")
 
 
-def load_file(path: Path, repo: Path, config: Config) -> tuple[list[Desired], list[Problem]]:
-    """Validate one spec file: all of its documents, each error with file, line and field."""
+def load_file(
+    path: Path, repo: Path, config: Config, *, reported: frozenset[str] = frozenset()
+) -> tuple[list[Desired], list[Problem]]:
+    """Validate one spec file: all of its documents, each error with file, line and field.
+
+    ``reported`` names defaults already reported as invalid: a spec inheriting one is skipped
+    without repeating the error.
+    """
     rel = path.relative_to(repo).as_posix()
     docs, problems = load_documents(path, rel)
     if problems:
         return [], problems
     if not docs:
-        return [], [Problem(rel, "holds no spec: the file is empty")]
+        return [], [Problem(rel, "holds no spec: the file is empty (or only comments)")]
     specs = []
     for doc in docs:
         try:
-            specs.append(_desired(doc, path, rel, repo, config))
+            specs.append(_desired(doc, path, rel, repo, config, reported))
         except SpecErrors as exc:
             problems.extend(exc.problems)
     return specs, problems
 
 
-def _desired(doc: Document, path: Path, rel: str, repo: Path, config: Config) -> Desired:
+def _desired(
+    doc: Document, path: Path, rel: str, repo: Path, config: Config, reported: frozenset[str]
+) -> Desired:
     if not isinstance(doc.data, dict):
-        kind = type(doc.data).__name__
         raise SpecErrors(
-            [Problem(rel, f"a spec must be a mapping of keys, not a {kind}", line=doc.line)]
+            [
+                Problem(
+                    rel,
+                    f"a spec must be a mapping of keys (name: …, model: …, prompt: …), "
+                    f"not {_kind(doc.data)}",
+                    line=doc.line,
+                )
+            ]
         )
     merged = {k: v for k, v in config.defaults.items() if k not in FORBIDDEN_DEFAULTS}
     merged.update(doc.data)
+    inherited = [k for k in config.defaults if k not in doc.data]
+    skip = reported.intersection(inherited)
     try:
         parsed = SpecDoc.model_validate(merged)
     except ValidationError as exc:
-        raise SpecErrors(pydantic_problems(exc, rel, doc, known=SPEC_FIELDS)) from None
-    broken = rule_problems(parsed)
-    if broken:
+        problems = pydantic_problems(exc, rel, doc, known=KNOWN_KEYS)
         raise SpecErrors(
-            [Problem(rel, msg, line=doc.line_of(name), field=name) for name, msg in broken]
+            [p for p in problems if not (p.field and p.field.split(".")[0] in skip)]
+        ) from None
+    rules = rule_problems(parsed)
+    if rules:
+        # A rule broken only by defaults already reported stops this spec without repeating it.
+        broken = [(name, msg) for name, msg in rules if name not in skip]
+        from_defaults = [k for k in ("resolution", "durationSeconds") if k in inherited]
+        note = (
+            f" ({' and '.join(from_defaults)} from {CONFIG_FILE} defaults)" if from_defaults else ""
+        )
+        raise SpecErrors(
+            [Problem(rel, msg + note, line=doc.line_of(name), field=name) for name, msg in broken]
         )
     image = None
     if parsed.image is not None:
@@ -355,22 +434,51 @@ def _desired(doc: Document, path: Path, rel: str, repo: Path, config: Config) ->
     return Desired(**{**desired.__dict__, "key": spec_key(desired)})
 
 
+def _kind(data: Any) -> str:
+    if isinstance(data, list):
+        return "a list"
+    if isinstance(data, bool):
+        return f"the boolean {show(data)}"
+    if isinstance(data, int | float):
+        return f"the number {show(data)}"
+    return f"the text {show(data)}"
+
+
 def _image(value: str, spec_path: Path, rel: str, repo: Path, line: int) -> ImageInput:
     def bad(message: str) -> SpecErrors:
         return SpecErrors([Problem(rel, message, line=line, field="image")])
 
-    target = (spec_path.parent / value).resolve()
-    if not target.is_relative_to(repo):
-        raise bad(f"{value!r} leaves the asset repo; images must live inside it")
-    if not target.is_file():
-        raise bad(f"{value!r} not found (looked for {target.relative_to(repo).as_posix()})")
-    size = target.stat().st_size
-    if size > MAX_IMAGE_BYTES:
-        raise bad(f"{value!r} is {size / 1048576:.1f} MiB; the API accepts at most 20 MiB")
-    with target.open("rb") as fh:
-        head = fh.read(8)
-    mime = next((m for magic, m in IMAGE_TYPES.items() if head.startswith(magic)), None)
+    if "\0" in value:
+        raise bad(f"{value!r} is not a usable path (it holds a NUL character)")
+    written = spec_path.parent / value
+    try:
+        target = written.resolve()
+        if not target.is_relative_to(repo):
+            inside = Path(os.path.normpath(written)).is_relative_to(repo)
+            link = " through a symlink" if inside else ""
+            raise bad(f"{value!r} leaves the asset repo{link}; images must live inside it")
+        shown = target.relative_to(repo).as_posix()
+        if target.is_dir():
+            raise bad(f"{value!r} is a folder ({shown}), not an image file")
+        if not target.is_file():
+            raise bad(f"{value!r} not found (looked for {shown}, relative to this spec file)")
+        if target.stat().st_size > MAX_IMAGE_BYTES:
+            raise bad(_too_big(value, target.stat().st_size))
+        data = target.read_bytes()
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+        raise bad(f"{value!r} is a symlink loop") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise bad(f"{value!r} is a symlink loop") from None
+        raise bad(f"{value!r} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_IMAGE_BYTES:  # it grew since stat()
+        raise bad(_too_big(value, len(data)))
+    mime = next((m for magic, m in IMAGE_TYPES.items() if data.startswith(magic)), None)
     if mime is None:
         raise bad(f"{value!r} is not a PNG or JPEG file")
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    return ImageInput(target.relative_to(repo).as_posix(), digest, mime, size)
+    digest = hashlib.sha256(data).hexdigest()
+    return ImageInput(shown, digest, mime, len(data))
+
+
+def _too_big(value: str, size: int) -> str:
+    return f"{value!r} is {size / 1048576:.1f} MiB; the API accepts at most 20 MiB"

@@ -1,31 +1,66 @@
 """YAML reading that keeps line numbers, and pydantic errors turned into readable problems.
 
 Specs and reconcile.yaml are parsed once, with the C loader when PyYAML has it, into plain data plus
-the line of each document and of each top-level key: that is all an error message needs to point a
+the line of each document and of each key: that is all an error message needs to point a
 user at the right line, and it keeps pydantic models free of YAML concerns.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import ValidationError
 
 from .errors import Problem
 
+_Base: Any
 try:  # the C loader is several times faster on large spec trees
-    _Loader: type = yaml.CSafeLoader
+    _Base = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _Loader = yaml.SafeLoader
+    _Base = yaml.SafeLoader
+
+# YAML 1.1 reads `16:9` as the base-60 integer 969 (and `4:3` as 243): a spec's unquoted aspect
+# ratio would turn into a number nobody wrote. Numbers keep every other YAML 1.1 form; only the
+# sexagesimal ones are dropped, so `aspectRatio: 16:9` stays the string "16:9".
+_INT = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+    |[-+]?0[0-7_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""",
+    re.X,
+)
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_REPLACED = {"tag:yaml.org,2002:int": _INT, "tag:yaml.org,2002:float": _FLOAT}
+
+
+class _Loader(_Base):
+    """The safe loader without base-60 numbers."""
+
+    yaml_implicit_resolvers: ClassVar[dict[str | None, list[tuple[str, re.Pattern[str]]]]] = {
+        first: [(tag, _REPLACED.get(tag, regexp)) for tag, regexp in resolvers]
+        for first, resolvers in _Base.yaml_implicit_resolvers.items()
+    }
 
 
 @dataclass(frozen=True)
 class Document:
-    """One YAML document: its data, the line it starts on, and the line of each top-level key."""
+    """One YAML document: its data, the line it starts on, and the line of each key.
+
+    ``key_lines`` maps a dotted key path (``prompt``, ``limits.concurrency``) to its line.
+    """
 
     data: Any
     line: int
@@ -33,6 +68,19 @@ class Document:
 
     def line_of(self, key: object) -> int:
         return self.key_lines.get(str(key), self.line)
+
+    def line_at(self, loc: Sequence[object]) -> int:
+        """The line of the deepest key of ``loc`` that YAML gave a line for."""
+        parts = [str(part) for part in loc]
+        for end in range(len(parts), 0, -1):
+            line = self.key_lines.get(".".join(parts[:end]))
+            if line is not None:
+                return line
+        return self.line
+
+
+def _line_of_offset(text: str, offset: int) -> int:
+    return text.count("\n", 0, max(offset, 0)) + 1
 
 
 def load_documents(path: Path, rel: str) -> tuple[list[Document], list[Problem]]:
@@ -44,62 +92,201 @@ def load_documents(path: Path, rel: str) -> tuple[list[Document], list[Problem]]
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
         return [], [
-            Problem(rel, f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})")
+            Problem(
+                rel,
+                f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                "save it as UTF-8",
+                line=line,
+            )
         ]
     docs: list[Document] = []
+    problems: list[Problem] = []
     loader = _Loader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
             line = node.start_mark.line + 1
             key_lines: dict[str, int] = {}
-            if isinstance(node, yaml.MappingNode):
-                for key_node, _ in node.value:
-                    key_lines.setdefault(str(key_node.value), key_node.start_mark.line + 1)
+            problems.extend(_walk(node, "", key_lines, rel, set()))
             data = loader.construct_document(node)
             if data is not None:
                 docs.append(Document(data, line, key_lines))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        what = exc.problem or exc.context or "invalid YAML"
-        return [], [Problem(rel, f"invalid YAML: {what}", line=line)]
+        return [], [_yaml_problem(exc, rel, text)]
+    except yaml.reader.ReaderError as exc:
+        char = (
+            exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+        )
+        return [], [
+            Problem(
+                rel,
+                f"invalid YAML: character #x{char:04x} is not allowed ({exc.reason})",
+                line=_line_of_offset(text, exc.position),
+            )
+        ]
     except yaml.YAMLError as exc:
         return [], [Problem(rel, f"invalid YAML: {exc}")]
     finally:
         loader.dispose()
+    if problems:
+        return [], problems
     return docs, []
 
 
-def pydantic_problems(
-    exc: ValidationError, rel: str, doc: Document, *, known: tuple[str, ...] = ()
+def _walk(
+    node: yaml.Node, prefix: str, key_lines: dict[str, int], rel: str, seen: set[int]
 ) -> list[Problem]:
-    """One Problem per pydantic error, with the field path, the YAML line and what is allowed."""
+    """Record the line of every mapping key (dotted path) and flag keys written twice.
+
+    YAML itself keeps the last of two equal keys without a word: a second ``prompt:`` further down
+    would silently replace the first, which is exactly the kind of typo that must never decide
+    what gets paid for.
+    """
+    if id(node) in seen or not isinstance(node, yaml.MappingNode):
+        return []
+    seen.add(id(node))
     problems = []
-    for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        field_name = ".".join(loc) or None
-        line = doc.line_of(loc[0]) if loc else doc.line
-        problems.append(Problem(rel, _message(err, loc, known), line=line, field=field_name))
+    first: dict[tuple[str, str], int] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = str(key_node.value)
+        line = key_node.start_mark.line + 1
+        path = f"{prefix}{key}"
+        if key_node.tag != "tag:yaml.org,2002:merge":
+            ident = (key_node.tag, key)
+            if ident in first:
+                problems.append(
+                    Problem(
+                        rel,
+                        f"duplicate key (first written on line {first[ident]}); "
+                        "YAML would silently keep only the last one",
+                        line=line,
+                        field=path,
+                    )
+                )
+            else:
+                first[ident] = line
+        key_lines.setdefault(path, line)
+        problems.extend(_walk(value_node, f"{path}.", key_lines, rel, seen))
     return problems
 
 
-def _message(err: Any, loc: list[str], known: tuple[str, ...]) -> str:
+def _yaml_problem(exc: yaml.MarkedYAMLError, rel: str, text: str) -> Problem:
+    """A parser error as one line: what is wrong, where, and where the unclosed thing began."""
+    problem = exc.problem or exc.context or "invalid YAML"
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    message = f"invalid YAML: {problem}"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        context_line = exc.context_mark.line + 1
+        message += f" ({exc.context} that starts on line {context_line})"
+        if exc.problem_mark is not None and exc.problem_mark.index >= len(text.rstrip()):
+            # Found only at the end of the file: the mistake is the thing left unclosed.
+            line = context_line
+    if "mapping values are not allowed" in problem:
+        message += "; quote a value that holds ': ' (or write it as a block with >)"
+    elif "tab character" in problem:
+        message += "; indent with spaces, not tabs"
+    return Problem(rel, message, line=line)
+
+
+Known = tuple[str, ...] | Mapping[str, tuple[str, ...]]
+
+
+def pydantic_problems(
+    exc: ValidationError, rel: str, doc: Document, *, known: Known = ()
+) -> list[Problem]:
+    """One Problem per pydantic error, with the field path, the YAML line and what is allowed.
+
+    ``known`` lists the keys allowed at the top level, or maps a dotted parent path ("" for the
+    top level) to the keys allowed there; unknown keys get a "did you mean" from it. A required
+    key reported missing is left out when an unknown key beside it already suggests it: `promt`
+    is one mistake, not two.
+    """
+    errors = exc.errors()
+    suggested: set[str] = set()
+    hints: dict[int, str] = {}
+    for index, err in enumerate(errors):
+        if err["type"] == "extra_forbidden" and err["loc"]:
+            loc = [str(part) for part in err["loc"]]
+            allowed = _known_at(known, ".".join(loc[:-1]))
+            guess = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
+            if guess:
+                suggested.add(".".join([*loc[:-1], guess[0]]))
+                hints[index] = f"unknown key; did you mean '{guess[0]}'?"
+            else:
+                hints[index] = "unknown key" + (
+                    f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+                )
+    problems = []
+    for index, err in enumerate(errors):
+        loc = [str(part) for part in err["loc"]]
+        field_name = ".".join(loc) or None
+        if err["type"] == "missing" and field_name in suggested:
+            continue
+        message = hints.get(index) or _message(err)
+        problems.append(Problem(rel, message, line=doc.line_at(loc), field=field_name))
+    return problems
+
+
+def _known_at(known: Known, parent: str) -> tuple[str, ...]:
+    if isinstance(known, Mapping):
+        return tuple(known.get(parent, ()))
+    return tuple(known) if parent == "" else ()
+
+
+def show(value: Any) -> str:
+    """A value as the user wrote it in YAML: true/false/null rather than Python's spelling."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, date | datetime):
+        return f"the date {value.isoformat()}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_EXPECTED = {
+    "string_type": "text",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "dict_type": "a mapping (key: value lines)",
+    "model_type": "a mapping (key: value lines)",
+    "model_attributes_type": "a mapping (key: value lines)",
+    "list_type": "a list",
+}
+
+
+def _message(err: Any) -> str:
     kind = err["type"]
-    if kind == "extra_forbidden":
-        guess = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6) if known else []
-        hint = (
-            f"; did you mean '{guess[0]}'?"
-            if guess
-            else (f"; allowed keys: {', '.join(known)}" if known else "")
-        )
-        return f"unknown key{hint}"
     if kind == "missing":
         return "is required"
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return f"{err['input']!r} is not allowed; use one of {expected}"
+        return f"{show(err['input'])} is not allowed; use one of {expected}"
+    if kind in _EXPECTED:
+        value = err.get("input")
+        if value is None:
+            return f"is empty; it must be {_EXPECTED[kind]}"
+        message = f"must be {_EXPECTED[kind]}, not {show(value)}"
+        if kind == "string_type" and isinstance(value, int | float | date):
+            message += "; put it in quotes to use it as text"
+        return message
+    if kind == "invalid_key":
+        return "keys must be names (text)"
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
