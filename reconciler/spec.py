@@ -212,7 +212,11 @@ class Desired:
         """The submit body; re-reads the image and refuses it if it changed since the key was made."""
         instance: dict[str, Any] = {"prompt": self.prompt}
         if self.image is not None:
-            data = (repo / self.image.path).read_bytes()
+            try:
+                data = (repo / self.image.path).read_bytes()
+            except OSError as exc:
+                message = f"{self.image.path} can no longer be read ({exc.strerror}); run again"
+                raise SpecErrors([Problem(self.file, message, field="image")]) from None
             if hashlib.sha256(data).hexdigest() != self.image.sha256:
                 raise SpecErrors(
                     [Problem(self.file, "changed while running; run again", field="image")]
@@ -419,7 +423,8 @@ def _desired(
         "durationSeconds": parsed.durationSeconds or 8,
         "enhancePrompt": parsed.enhancePrompt,
         "personGeneration": parsed.personGeneration,
-        "negativePrompt": parsed.negativePrompt.strip() if parsed.negativePrompt else None,
+        # A blank negative prompt is no negative prompt: same key, and nothing sent.
+        "negativePrompt": (parsed.negativePrompt or "").strip() or None,
     }
     desired = Desired(
         name=parsed.name,

@@ -76,6 +76,7 @@ SAME = {
     "durationSeconds 8 written out": {"specs/hero.yaml": spec("durationSeconds: 8\n")},
     "durationSeconds '8' as a string": {"specs/hero.yaml": spec('durationSeconds: "8"\n')},
     "enhancePrompt true written out": {"specs/hero.yaml": spec("enhancePrompt: true\n")},
+    "blank negativePrompt": {"specs/hero.yaml": spec('negativePrompt: "   "\n')},
     "every default written out": {
         "specs/hero.yaml": spec(
             'aspectRatio: "16:9"\nresolution: 720p\ndurationSeconds: 8\nenhancePrompt: true\n'
@@ -332,12 +333,6 @@ def test_request_body_refuses_an_image_changed_since_load(tmp_path: Path) -> Non
     assert (problem.file, problem.field) == ("specs/hero.yaml", "image")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FileNotFoundError,
-    reason="bug in spec.py: Desired.request_body reads the image unguarded, so an image deleted "
-    "after load escapes as FileNotFoundError (a traceback), not SpecErrors",
-)
 def test_request_body_refuses_an_image_deleted_since_load(tmp_path: Path) -> None:
     """An image deleted after its key was computed is refused as a spec error, not a traceback."""
     root, desired = load_one(tmp_path, IMAGE)
