@@ -118,7 +118,7 @@ def _make_options(specs: list[Desired], **kw: Any) -> Options:
 @friendly
 def validate() -> None:
     """Load and check every spec; nothing else."""
-    engine = Engine(_repo())
+    engine = Engine(_repo(), read_only=True)
     try:
         specs = _load(engine)
     finally:
@@ -133,7 +133,7 @@ def validate() -> None:
 @friendly
 def plan(as_json: bool, detailed_exitcode: bool, sim: bool, **kw: Any) -> None:
     """Show what apply would do and what it would cost. Never calls the API."""
-    engine = Engine(_repo(), sandbox=sim)
+    engine = Engine(_repo(), sandbox=sim, read_only=True)
     try:
         specs = _load(engine)
         engine.recover()
@@ -323,7 +323,7 @@ def status(as_json: bool, sim: bool) -> None:
     """One row per spec: name, state, path, sha256, error."""
     from .daemon import META_KEY, describe
 
-    engine = Engine(_repo(), sandbox=sim)
+    engine = Engine(_repo(), sandbox=sim, read_only=True)
     try:
         result = engine.load()
         rows = status_rows(engine, result.specs, invalid_files=bool(result.problems))

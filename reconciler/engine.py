@@ -120,6 +120,7 @@ class Engine:
         tuning: Tuning | None = None,
         on_event: Callable[[Event], None] | None = None,
         sandbox: bool = False,
+        read_only: bool = False,
     ) -> None:
         self.repo = repo.resolve()
         self.sandbox = sandbox
@@ -132,7 +133,7 @@ class Engine:
         self.api = api
         self.tuning = tuning or Tuning.from_env()
         self.concurrency = self.tuning.concurrency or self.config.concurrency or DEFAULT_CONCURRENCY
-        self.store = Store(state_dir / DB_FILE)
+        self.store = Store(state_dir / DB_FILE, create=not read_only)
         self.cache = ObjectCache(state_dir / "objects")
         self._fatal: FatalError | None = None
         self._posting: set[asyncio.Task[Any]] = set()

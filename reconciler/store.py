@@ -165,12 +165,18 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
 class Store:
     """The state db of one asset repo."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0, create: bool = True) -> None:
+        """Open (and migrate) the db. With ``create=False`` a missing db is not created: an empty
+        in-memory one stands in, so read-only commands leave a fresh clone untouched."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        target = str(path)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.exists():
+            target = ":memory:"
         try:
             # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE below.
-            conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None)
+            conn = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
