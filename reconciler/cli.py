@@ -341,6 +341,53 @@ def status(as_json: bool, sim: bool) -> None:
 
 
 @main.command()
+@click.option("--sim", is_flag=True, help="Verify the sandbox of --sim runs.")
+@friendly
+def verify(sim: bool) -> None:
+    """Re-hash every output and check its duration and resolution against its spec."""
+    from .audit import verify as verify_outputs
+
+    engine = Engine(_repo(), sandbox=sim, read_only=True)
+    try:
+        findings = verify_outputs(engine, _load(engine))
+    finally:
+        engine.close()
+    for f in findings:
+        click.echo(f"{'ok ' if f.ok else 'BAD'} {f.name}: {f.path or '-'}"
+                   + ("" if f.ok else f" ({'; '.join(f.problems)})"))  # fmt: skip
+    bad = [f for f in findings if not f.ok]
+    click.echo(f"{len(findings) - len(bad)} of {len(findings)} outputs verified.")
+    if bad:
+        raise ReconcileError(
+            f"{len(bad)} output(s) do not match their specs; `reconcile apply` repairs them"
+        )
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@click.option("--sim", is_flag=True, help="Collect in the sandbox of --sim runs.")
+@friendly
+def gc(dry_run: bool, sim: bool) -> None:
+    """Delete cached videos that no current spec, output or lock entry needs."""
+    from .audit import collect, delete
+
+    engine = Engine(_repo(), sandbox=sim, read_only=True)
+    try:
+        garbage = collect(engine, _load(engine))
+        total = sum(g.size for g in garbage)
+        for item in garbage:
+            click.echo(
+                f"{'would delete' if dry_run else 'deleted'} {item.sha256[:16]} ({item.size:,} bytes)"
+            )
+        if not dry_run:
+            delete(engine, garbage)
+    finally:
+        engine.close()
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{len(garbage)} cached object(s), {verb} {total:,} bytes.")
+
+
+@main.command()
 @click.argument("name")
 @click.option("--operation", required=True, help="The operation name the provider gave for it.")
 @click.option("--sim", is_flag=True, help="Resolve in the sandbox of --sim runs.")

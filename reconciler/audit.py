@@ -1,0 +1,112 @@
+"""Read-mostly looks at a repo's state: ``verify`` (do the outputs hold what the specs asked for?)
+and ``gc`` (which cached videos does nothing need any more?).
+
+Both work from the same records the planner uses, and neither calls the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import lockfile
+from .engine import Engine
+from .mp4 import probe
+from .objects import sha256_file
+from .spec import Desired
+
+SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
+DURATION_SLACK = 0.5  # seconds: container durations are rounded to frames
+
+
+@dataclass
+class Finding:
+    name: str
+    path: str | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def expected_size(spec: Desired) -> tuple[int, int]:
+    width, height = SIZES[spec.resolution]
+    return (height, width) if spec.parameters.get("aspectRatio") == "9:16" else (width, height)
+
+
+def verify(engine: Engine, specs: list[Desired]) -> list[Finding]:
+    """Re-hash every output and check its container against its spec."""
+    outputs = engine.store.outputs()
+    lock = lockfile.read(engine.lock_path)
+    findings = []
+    for spec in sorted(specs, key=lambda s: s.name):
+        out = outputs.get(spec.name)
+        entry = lock.get(spec.name)
+        path, sha = (
+            (out.path, out.sha256) if out else (entry.path, entry.sha256) if entry else (None, None)
+        )
+        finding = Finding(spec.name, path)
+        findings.append(finding)
+        if path is None or sha is None:
+            finding.problems.append("not materialized")
+            continue
+        if (out.spec_key if out else entry.spec_key if entry else None) != spec.key:
+            finding.problems.append("made from an older version of the spec (run apply)")
+        target = engine.repo / path
+        if not target.is_file():
+            finding.problems.append("file missing")
+            continue
+        if sha256_file(target)[0] != sha:
+            finding.problems.append("bytes differ from the recorded sha256")
+        finding.problems.extend(_container_problems(target, spec))
+    return findings
+
+
+def _container_problems(path: Path, spec: Desired) -> list[str]:
+    try:
+        info = probe(path)
+    except (ValueError, OSError) as exc:
+        return [str(exc)]
+    problems = []
+    if (info.width, info.height) != expected_size(spec):
+        want = "x".join(map(str, expected_size(spec)))
+        problems.append(f"{info.width}x{info.height}, expected {want}")
+    # An extension is the source plus about 7 s: only its lower bound is known here.
+    if spec.video_uri is None and abs(info.duration_s - spec.duration) > DURATION_SLACK:
+        problems.append(f"{info.duration_s:.2f} s long, expected {spec.duration} s")
+    if spec.video_uri is not None and info.duration_s < spec.duration - DURATION_SLACK:
+        problems.append(f"{info.duration_s:.2f} s long, shorter than an extension can be")
+    return problems
+
+
+@dataclass
+class Garbage:
+    sha256: str
+    size: int
+
+
+def collect(engine: Engine, specs: list[Desired]) -> list[Garbage]:
+    """Cached objects that no current spec, output or lock entry refers to."""
+    wanted = {s.key for s in specs}
+    keep = {
+        g.sha256 for g in engine.store.generations().values() if g.spec_key in wanted and g.sha256
+    }
+    keep |= {o.sha256 for o in engine.store.outputs().values()}
+    keep |= {e.sha256 for e in lockfile.read(engine.lock_path).values()}
+    garbage = []
+    root = engine.cache.root
+    if root.is_dir():
+        for prefix in sorted(root.iterdir()):
+            if not prefix.is_dir() or len(prefix.name) != 2:
+                continue
+            for obj in sorted(prefix.iterdir()):
+                sha = prefix.name + obj.name
+                if sha not in keep:
+                    garbage.append(Garbage(sha, obj.stat().st_size))
+    return garbage
+
+
+def delete(engine: Engine, garbage: list[Garbage]) -> None:
+    for item in garbage:
+        engine.cache.path(item.sha256).unlink(missing_ok=True)
