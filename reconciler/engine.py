@@ -51,7 +51,8 @@ from .store import (
 )
 
 STATE_DIR = "state"
-DEFAULT_CONCURRENCY = 4  # fits preview quotas of a few concurrent operations
+DEFAULT_CONCURRENCY = 4
+MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead  # fits preview quotas of a few concurrent operations
 DB_FILE = "reconciler.db"
 
 
@@ -371,6 +372,10 @@ class Engine:
             allowed.append(UNKNOWN)
         if spec.name in opts.replace:
             allowed += [MATERIALIZED, FAILED, UNKNOWN]
+        if opts.resubmit_unknown and action.state == UNKNOWN and action.kind in planning.PAID:
+            self.emit(Event("resubmit", "resubmitting although the first submission may have been "
+                            "accepted: this may be paid twice (--resubmit-unknown)", name=spec.name,
+                            level="warning"))  # fmt: skip
         if action.kind in planning.PAID and action.state == MATERIALIZED:
             allowed.append(MATERIALIZED)  # the plan found its bytes lost everywhere: pay again
         want_submit = action.kind in planning.PAID
@@ -445,6 +450,11 @@ class Engine:
                     wait = self.pacer.rate_limited(exc.retry_after, backoff.delay(attempt))
                 else:
                     wait = backoff.delay(attempt, exc.retry_after)
+                if wait > MAX_IN_RUN_WAIT:
+                    # A daily quota answers with hours of Retry-After: end the run, not sleep it.
+                    self.emit(Event("retry", f"{exc}; asked to wait {wait / 60:.0f} min: left "
+                                    "pending for a later run", name=spec.name, level="warning"))  # fmt: skip
+                    return self.store.get(spec.key)
                 if attempt + 1 >= backoff.attempts or self.stopping:
                     return self.store.get(spec.key)
                 self.emit(Event("retry", f"{exc}; retrying in {wait:.1f}s", name=spec.name,

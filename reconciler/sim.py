@@ -89,7 +89,7 @@ _ANSWER_KINDS = {"http_error", "rate_limited", "server_error", "content_policy",
 _KINDS = {
     "submit": _ANSWER_KINDS - {"expired"}
     | {"drop_before_accept", "drop_after_accept", "filtered", "op_error", "slow", "stall"},
-    "poll": _ANSWER_KINDS - {"expired"} | {"drop_before_accept", "drop_after_accept"},
+    "poll": _ANSWER_KINDS - {"expired"} | {"drop_before_accept", "drop_after_accept", "stall"},
     "download": _ANSWER_KINDS
     | {"drop_before_accept", "drop_after_accept", "cut_download", "redirect"},
 }
@@ -158,7 +158,7 @@ def slow(latency: float) -> Fault:
 
 
 def stall(seconds: float) -> Fault:
-    """Submit: create and bill the operation, then hold the answer back for `seconds`."""
+    """Hold the answer back for `seconds` (submit: after creating and billing the operation)."""
     return Fault("stall", latency=seconds)
 
 
@@ -972,6 +972,9 @@ class Simulator:
         if not self._authorized(h):
             return
         pending = self._take("poll", op.prompt if op else None)
+        if pending and pending.fault.kind == "stall":
+            time.sleep(pending.fault.latency or 0.0)  # then answer as usual
+            pending = None
         if pending:
             if pending.fault.kind in _ANSWER_KINDS:
                 self._answer_fault(h, pending.fault)

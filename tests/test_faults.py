@@ -49,7 +49,7 @@ def write_spec(repo: Repo, name: str, prompt: str | None = None) -> None:
 
 
 def apply(repo: Repo, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return repo.apply(*args, env=repo.env(**FAST_ENV, **env))
+    return repo.apply(*args, env=repo.env(**{**FAST_ENV, **env}))
 
 
 def attempts(repo: Repo, name: str) -> list[dict[str, Any]]:
@@ -460,3 +460,42 @@ def test_redirected_download_gets_no_key_and_key_is_nowhere(tmp_path: Path) -> N
         assert any(p.name == "reconciler.db" for p in files)
         for path in files:
             assert API_KEY.encode() not in path.read_bytes(), path
+
+
+# -- timeouts ----------------------------------------------------------------------------------
+
+
+def test_submit_timeout_is_unknown_poll_timeout_is_retried(repo: Repo, sim: Simulator) -> None:
+    """A POST whose answer never comes in time may have been accepted: unknown, never resubmitted
+    by itself; a poll that times out is just retried."""
+    write_spec(repo, "alpha")
+    sim.inject("submit", simmod.stall(4.0))
+    result = apply(repo, RECONCILE_HTTP_TIMEOUT="1")  # the POST gets twice the timeout: 2 s
+    assert result.returncode == 1
+    assert repo.status()["alpha"]["state"] == "unknown"
+    assert "ReadTimeout" in repo.status()["alpha"]["error"]
+    assert sim.paid_posts == 1
+    assert apply(repo, RECONCILE_HTTP_TIMEOUT="1").returncode == 1
+    assert sim.post_requests == 1
+    (op,) = sim.operations.values()
+    assert repo.run("resolve", "alpha", "--operation", op.name).returncode == 0
+    sim.inject("poll", simmod.stall(2.0), times=2)
+    result = apply(repo, RECONCILE_HTTP_TIMEOUT="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sim.post_requests == 1
+    assert_verified(repo, sim, repo.status()["alpha"])
+
+
+def test_daily_quota_ends_the_run_instead_of_sleeping(repo: Repo, sim: Simulator) -> None:
+    """A 429 asking for hours is not slept through: the spec stays pending, the run ends at once."""
+    write_spec(repo, "alpha")
+    sim.inject("submit", simmod.rate_limited(6 * 3600))
+    started = time.monotonic()
+    result = apply(repo)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert "left pending for a later run" in result.stderr
+    assert repo.status()["alpha"]["state"] == "pending"
+    assert sim.paid_posts == 0
+    assert apply(repo).returncode == 0
+    assert sim.paid_posts == 1
