@@ -1,5 +1,5 @@
-"""Read-mostly looks at a repo's state: ``verify`` (do the outputs hold what the specs asked for?)
-and ``gc`` (which cached videos does nothing need any more?).
+"""Read-mostly looks at a repo's state: ``status`` rows, ``verify`` (do the outputs hold what the
+specs asked for?) and ``gc`` (which cached videos does nothing need any more?).
 
 Both work from the same records the planner uses, and neither calls the API.
 """
@@ -8,15 +8,62 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import lockfile
 from .engine import Engine
 from .mp4 import probe
 from .objects import sha256_file
 from .spec import Desired
+from .store import FAILED, MATERIALIZED, PENDING, UNKNOWN
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
 DURATION_SLACK = 0.5  # seconds: container durations are rounded to frames
+
+
+def status_rows(
+    engine: Engine, specs: list[Desired], *, invalid_files: bool = False
+) -> list[dict[str, Any]]:
+    """One row per spec (and per output whose spec is gone), for ``reconcile status``."""
+    gens = engine.store.generations()
+    outputs = engine.store.outputs()
+    lock = lockfile.read(engine.lock_path)
+    rows = []
+    for spec in sorted(specs, key=lambda s: s.name):
+        gen = gens.get(spec.key)
+        out = outputs.get(spec.name)
+        entry = lock.get(spec.name)
+        current = out if out and out.spec_key == spec.key else None
+        state = (
+            gen.state
+            if gen
+            else ("materialized" if entry and entry.spec_key == spec.key else "new")
+        )
+        if state == MATERIALIZED and current is None and not (entry and entry.spec_key == spec.key):
+            state = "cached"  # bytes known, file not placed yet
+        rows.append({
+            "name": spec.name,
+            "state": state,
+            "path": current.path if current else (entry.path if entry and entry.spec_key == spec.key else None),
+            "sha256": gen.sha256 if gen and gen.sha256 else (entry.sha256 if entry and entry.spec_key == spec.key else None),
+            "bytes": gen.bytes if gen else None,
+            "error": gen.error if gen and gen.state in (FAILED, UNKNOWN, PENDING) else None,
+            "spec_key": spec.key,
+            "operation": gen.operation if gen else None,
+            "file": spec.file,
+        })  # fmt: skip
+    wanted = {s.name for s in specs}
+    for name, out in sorted(outputs.items()):
+        if name not in wanted:
+            why = (
+                "not in any valid spec (some spec files are invalid)"
+                if invalid_files
+                else "spec removed; `apply` removes the file"
+            )
+            rows.append({"name": name, "state": "orphaned", "path": out.path, "sha256": out.sha256,
+                         "bytes": out.bytes, "error": why,
+                         "spec_key": out.spec_key, "operation": None, "file": None})  # fmt: skip
+    return rows
 
 
 @dataclass

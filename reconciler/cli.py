@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, report
+from .audit import status_rows
 from .config import API_KEY_ENV, ApiSettings
-from .engine import Engine, Summary, Tuning, status_rows
+from .engine import Engine, Summary, Tuning
 from .errors import CostLimitExceeded, ReconcileError
 from .plan import PAID, RESUME, Options, Plan
 from .spec import Desired
