@@ -203,6 +203,8 @@ class Daemon:
     async def _carry(self, action: planning.Action, client: VeoClient | None,
                      slots: asyncio.Semaphore) -> Outcome:  # fmt: skip
         outcome = await self.engine.run_action(action, client, slots, Options())
+        if action.key:
+            self.engine.forget_submitted(action.key)
         with contextlib.suppress(ReconcileError):
             self.engine.write_lock()
         if outcome.state not in ("materialized", "removed"):
@@ -247,8 +249,7 @@ class Daemon:
             await asyncio.sleep(0)  # let tasks see the stop request
             _, pending = await asyncio.wait(tasks, timeout=self.engine.tuning.stop_grace)
             for task in pending:
-                if not self.engine.is_posting(task):
-                    task.cancel()
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         running = [g for g in self.engine.store.generations().values() if g.state == "running"]
         for gen in running:

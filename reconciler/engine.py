@@ -51,8 +51,8 @@ from .store import (
 )
 
 STATE_DIR = "state"
-DEFAULT_CONCURRENCY = 4
-MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead  # fits preview quotas of a few concurrent operations
+DEFAULT_CONCURRENCY = 4  # fits preview quotas of a few concurrent operations
+MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead
 DB_FILE = "reconciler.db"
 
 
@@ -137,7 +137,7 @@ class Engine:
         self.store = Store(state_dir / DB_FILE, create=not read_only)
         self.cache = ObjectCache(state_dir / "objects")
         self._fatal: FatalError | None = None
-        self._posting: set[asyncio.Task[Any]] = set()
+        self._submitted: set[str] = set()  # keys this process has POSTed for during this run
         # apply stops at the first 401/403; watch only pauses submits until its next resync.
         self.stop_on_fatal = True
         # watch tells a task whether its spec still wants this key before it places a file.
@@ -251,8 +251,9 @@ class Engine:
     async def stopped(self) -> None:
         await self._stop.wait()
 
-    def is_posting(self, task: asyncio.Task[Any]) -> bool:
-        return task in self._posting
+    def forget_submitted(self, key: str) -> None:
+        """watch: a finished task's key may be submitted again by a later reconcile."""
+        self._submitted.discard(key)
 
     def clear_fatal(self) -> None:
         self._fatal = None
@@ -270,6 +271,7 @@ class Engine:
         opts = options or Options()
         summary = Summary()
         self._fatal = None
+        self._submitted = set()
         slots = asyncio.Semaphore(self.concurrency)
         client = self.client() if plan.changes else None
         tasks = [
@@ -301,15 +303,16 @@ class Engine:
         return summary
 
     async def _cancel_after_grace(self, tasks: list[asyncio.Task[Outcome]]) -> None:
-        """After a stop request, give tasks a moment to settle, then cancel all but live POSTs.
+        """After a stop request, give tasks a moment to settle, then cancel what is left.
 
         Everything a cancelled task leaves behind is recorded already (an operation name, a
-        succeeded row); only a POST is never abandoned, since that is what makes a job unknown.
+        succeeded row), and a POST cut off while waiting for its answer records itself as
+        unknown (see ``_post``): the run ends within the 2 s a user expects, nothing forgotten.
         """
         await self._stop.wait()
         await asyncio.sleep(self.tuning.stop_grace)
         for task in tasks:
-            if not task.done() and task not in self._posting:
+            if not task.done():
                 task.cancel()
 
     def write_lock(self) -> None:
@@ -362,33 +365,28 @@ class Engine:
             return Outcome(action.name, FAILED, str(exc))
 
     async def _generate(self, action: Action, client: VeoClient, opts: Options) -> Outcome:
-        """Drive one spec key to bytes in the cache, then materialize it."""
+        """Drive one spec key to bytes in the cache, then materialize it.
+
+        A loop over the row's state, re-read from the db each turn, so that whatever another
+        process did meanwhile (claimed it, replaced its operation, downloaded it) is followed.
+        """
         spec = action.spec
         assert spec is not None
-        allowed = [PENDING]
-        if opts.retry_failed:
-            allowed.append(FAILED)
-        if opts.resubmit_unknown:
-            allowed.append(UNKNOWN)
-        if spec.name in opts.replace:
-            allowed += [MATERIALIZED, FAILED, UNKNOWN]
-        if opts.resubmit_unknown and action.state == UNKNOWN and action.kind in planning.PAID:
-            self.emit(Event("resubmit", "resubmitting although the first submission may have been "
-                            "accepted: this may be paid twice (--resubmit-unknown)", name=spec.name,
-                            level="warning"))  # fmt: skip
-        if action.kind in planning.PAID and action.state == MATERIALIZED:
-            allowed.append(MATERIALIZED)  # the plan found its bytes lost everywhere: pay again
-        want_submit = action.kind in planning.PAID
+        allowed = self._claimable(action, opts)
+        # One paid POST per key per run, however many names share the key.
+        want_submit = action.kind in planning.PAID and spec.key not in self._submitted
         while True:
             gen = self.store.get(spec.key)
             if gen is None or (want_submit and gen.state in allowed):
+                if not self.still_wanted(spec.name, spec.key):
+                    return Outcome(spec.name, "superseded", "the spec changed before it was sent")
                 if self.stopping or self._fatal is not None:
                     why = "the account was refused" if self._fatal else "stopping"
-                    return Outcome(spec.name, "pending", f"not submitted: {why}")
-                gen = await self._submit(spec, client, tuple(allowed))
+                    return Outcome(spec.name, PENDING, f"not submitted: {why}")
                 want_submit = False
+                gen = await self._submit(spec, client, allowed)
                 if gen is None:
-                    continue  # another process claimed it first: follow its progress
+                    continue  # another process claimed it first, or it waits: re-read and follow
             if gen.state == SUBMITTING:
                 if not await self._wait(self.tuning.poll_interval):
                     return Outcome(spec.name, SUBMITTING, "being submitted by another process")
@@ -398,74 +396,105 @@ class Engine:
                 if result is None:
                     return Outcome(spec.name, RUNNING, f"still running remotely: {gen.operation}")
                 if result.error is not None:
-                    state = self._record_op_error(spec, result.error)
+                    state = self._record_op_error(spec, gen, result.error)
                     if state == PENDING and not self.stopping:
-                        want_submit, allowed = True, [PENDING]
-                        continue
-                    return Outcome(spec.name, state, str(result.error))
-                self.store.mark_succeeded(spec.key, video_uri=result.video_uri or "",
-                                          file_id=result.file_id or "")  # fmt: skip
-                failpoints.hit("after_succeeded")
+                        want_submit, allowed = True, (PENDING,)
+                    elif state is not None:
+                        return Outcome(spec.name, state, str(result.error))
+                    continue
+                if self.store.mark_succeeded(spec.key, operation=gen.operation or "",
+                                             video_uri=result.video_uri or "",
+                                             file_id=result.file_id or ""):  # fmt: skip
+                    failpoints.hit("after_succeeded")
                 continue
-            if gen.state == SUCCEEDED:
+            if gen.state == SUCCEEDED or (
+                gen.state == MATERIALIZED and gen.sha256 and not self.cache.has(gen.sha256)
+                and gen.file_id
+            ):  # fmt: skip
                 await self._download(spec, gen, client)
                 continue
             if gen.state == MATERIALIZED and gen.sha256:
                 if self.cache.has(gen.sha256):
                     return self._materialize(spec, gen.sha256)
-                if gen.file_id:
-                    await self._download(spec, gen, client)
-                    continue
                 return Outcome(spec.name, PENDING, "its bytes are in neither the cache nor the "
                                "output folder; the next apply plans a new generation")  # fmt: skip
+            if gen.state == PENDING and spec.key in self._submitted and not self.stopping:
+                return Outcome(
+                    spec.name, PENDING, gen.error or "not accepted; the next run retries"
+                )
             return Outcome(spec.name, gen.state, gen.error or "")
+
+    def _claimable(self, action: Action, opts: Options) -> tuple[str, ...]:
+        """The states a paid action may claim its row from: pending, plus what the user allowed."""
+        assert action.spec is not None
+        allowed = [PENDING]
+        if opts.retry_failed:
+            allowed.append(FAILED)
+        if opts.resubmit_unknown:
+            allowed.append(UNKNOWN)
+            if action.state == UNKNOWN and action.kind in planning.PAID:
+                self.emit(Event("resubmit", "resubmitting although the first submission may have "
+                                "been accepted: this may be paid twice (--resubmit-unknown)",
+                                name=action.name, level="warning"))  # fmt: skip
+        if action.spec.name in opts.replace:
+            allowed += [MATERIALIZED, FAILED, UNKNOWN]
+        if action.kind in planning.PAID and action.state == MATERIALIZED:
+            allowed.append(MATERIALIZED)  # the plan found its bytes lost everywhere: pay again
+        return tuple(allowed)
+
+    async def _pace(self, spec: Desired) -> bool:
+        """Wait for the pacer's slot before claiming (a claim must never sit waiting); False when
+        stopping or when the slot is too far off for this run."""
+        wait = self.pacer.wait_needed()
+        if wait > MAX_IN_RUN_WAIT:
+            self.emit(Event("retry", f"submits are held for {wait / 60:.0f} min after a rate "
+                            "limit: left pending for a later run", name=spec.name,
+                            level="warning"))  # fmt: skip
+            return False
+        turn = asyncio.ensure_future(self.pacer.turn())
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not turn.done():
+            turn.cancel()
+            return False
+        return not self.stopping
 
     async def _submit(
         self, spec: Desired, client: VeoClient, allowed: tuple[str, ...]
     ) -> Generation | None:
-        """The only paid call, wrapped in the write-ahead claim."""
+        """The only paid call, wrapped in the write-ahead claim. None: claimed by someone else."""
         body = spec.request_body(self.repo)  # before the claim: a bad image must not leave a claim
-        failpoints.hit("before_claim")
-        claimed = self.store.claim(_generation(spec, self.config, state=PENDING), allowed=allowed)
-        if claimed is None:
-            return None
-        failpoints.hit("after_claim")
-        self.emit(Event("submit", f"submitting ({spec.model}, {spec.resolution}, {spec.duration}s)",
-                        name=spec.name))  # fmt: skip
         backoff = self.tuning.submit_backoff
         for attempt in range(backoff.attempts):
-            await self.pacer.turn()
-            posting = asyncio.current_task()
-            if posting is not None:
-                # Never cancelled while the paid call and its commit are under way.
-                self._posting.add(posting)
+            if not await self._pace(spec):
+                return self.store.get(spec.key)
+            failpoints.hit("before_claim")
+            row = _generation(spec, self.config, state=PENDING)
+            if self.store.claim(row, allowed=allowed if attempt == 0 else (PENDING,)) is None:
+                return None
+            failpoints.hit("after_claim")
+            self._submitted.add(spec.key)
+            if attempt == 0:
+                self.emit(Event("submit", f"submitting ({spec.model}, {spec.resolution}, "
+                                f"{spec.duration}s)", name=spec.name))  # fmt: skip
             try:
-                operation = await client.submit(spec.model, body)
-                failpoints.hit("after_post")
-                self.store.mark_running(spec.key, operation)
-                failpoints.hit("after_running")
+                operation = await self._post(spec, client, body)
             except TransientError as exc:
                 self._note_not_accepted(spec, exc, final=False)
                 if exc.status == 429:
                     wait = self.pacer.rate_limited(exc.retry_after, backoff.delay(attempt))
                 else:
                     wait = backoff.delay(attempt, exc.retry_after)
-                if wait > MAX_IN_RUN_WAIT:
-                    # A daily quota answers with hours of Retry-After: end the run, not sleep it.
-                    self.emit(Event("retry", f"{exc}; asked to wait {wait / 60:.0f} min: left "
-                                    "pending for a later run", name=spec.name, level="warning"))  # fmt: skip
-                    return self.store.get(spec.key)
-                if attempt + 1 >= backoff.attempts or self.stopping:
+                last = attempt + 1 >= backoff.attempts
+                if wait > MAX_IN_RUN_WAIT or last or self.stopping:
+                    note = f"asked to wait {wait / 60:.0f} min: " if wait > MAX_IN_RUN_WAIT else ""
+                    self.emit(Event("retry", f"{exc}; {note}left pending for a later run",
+                                    name=spec.name, level="warning"))  # fmt: skip
                     return self.store.get(spec.key)
                 self.emit(Event("retry", f"{exc}; retrying in {wait:.1f}s", name=spec.name,
                                 level="warning"))  # fmt: skip
-                if (
-                    not await self._wait(wait)
-                    or self.store.claim(
-                        _generation(spec, self.config, state=PENDING), allowed=(PENDING,)
-                    )
-                    is None
-                ):
+                if not await self._wait(wait):
                     return self.store.get(spec.key)
                 continue
             except FatalError as exc:
@@ -479,23 +508,39 @@ class Engine:
                 self._note_not_accepted(spec, exc, final=True)
                 self.emit(Event("failed", str(exc), name=spec.name, level="error"))
                 return self.store.get(spec.key)
-            finally:
-                self._posting.discard(posting)
             self.pacer.succeeded()
             self.emit(Event("submitted", "accepted", name=spec.name, operation=operation))
             return self.store.get(spec.key)
         return self.store.get(spec.key)
+
+    async def _post(self, spec: Desired, client: VeoClient, body: dict[str, Any]) -> str:
+        """POST and commit the operation name. Cancelled mid-way (a stop past its grace), the row
+        is recorded as unknown first: the request may have been accepted."""
+        try:
+            operation = await client.submit(spec.model, body)
+        except asyncio.CancelledError:
+            self.store.mark_unknown(spec.key, "interrupted while waiting for the provider's "
+                                    "answer to the submission; the job may exist and be billed")  # fmt: skip
+            raise
+        failpoints.hit("after_post")
+        self.store.mark_running(spec.key, operation)
+        failpoints.hit("after_running")
+        return operation
 
     def _note_not_accepted(self, spec: Desired, exc: ApiError, *, final: bool) -> None:
         kind = getattr(exc, "kind", "rejected") if final else "transient"
         self.store.mark_not_accepted(spec.key, outcome=kind, message=str(exc), status=exc.status,
                                      final=final, kind=kind)  # fmt: skip
 
-    def _record_op_error(self, spec: Desired, error: PermanentError) -> str:
+    def _record_op_error(self, spec: Desired, gen: Generation, error: PermanentError) -> str | None:
+        """None when the row no longer holds this operation (another process moved it on)."""
         retries = self.config.operation_failed_retries
         counted = isinstance(error, OperationFailed)
         state = self.store.mark_failed(spec.key, message=str(error), kind=error.kind,
-                                       count_failure=counted, retries=retries)  # fmt: skip
+                                       operation=gen.operation or "", count_failure=counted,
+                                       retries=retries)  # fmt: skip
+        if state is None:
+            return None
         level = "warning" if state == PENDING else "error"
         note = "; resubmitting (not billed)" if state == PENDING else ""
         self.emit(Event("failed", f"{error}{note}", name=spec.name, level=level))
@@ -514,6 +559,7 @@ class Engine:
                     lambda: client.poll(spec.model, operation),
                     self.tuning.poll_backoff,
                     sleep=self._sleep_or_stop,
+                    on_retry=self._retrying(spec),
                 )
             except TransientError as exc:
                 self.emit(Event("retry", f"polling keeps failing ({exc}); will resume next run",
@@ -544,13 +590,22 @@ class Engine:
         self.emit(Event("download", "downloading", name=spec.name, operation=gen.operation))
         try:
             sha, size = await with_retries(
-                once, self.tuning.poll_backoff, sleep=self._sleep_or_stop
-            )
+                once, self.tuning.poll_backoff, sleep=self._sleep_or_stop,
+                on_retry=self._retrying(spec),
+            )  # fmt: skip
         except PermanentError as exc:
-            self.store.mark_failed(spec.key, message=str(exc), kind=exc.reason or "rejected")
+            self.store.mark_failed(spec.key, message=str(exc), kind=exc.reason or "rejected",
+                                   operation=gen.operation)  # fmt: skip
             raise
-        self.store.mark_materialized(spec.key, sha256=sha, size=size)
-        failpoints.hit("after_cached")
+        if self.store.mark_materialized(spec.key, file_id=gen.file_id, sha256=sha, size=size):
+            failpoints.hit("after_cached")
+
+    def _retrying(self, spec: Desired) -> Callable[[TransientError, float], None]:
+        def note(exc: TransientError, wait: float) -> None:
+            self.emit(Event("retry", f"{exc}; retrying in {wait:.1f}s", name=spec.name,
+                            level="warning"))  # fmt: skip
+
+        return note
 
     def _materialize(self, spec: Desired, sha: str) -> Outcome:
         """Place the cached bytes at the content-hashed path and retire the name's previous file."""

@@ -33,6 +33,10 @@ class Pacer:
         self._hold_until = 0.0
         self._lock = asyncio.Lock()
 
+    def wait_needed(self) -> float:
+        """Seconds until a submit could go out now, without reserving anything."""
+        return max(0.0, self._next - self._clock(), self._hold_until - self._clock())
+
     async def turn(self) -> None:
         """Wait until the next submit may go out, then reserve that slot."""
         async with self._lock:

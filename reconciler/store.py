@@ -336,43 +336,65 @@ class Store:
             self._update(conn, key, state=UNKNOWN, owner=None, error=message, error_kind="unknown")
             self._attempt(conn, key, "unknown", message=message)
 
-    def mark_succeeded(self, key: str, *, video_uri: str, file_id: str) -> None:
+    def mark_succeeded(self, key: str, *, operation: str, video_uri: str, file_id: str) -> bool:
+        """Record a finished operation, only if the row is still running *that* operation.
+
+        Every transition after a poll is a compare-and-swap: a process polling an operation that
+        another process has since replaced (an op error resubmitted) must not rewind the row.
+        """
         with self.tx() as conn:
-            self._update(
-                conn, key, state=SUCCEEDED, video_uri=video_uri, file_id=file_id,
-                finished_at=now_iso(), error=None, error_kind=None,
-            )  # fmt: skip
+            changed = conn.execute(
+                "UPDATE generations SET state = ?, video_uri = ?, file_id = ?, finished_at = ?,"
+                " error = NULL, error_kind = NULL, updated_at = ?"
+                " WHERE spec_key = ? AND operation = ? AND state = ?",
+                [SUCCEEDED, video_uri, file_id, now_iso(), now_iso(), key, operation, RUNNING],
+            ).rowcount
+        return changed == 1
 
-    def mark_materialized(self, key: str, *, sha256: str, size: int) -> None:
-        with self.tx() as conn:
-            self._update(
-                conn,
-                key,
-                state=MATERIALIZED,
-                sha256=sha256,
-                bytes=size,
-                error=None,
-                error_kind=None,
-            )
-
-    def mark_failed(
-        self, key: str, *, message: str, kind: str, count_failure: bool = False, retries: int = 0
-    ) -> str:
-        """Record a final outcome of an operation; an op error goes back to pending while retries last.
-
-        Returns the new state.
-        """  # fmt: skip
+    def mark_materialized(self, key: str, *, file_id: str | None, sha256: str, size: int) -> bool:
+        """Record verified bytes in the cache for the file the row names (None: any, for adoption)."""
         with self.tx() as conn:
             row = conn.execute(
-                "SELECT op_failures FROM generations WHERE spec_key = ?", [key]
+                "SELECT state, file_id FROM generations WHERE spec_key = ?", [key]
             ).fetchone()
+            if row is None or row[0] not in (SUCCEEDED, MATERIALIZED):
+                return False
+            if file_id is not None and row[1] != file_id:
+                return False
+            self._update(conn, key, state=MATERIALIZED, sha256=sha256, bytes=size, error=None,
+                         error_kind=None)  # fmt: skip
+        return True
+
+    def mark_failed(
+        self,
+        key: str,
+        *,
+        message: str,
+        kind: str,
+        operation: str | None = None,
+        count_failure: bool = False,
+        retries: int = 0,
+    ) -> str | None:
+        """Record a final outcome of an operation; an op error goes back to pending while retries
+        last. With ``operation``, only if the row still holds it (else None: someone moved on).
+
+        Returns the new state.
+        """
+        with self.tx() as conn:
+            row = conn.execute(
+                "SELECT op_failures, operation, state FROM generations WHERE spec_key = ?", [key]
+            ).fetchone()
+            if operation is not None and (
+                row is None or row[1] != operation or row[2] not in (RUNNING, SUCCEEDED)
+            ):
+                return None
             failures = (row[0] if row else 0) + (1 if count_failure else 0)
             state = PENDING if count_failure and failures <= retries else FAILED
             self._update(
                 conn, key, state=state, error=message, error_kind=kind, op_failures=failures,
                 finished_at=now_iso(), owner=None,
             )  # fmt: skip
-            self._attempt(conn, key, kind, message=message)
+            self._attempt(conn, key, kind, message=message, operation=operation)
         return state
 
     def reset(self, key: str, *, to: str = PENDING) -> None:

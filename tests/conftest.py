@@ -30,7 +30,9 @@ def png_bytes(seed: int = 0) -> bytes:
     """A real 2x2 PNG; the seed changes a pixel so images can differ."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     raw = b"".join(b"\x00" + bytes([seed % 256, 0, 0] * 2) for _ in range(2))
     return (
