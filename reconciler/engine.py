@@ -56,6 +56,10 @@ MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec in
 DB_FILE = "reconciler.db"
 
 
+class _Deferred(Exception):
+    """A paid action gives up for this run before claiming anything (stopping, a long hold)."""
+
+
 @dataclass
 class Event:
     """One thing worth telling the user; the CLI renders it as a line, a progress bar or JSON."""
@@ -377,6 +381,8 @@ class Engine:
         want_submit = action.kind in planning.PAID and spec.key not in self._submitted
         while True:
             gen = self.store.get(spec.key)
+            if gen is None and not want_submit:
+                return Outcome(spec.name, PENDING, "not submitted in this run")
             if gen is None or (want_submit and gen.state in allowed):
                 if not self.still_wanted(spec.name, spec.key):
                     return Outcome(spec.name, "superseded", "the spec changed before it was sent")
@@ -384,9 +390,12 @@ class Engine:
                     why = "the account was refused" if self._fatal else "stopping"
                     return Outcome(spec.name, PENDING, f"not submitted: {why}")
                 want_submit = False
-                gen = await self._submit(spec, client, allowed)
+                try:
+                    gen = await self._submit(spec, client, allowed)
+                except _Deferred as deferred:
+                    return Outcome(spec.name, PENDING, str(deferred))
                 if gen is None:
-                    continue  # another process claimed it first, or it waits: re-read and follow
+                    continue  # another process claimed it first: re-read and follow it
             if gen.state == SUBMITTING:
                 if not await self._wait(self.tuning.poll_interval):
                     return Outcome(spec.name, SUBMITTING, "being submitted by another process")
@@ -442,23 +451,23 @@ class Engine:
             allowed.append(MATERIALIZED)  # the plan found its bytes lost everywhere: pay again
         return tuple(allowed)
 
-    async def _pace(self, spec: Desired) -> bool:
-        """Wait for the pacer's slot before claiming (a claim must never sit waiting); False when
-        stopping or when the slot is too far off for this run."""
+    async def _pace(self, spec: Desired) -> None:
+        """Wait for the pacer's slot before claiming (a claim must never sit waiting); raises
+        _Deferred when stopping or when the slot is too far off for this run."""
         wait = self.pacer.wait_needed()
         if wait > MAX_IN_RUN_WAIT:
-            self.emit(Event("retry", f"submits are held for {wait / 60:.0f} min after a rate "
-                            "limit: left pending for a later run", name=spec.name,
+            message = f"submits are held for {wait / 60:.0f} min after a rate limit"
+            self.emit(Event("retry", f"{message}: left pending for a later run", name=spec.name,
                             level="warning"))  # fmt: skip
-            return False
+            raise _Deferred(message)
         turn = asyncio.ensure_future(self.pacer.turn())
         stop = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         if not turn.done():
             turn.cancel()
-            return False
-        return not self.stopping
+        if self.stopping:
+            raise _Deferred("not submitted: stopping")
 
     async def _submit(
         self, spec: Desired, client: VeoClient, allowed: tuple[str, ...]
@@ -467,8 +476,7 @@ class Engine:
         body = spec.request_body(self.repo)  # before the claim: a bad image must not leave a claim
         backoff = self.tuning.submit_backoff
         for attempt in range(backoff.attempts):
-            if not await self._pace(spec):
-                return self.store.get(spec.key)
+            await self._pace(spec)
             failpoints.hit("before_claim")
             row = _generation(spec, self.config, state=PENDING)
             if self.store.claim(row, allowed=allowed if attempt == 0 else (PENDING,)) is None:

@@ -72,3 +72,40 @@ def test_late_apply_follows_running_operations(repo: Repo) -> None:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, out + err
     assert repo.sim.paid_posts == N_SPECS
+
+
+def test_shared_key_and_racing_processes_never_rewind_a_resubmission(repo: Repo) -> None:
+    """A failed operation is resubmitted once, even when two names share its key and two
+    processes poll it: a late poll of the old operation must not rewind the new one."""
+    from reconciler.sim import op_error
+
+    assert repo.sim is not None
+    repo.sim.set_latency(0.5)
+    prompt = "Shared key clip, a lantern on a quiet river."
+    for name in ("a", "b"):
+        repo.write(f"specs/{name}.yaml", f"name: {name}\nmodel: veo-3.1-fast-generate-preview\n"
+                                          f"prompt: {prompt}\n")  # fmt: skip
+    repo.sim.inject("submit", op_error(), times=1)
+    procs = [start_apply(repo) for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + err
+    assert repo.sim.paid_posts == 2  # the failed operation (not billed) and its one resubmission
+    rows = repo.status()
+    assert rows["a"]["sha256"] == rows["b"]["sha256"]
+    assert rows["a"]["operation"] == rows["b"]["operation"]
+
+
+def test_replace_on_names_sharing_a_key_pays_once(repo: Repo) -> None:
+    """--replace of two names with one key makes one new generation, as the plan's cost says."""
+    assert repo.sim is not None
+    for name in ("a", "b"):
+        repo.write(f"specs/{name}.yaml", f"name: {name}\nmodel: veo-3.1-fast-generate-preview\n"
+                                          "prompt: Same clip under two names.\n")  # fmt: skip
+    assert repo.apply().returncode == 0
+    assert repo.sim.paid_posts == 1
+    plan = json.loads(repo.run("plan", "--json", "--replace", "a", "--replace", "b").stdout)
+    assert plan["cost_usd"] == 0.8
+    result = repo.apply("--replace", "a", "--replace", "b", "--concurrency", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert repo.sim.paid_posts == 2

@@ -13,6 +13,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -499,3 +500,50 @@ def test_daily_quota_ends_the_run_instead_of_sleeping(repo: Repo, sim: Simulator
     assert sim.paid_posts == 0
     assert apply(repo).returncode == 0
     assert sim.paid_posts == 1
+
+
+def test_a_long_hold_leaves_every_waiting_spec_pending_not_unknown(
+    repo: Repo, sim: Simulator
+) -> None:
+    """After a daily-quota 429 the other specs are not claimed and left asleep: the run ends at
+    once with all of them pending, never unknown, and a later run submits each once."""
+    for name in PROMPTS:
+        write_spec(repo, name)
+    sim.inject("submit", simmod.rate_limited(6 * 3600), prompt_contains="alpha")
+    started = time.monotonic()
+    result = apply(repo, "--concurrency", "1")
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert {r["state"] for r in repo.status().values()} <= {"pending", "new"}
+    assert sim.post_requests == 1 and sim.paid_posts == 0
+    assert apply(repo).returncode == 0
+    assert sim.paid_posts == 3
+
+
+def test_stop_while_waiting_for_the_pacer_leaves_nothing_unknown(
+    repo: Repo, sim: Simulator
+) -> None:
+    """With submitPerMinute capping the rate, SIGINT while specs wait their turn leaves them
+    unclaimed (never unknown); the next run submits them."""
+    for name in PROMPTS:
+        write_spec(repo, name)
+    repo.write("reconcile.yaml", "limits:\n  submitPerMinute: 2\n")
+    sim.set_latency(30.0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.1"],
+        cwd=repo.path, env=repo.env(**FAST_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while sim.paid_posts < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert sim.post_requests == 1
+    states = sorted(r["state"] for r in repo.status().values())
+    assert states == ["new", "new", "running"], states
+    sim.set_latency(0.1)
+    repo.write("reconcile.yaml", "")
+    assert apply(repo).returncode == 0
+    assert sim.paid_posts == 3

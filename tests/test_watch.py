@@ -233,3 +233,21 @@ def test_image_and_config_edits_are_seen(repo: Repo, watch: Callable[..., Watch]
     assert repo.sim.paid_posts == 3
     code, _ = w.stop()
     assert code == 0
+
+
+def test_superseded_edits_waiting_for_a_slot_are_never_sent(
+    repo: Repo, watch: Callable[..., Watch]
+) -> None:
+    """With one slot busy, an edit that is itself replaced before its turn is never paid for."""
+    assert repo.sim is not None
+    repo.sim.set_latency(2.0)
+    watch("--concurrency", "1")
+    repo.write("specs/a.yaml", SPEC.format(name="a", prompt="Version one."))
+    wait_until(lambda: repo.sim is not None and repo.sim.paid_posts == 1)
+    repo.write("specs/a.yaml", SPEC.format(name="a", prompt="Version two."))
+    time.sleep(0.5)
+    repo.write("specs/a.yaml", SPEC.format(name="a", prompt="Version three."))
+    wait_until(lambda: repo.sim is not None and repo.sim.posts_for("Version three.") == 1)
+    wait_until(lambda: materialized(repo, "a"))
+    assert repo.sim.posts_for("Version two.") == 0
+    assert repo.sim.paid_posts == 2
