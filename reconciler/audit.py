@@ -15,7 +15,7 @@ from .engine import Engine
 from .mp4 import probe
 from .objects import sha256_file
 from .spec import Desired
-from .store import FAILED, MATERIALIZED, PENDING, UNKNOWN
+from .store import FAILED, MATERIALIZED, PENDING, UNKNOWN, Output
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
 DURATION_SLACK = 0.5  # seconds: container durations are rounded to frames
@@ -24,8 +24,11 @@ DURATION_SLACK = 0.5  # seconds: container durations are rounded to frames
 def status_rows(
     engine: Engine, specs: list[Desired], *, invalid_files: bool = False
 ) -> list[dict[str, Any]]:
-    """One row per spec (and per output whose spec is gone), for ``reconcile status``."""
-    gens = engine.store.generations()
+    """One row per spec (and per output whose spec is gone), for ``reconcile status``.
+
+    The file is looked at too: a materialized spec whose video was deleted or edited says so.
+    """
+    gens = engine.store.generations_as_seen()
     outputs = engine.store.outputs()
     lock = lockfile.read(engine.lock_path)
     rows = []
@@ -33,24 +36,18 @@ def status_rows(
         gen = gens.get(spec.key)
         out = outputs.get(spec.name)
         entry = lock.get(spec.name)
-        current = out if out and out.spec_key == spec.key else None
-        state = (
-            gen.state
-            if gen
-            else ("materialized" if entry and entry.spec_key == spec.key else "new")
-        )
-        if state == MATERIALIZED and current is None and not (entry and entry.spec_key == spec.key):
-            state = "cached"  # bytes known, file not placed yet
+        placed = out if out and out.spec_key == spec.key else None
+        locked = entry if entry and entry.spec_key == spec.key else None
+        path = placed.path if placed else locked.path if locked else None
+        sha = gen.sha256 if gen and gen.sha256 else locked.sha256 if locked else None
+        state = gen.state if gen else MATERIALIZED if locked else "new"
+        error = gen.error if gen and gen.state in (FAILED, UNKNOWN, PENDING) else None
+        if state == MATERIALIZED:
+            state, error = _file_state(engine, path, sha, placed)
         rows.append({
-            "name": spec.name,
-            "state": state,
-            "path": current.path if current else (entry.path if entry and entry.spec_key == spec.key else None),
-            "sha256": gen.sha256 if gen and gen.sha256 else (entry.sha256 if entry and entry.spec_key == spec.key else None),
-            "bytes": gen.bytes if gen else None,
-            "error": gen.error if gen and gen.state in (FAILED, UNKNOWN, PENDING) else None,
-            "spec_key": spec.key,
-            "operation": gen.operation if gen else None,
-            "file": spec.file,
+            "name": spec.name, "state": state, "path": path, "sha256": sha,
+            "bytes": gen.bytes if gen else None, "error": error, "spec_key": spec.key,
+            "operation": gen.operation if gen else None, "file": spec.file,
         })  # fmt: skip
     wanted = {s.name for s in specs}
     for name, out in sorted(outputs.items()):
@@ -64,6 +61,23 @@ def status_rows(
                          "bytes": out.bytes, "error": why,
                          "spec_key": out.spec_key, "operation": None, "file": None})  # fmt: skip
     return rows
+
+
+def _file_state(
+    engine: Engine, path: str | None, sha: str | None, placed: Output | None
+) -> tuple[str, str | None]:
+    """materialized only when the file is there with the recorded bytes (stat first, then hash)."""
+    if path is None:
+        return "cached", "bytes known, file not placed yet; `apply` places it"
+    try:
+        st = (engine.repo / path).stat()
+    except OSError:
+        return "missing", "the file is gone; `apply` restores it from the cache"
+    if placed and (st.st_size, st.st_mtime_ns) == (placed.size, placed.mtime_ns):
+        return MATERIALIZED, None
+    if sha256_file(engine.repo / path)[0] != sha:
+        return "modified", "the file's bytes changed; `apply` restores the generated video"
+    return MATERIALIZED, None
 
 
 @dataclass

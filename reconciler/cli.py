@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -21,11 +23,11 @@ import click
 
 from . import __version__, report
 from .audit import status_rows
-from .config import API_KEY_ENV, ApiSettings
+from .config import API_KEY_ENV, ApiSettings, load_config
 from .engine import Engine, Summary, Tuning
 from .errors import CostLimitExceeded, ReconcileError
 from .plan import PAID, RESUME, Options, Plan
-from .spec import Desired
+from .spec import Desired, load_specs
 
 F = TypeVar("F", bound=Callable[..., Any])
 SIM_KEY = "sim-key"
@@ -40,6 +42,14 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except ReconcileError as exc:
             click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            # A folder where a file should be, a read-only disk, a port in use: name it, no trace.
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(1)
+        except sqlite3.Error as exc:
+            click.echo(f"Error: the state db (state/reconciler.db) failed: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -118,12 +128,11 @@ def _make_options(specs: list[Desired], **kw: Any) -> Options:
 @main.command()
 @friendly
 def validate() -> None:
-    """Load and check every spec; nothing else."""
-    engine = Engine(_repo(), read_only=True)
-    try:
-        specs = _load(engine)
-    finally:
-        engine.close()
+    """Load and check every spec; nothing else (the state is not even opened)."""
+    repo = _repo().resolve()
+    result = load_specs(repo, load_config(repo))
+    result.raise_for_problems()
+    specs = result.specs
     click.echo(f"{len(specs)} spec{'s' if len(specs) != 1 else ''} valid.")
 
 
@@ -137,7 +146,6 @@ def plan(as_json: bool, detailed_exitcode: bool, sim: bool, **kw: Any) -> None:
     engine = Engine(_repo(), sandbox=sim, read_only=True)
     try:
         specs = _load(engine)
-        engine.recover()
         the_plan = engine.plan(specs, _make_options(specs, **kw))
     finally:
         engine.close()
@@ -145,7 +153,8 @@ def plan(as_json: bool, detailed_exitcode: bool, sim: bool, **kw: Any) -> None:
         click.echo(json.dumps(report.plan_json(the_plan), indent=2))
     else:
         report.render_plan(the_plan, sys.stdout)
-    if detailed_exitcode and the_plan.changes:
+    # A blocked spec is drift too: the videos do not match the specs until someone acts.
+    if detailed_exitcode and (the_plan.changes or the_plan.blocked):
         sys.exit(2)
 
 
@@ -226,6 +235,8 @@ def _api(sim: bool) -> Iterator[ApiSettings | None]:
 def _guard(the_plan: Plan, *, max_cost: float | None, api: ApiSettings | None, yes: bool) -> None:
     """Everything that must hold before the first POST."""
     paid = the_plan.paid
+    if max_cost is not None and not math.isfinite(max_cost):
+        raise ReconcileError(f"--max-cost {max_cost} is not a number of dollars")
     if max_cost is not None and paid:
         if not the_plan.cost_known:
             unknown = ", ".join(a.name for a in paid if a.cost is None)
@@ -392,8 +403,9 @@ def gc(dry_run: bool, sim: bool) -> None:
 @click.argument("name")
 @click.option("--operation", required=True, help="The operation name the provider gave for it.")
 @click.option("--sim", is_flag=True, help="Resolve in the sandbox of --sim runs.")
+@click.option("--force", is_flag=True, help="Replace an operation already recorded for it.")
 @friendly
-def resolve(name: str, operation: str, sim: bool) -> None:
+def resolve(name: str, operation: str, sim: bool, force: bool) -> None:
     """Adopt an operation for a spec whose submission outcome is unknown."""
     if "operations/" not in operation:
         raise ReconcileError(
@@ -405,7 +417,7 @@ def resolve(name: str, operation: str, sim: bool) -> None:
         specs = {s.name: s for s in _load(engine)}
         if name not in specs:
             raise ReconcileError(f"no spec named {name!r}")
-        engine.resolve(specs[name], operation)
+        engine.resolve(specs[name], operation, force=force)
     finally:
         engine.close()
     click.echo(f"{name}: adopted {operation}; `reconcile apply` polls it instead of submitting.")
@@ -416,6 +428,7 @@ def resolve(name: str, operation: str, sim: bool) -> None:
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--latency", default=5.0, show_default=True, type=float, help="Seconds per video.")
 @click.option("--api-key", default=SIM_KEY, show_default=True, help="The key it accepts.")
+@friendly
 def sim(host: str, port: int, latency: float, api_key: str) -> None:
     """Serve the Veo API simulator on loopback, for your own tests."""
     from .sim import Simulator

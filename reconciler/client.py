@@ -108,9 +108,15 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 def error_from_response(
-    status: int, body: str, headers: httpx.Headers | dict[str, str]
+    status: int, body: str, headers: httpx.Headers | dict[str, str], *, secret: str | None = None
 ) -> ApiError:
-    """Map an HTTP error answer (either envelope) onto the error tree."""
+    """Map an HTTP error answer (either envelope) onto the error tree.
+
+    ``secret`` is cut out of the provider's words first: a gateway that echoes request headers
+    in its error page must not carry the key into the state db or onto the screen.
+    """
+    if secret:
+        body = body.replace(secret, "***")
     message = body.strip()[:300] or f"HTTP {status}"
     try:
         err = json.loads(body).get("error")
@@ -189,14 +195,19 @@ class VeoClient:
             raise TransientError(
                 f"could not connect to {_origin(url)} ({type(exc).__name__})"
             ) from exc
-        except httpx.TransportError as exc:
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            # Refused while building the request: nothing left this machine.
+            raise FatalError(f"could not send a request to {_origin(url)}: {exc}") from exc
+        except (httpx.TransportError, httpx.DecodingError) as exc:
             # The request may have been written whole: the job may exist. Only the user may resubmit.
             raise AmbiguousError(
                 f"the connection to {_origin(url)} failed after the request was sent "
                 f"({type(exc).__name__}); the job may exist and be billed"
             ) from exc
         if response.status_code >= 300:
-            raise error_from_response(response.status_code, response.text, response.headers)
+            raise error_from_response(
+                response.status_code, response.text, response.headers, secret=self.settings.api_key
+            )
         try:
             name = response.json()["name"]
             if not isinstance(name, str) or "operations/" not in name:
@@ -223,7 +234,9 @@ class VeoClient:
                 reason="not found",
             )
         if response.status_code >= 300:
-            raise error_from_response(response.status_code, response.text, response.headers)
+            raise error_from_response(
+                response.status_code, response.text, response.headers, secret=self.settings.api_key
+            )
         try:
             return parse_operation(response.json())
         except ValueError as exc:
@@ -256,8 +269,9 @@ class VeoClient:
                     if response.status_code >= 300:
                         await response.aread()
                         raise error_from_response(
-                            response.status_code, response.text, response.headers
-                        )
+                            response.status_code, response.text, response.headers,
+                            secret=self.settings.api_key,
+                        )  # fmt: skip
                     expected = response.headers.get("content-length")
                     size = 0
                     async for chunk in response.aiter_bytes(1024 * 1024):

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import Problem, SpecErrors
+from .errors import Problem, ReconcileError, SpecErrors
 from .yamlio import load_documents, pydantic_problems
 
 CONFIG_FILE = "reconcile.yaml"
@@ -149,10 +149,28 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ApiSettings:
+        """Read and check the settings: a malformed base or key must fail here, before any claim,
+        not inside a POST where it would look like a request that may have been sent."""
         env = dict(os.environ) if env is None else env
-        base = env.get(API_BASE_ENV, "").rstrip("/")
+        base = env.get(API_BASE_ENV, "").strip().rstrip("/")
+        if base:
+            try:
+                parts = urlsplit(base)
+                ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ReconcileError(
+                    f"{API_BASE_ENV}={base!r} is not a base URL: use http(s)://HOST[:PORT]"
+                )
+        key = env.get(API_KEY_ENV, "").strip() or None
+        if key is not None and not (key.isascii() and key.isprintable() and " " not in key):
+            raise ReconcileError(
+                f"{API_KEY_ENV} holds characters an API key cannot have (spaces, control or "
+                "non-ASCII characters): check how it was exported"
+            )
         return cls(
             submit_base=base or DEFAULT_SUBMIT_BASE,
             query_base=base or DEFAULT_QUERY_BASE,
-            api_key=env.get(API_KEY_ENV) or None,
+            api_key=key,
         )

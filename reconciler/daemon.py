@@ -26,7 +26,7 @@ from pathlib import Path
 from . import plan as planning
 from .client import VeoClient
 from .config import ApiSettings
-from .engine import Engine, Event, Outcome
+from .engine import DEFAULT_CONCURRENCY, Engine, Event, Outcome
 from .errors import ReconcileError
 from .plan import Options
 from .spec import Desired, load_specs
@@ -69,7 +69,7 @@ class Daemon:
         watcher = Watcher(self.engine.repo, loop, debounce=self.settings.debounce)
         watcher.start()
         client = self.engine.client()
-        slots = asyncio.Semaphore(self.engine.concurrency)
+        self.slots = asyncio.Semaphore(self.engine.concurrency)
         heartbeat = asyncio.create_task(self._heartbeat())
         self.emit(
             Event("start", f"watching {self.engine.repo} (resync every {self.settings.resync:g}s)")
@@ -78,7 +78,7 @@ class Daemon:
             self.engine.recover()
             reason = "start"
             while not self.engine.stopping:
-                images = self.reconcile(reason, client, slots)
+                images = self.reconcile(reason, client)
                 watcher.refresh(images)
                 reason = await self._next_wake(watcher, wake)
         finally:
@@ -133,20 +133,23 @@ class Daemon:
         if config != self.engine.config:
             self.engine.config = config
             self.engine.pacer.cap = config.submit_per_minute
+            wanted = self.engine.tuning.concurrency or config.concurrency or DEFAULT_CONCURRENCY
+            if wanted != self.engine.concurrency:
+                # Tasks holding the old semaphore finish under it; new ones use the new limit.
+                self.engine.concurrency = wanted
+                self.slots = asyncio.Semaphore(wanted)
             self.emit(Event("reload", "reloaded reconcile.yaml"))
 
     # -- one reconcile ---------------------------------------------------------------------------
 
-    def reconcile(
-        self, reason: str, client: VeoClient | None, slots: asyncio.Semaphore
-    ) -> set[Path]:
+    def reconcile(self, reason: str, client: VeoClient | None) -> set[Path]:
         """Plan and start tasks for whatever is not under way yet; returns the images to watch."""
         self._reload_config()
-        specs = self._load()
+        specs, unseen = self._load()
         self.wanted = {s.name: s.key for s in specs}
         try:
             self.engine.import_lock(specs)
-            the_plan = self.engine.plan(specs, Options())
+            the_plan = self.engine.plan(specs, Options(hold_removals=unseen))
         except ReconcileError as exc:
             self._say("plan", f"cannot plan: {exc}", level="error")
             return set()
@@ -165,7 +168,7 @@ class Daemon:
             task_key = f"{action.name}:{action.key or 'remove'}"
             if task_key in self.active:
                 continue
-            task = asyncio.create_task(self._carry(action, client, slots))
+            task = asyncio.create_task(self._carry(action, client, self.slots))
             self.active[task_key] = task
             task.add_done_callback(functools.partial(self._forget, task_key))
             started += 1
@@ -177,8 +180,9 @@ class Daemon:
     def _forget(self, task_key: str, _task: asyncio.Task[Outcome]) -> None:
         self.active.pop(task_key, None)
 
-    def _load(self) -> list[Desired]:
-        """Valid files as they are now; broken files as they last were when valid."""
+    def _load(self) -> tuple[list[Desired], bool]:
+        """Valid files as they are now; broken files as they last were when valid. The flag is
+        True while some broken file has never been seen valid (its names are unknown)."""
         result = load_specs(self.engine.repo, self.engine.config)
         by_file: dict[str, list[Desired]] = {}
         for spec in result.specs:
@@ -198,7 +202,11 @@ class Daemon:
         for rel in sorted(self.last_good):
             for spec in self.last_good[rel]:
                 specs.setdefault(spec.name, spec)
-        return list(specs.values())
+        unseen = any(rel not in self.last_good for rel in result.bad_files) or any(
+            p.file not in result.files
+            for p in result.problems  # e.g. an unreadable folder
+        )
+        return list(specs.values()), unseen
 
     async def _carry(self, action: planning.Action, client: VeoClient | None,
                      slots: asyncio.Semaphore) -> Outcome:  # fmt: skip

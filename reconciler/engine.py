@@ -77,6 +77,8 @@ class Tuning:
     poll_interval: float = 10.0
     stop_grace: float = 1.0  # seconds between a stop request and cancelling what is left
     http_timeout: float = 60.0
+    submit_backoff: Backoff = field(default_factory=Backoff)
+    poll_backoff: Backoff = field(default_factory=lambda: Backoff(base=2.0, cap=60.0, attempts=10))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Tuning:
@@ -84,14 +86,22 @@ class Tuning:
         env = dict(os.environ) if env is None else env
         tuning = cls()
         if base := env.get("RECONCILE_RETRY_BASE"):
-            tuning.submit_backoff = Backoff(base=float(base), cap=60.0, attempts=6)
-            tuning.poll_backoff = Backoff(base=float(base), cap=60.0, attempts=10)
+            seconds = _seconds(base, "RECONCILE_RETRY_BASE")
+            tuning.submit_backoff = Backoff(base=seconds, cap=60.0, attempts=6)
+            tuning.poll_backoff = Backoff(base=seconds, cap=60.0, attempts=10)
         if timeout := env.get("RECONCILE_HTTP_TIMEOUT"):
-            tuning.http_timeout = float(timeout)
+            tuning.http_timeout = _seconds(timeout, "RECONCILE_HTTP_TIMEOUT")
         return tuning
 
-    submit_backoff: Backoff = field(default_factory=Backoff)
-    poll_backoff: Backoff = field(default_factory=lambda: Backoff(base=2.0, cap=60.0, attempts=10))
+
+def _seconds(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < 86400):
+        raise ReconcileError(f"{name}={text!r}: give a number of seconds, such as 1 or 0.5")
+    return value
 
 
 @dataclass
@@ -200,7 +210,7 @@ class Engine:
         observed = self.observe(specs, lock)
         return planning.make_plan(
             specs,
-            self.store.generations(),
+            self.store.generations_as_seen(),
             self.store.outputs(),
             lock,
             observed,
@@ -367,6 +377,12 @@ class Engine:
         except ReconcileError as exc:
             self.emit(Event("failed", str(exc), name=action.name, level="error"))
             return Outcome(action.name, FAILED, str(exc))
+        except OSError as exc:
+            # The output folder or cache is unwritable: the bytes (if any) are safe in the cache
+            # or with the provider, and the next run places them once the cause is fixed.
+            message = f"{exc.filename or 'a file'}: {exc.strerror or exc}"
+            self.emit(Event("failed", message, name=action.name, level="error"))
+            return Outcome(action.name, FAILED, message)
 
     async def _generate(self, action: Action, client: VeoClient, opts: Options) -> Outcome:
         """Drive one spec key to bytes in the cache, then materialize it.
@@ -684,8 +700,18 @@ class Engine:
 
     # -- user's word on single generations ------------------------------------------------------
 
-    def resolve(self, spec: Desired, operation: str) -> None:
-        """Adopt an operation the user found for a spec (the way out of ``unknown``)."""
+    def resolve(self, spec: Desired, operation: str, *, force: bool = False) -> None:
+        """Adopt an operation the user found for a spec (the way out of ``unknown``).
+
+        Only where nothing better is recorded: adopting over a running or finished generation
+        would throw away a paid job (``force`` says the user knows)."""
+        current = self.store.generations_as_seen().get(spec.key)
+        if current and current.state not in (PENDING, UNKNOWN, FAILED) and not force:
+            raise ReconcileError(
+                f"{spec.name} is {current.state}"
+                + (f" with operation {current.operation}" if current.operation else "")
+                + "; resolve is for unknown submissions (add --force to replace it anyway)"
+            )
         gen = _generation(spec, self.config, state=RUNNING)
         self.store.adopt(gen, operation=operation, state=RUNNING)
 

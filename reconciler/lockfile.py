@@ -8,8 +8,9 @@ it is enough to rebuild the state of a fresh clone without paying for anything a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -62,11 +63,18 @@ def write(path: Path, entries: list[LockEntry]) -> None:
 
 
 def read(path: Path) -> dict[str, LockEntry]:
-    """Entries by name; a missing lock is empty, a damaged one is an error that says what to do."""
-    if not path.exists():
-        return {}
+    """Entries by name; a missing lock is empty, a damaged one is an error that says what to do.
+
+    Paths are checked as strictly as spec names: a lock is committed text that anyone can edit,
+    and nothing in it may point the tool at a file outside the output folder's naming scheme.
+    """
     fix = "fix it, or delete it and let `reconcile apply` rewrite it from the state db"
-    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise StateError(f"{LOCK_FILE} cannot be read ({exc.strerror}): {fix}") from None
     if any(line.startswith(("<<<<<<<", ">>>>>>>")) for line in text.splitlines()):
         raise StateError(f"{LOCK_FILE} has unresolved merge conflicts: {fix}")
     try:
@@ -75,12 +83,36 @@ def read(path: Path) -> dict[str, LockEntry]:
         raise StateError(f"{LOCK_FILE} is not valid YAML ({exc}): {fix}") from None
     if not isinstance(data, dict) or data.get("version") != VERSION:
         raise StateError(f"{LOCK_FILE} is not a version {VERSION} lock file: {fix}")
+    specs = data.get("specs") or {}
+    if not isinstance(specs, dict):
+        raise StateError(f"{LOCK_FILE}: `specs` must be a mapping of names: {fix}")
     entries = {}
-    for name, raw in (data.get("specs") or {}).items():
-        try:
-            entries[name] = LockEntry(name=str(name), **{k: raw.get(k) for k in FIELDS})
-            if not all(isinstance(raw.get(k), str) for k in ("spec_key", "path", "sha256")):
-                raise TypeError
-        except (TypeError, AttributeError):
-            raise StateError(f"{LOCK_FILE}: entry {name!r} is incomplete: {fix}") from None
+    for name, raw in specs.items():
+        if not isinstance(raw, dict) or not all(
+            isinstance(raw.get(k), str) for k in ("spec_key", "path", "sha256")
+        ):
+            raise StateError(f"{LOCK_FILE}: entry {name!r} is incomplete: {fix}")
+        size = raw.get("bytes")
+        entry = LockEntry(
+            name=str(name), spec_key=raw["spec_key"], path=raw["path"], sha256=raw["sha256"],
+            bytes=size if isinstance(size, int) else 0, model=str(raw.get("model") or ""),
+            operation=raw.get("operation"), generated=raw.get("generated"),
+        )  # fmt: skip
+        if not _sane_path(entry):
+            raise StateError(
+                f"{LOCK_FILE}: entry {name!r} has path {entry.path!r}, which is not "
+                f"<outputDir>/{name}.<16 hex of sha256>.mp4 inside the repo: {fix}"
+            )
+        entries[entry.name] = entry
     return entries
+
+
+def _sane_path(entry: LockEntry) -> bool:
+    path = PurePosixPath(entry.path)
+    return (
+        not path.is_absolute()
+        and ".." not in path.parts
+        and "\\" not in entry.path
+        and re.fullmatch(r"[0-9a-f]{64}", entry.sha256) is not None
+        and path.name == f"{entry.name}.{entry.sha256[:16]}.mp4"
+    )

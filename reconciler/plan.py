@@ -54,6 +54,9 @@ class Options:
     replace: frozenset[str] = frozenset()
     retry_failed: bool = False
     resubmit_unknown: bool = False
+    # watch, while a spec file is broken and was never seen whole: its names are unknown, so no
+    # output may be taken for removed.
+    hold_removals: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ class Plan:
     @property
     def changes(self) -> list[Action]:
         return [a for a in self.actions if a.kind in CHANGES]
+
+    @property
+    def blocked(self) -> list[Action]:
+        return [a for a in self.actions if a.kind == BLOCKED]
 
     @property
     def paid(self) -> list[Action]:
@@ -121,6 +128,10 @@ def make_plan(
     current = {**{n: e.path for n, e in lock.items()}, **{n: o.path for n, o in outputs.items()}}
     for name in sorted(set(current) - wanted):
         if opts.targets and name not in opts.targets:
+            continue
+        if opts.hold_removals:
+            actions.append(Action(name, BLOCKED, None, "removal held: a spec file is invalid",
+                                  path=current[name]))  # fmt: skip
             continue
         actions.append(Action(name, REMOVE, None, "spec removed", path=current[name]))
     return Plan(_pay_once(sorted(actions, key=lambda a: a.name)))

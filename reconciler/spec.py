@@ -268,18 +268,29 @@ class LoadResult:
             raise SpecErrors(self.problems)
 
 
-def spec_files(repo: Path) -> list[Path]:
-    """Spec files in a stable order; hidden and editor temp files are skipped."""
+def spec_files(repo: Path, problems: list[Problem] | None = None) -> list[Path]:
+    """Spec files in a stable order; hidden and editor temp files are skipped.
+
+    A folder that cannot be read is a problem, never silence: a spec that cannot be seen would
+    otherwise count as deleted, and its video would be removed.
+    """
     root = repo / "specs"
     if not root.is_dir():
         return []
-    found = [
-        p
-        for p in root.rglob("*")
-        if p.suffix in (".yaml", ".yml")
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
+    found = []
+
+    def unreadable(exc: OSError) -> None:
+        if problems is not None:
+            where = Path(exc.filename or root).relative_to(repo).as_posix()
+            problems.append(Problem(where, f"cannot be read ({exc.strerror})"))
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.endswith((".yaml", ".yml")) and not name.startswith("."):
+                path = Path(folder) / name
+                if path.is_file():
+                    found.append(path)
     return sorted(found)
 
 
@@ -294,7 +305,7 @@ def load_specs(repo: Path, config: Config) -> LoadResult:
         p.field.split(".")[1] for p in default_problems if p.field and p.field.count(".") >= 1
     )
     seen: dict[str, str] = {}
-    for path in spec_files(repo):
+    for path in spec_files(repo, result.problems):
         rel = path.relative_to(repo).as_posix()
         specs, problems = load_file(path, repo, config, reported=reported)
         result.files[rel] = [s.name for s in specs]

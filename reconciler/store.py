@@ -207,6 +207,14 @@ class Store:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
             )
+        known = {name for name, _ in MIGRATIONS}
+        applied = {row[0] for row in self.db.conn.execute("SELECT name FROM migrations")}
+        if applied - known:
+            newer = ", ".join(sorted(applied - known))
+            raise StateError(
+                f"{self.path} was written by a newer reconciler (schema {newer}); upgrade "
+                "reconciler, or move state/ aside (the lock and videos/ rebuild it)"
+            )
         for name, step in MIGRATIONS:
             with self.tx() as conn:
                 if conn.execute("SELECT 1 FROM migrations WHERE name = ?", [name]).fetchone():
@@ -224,7 +232,11 @@ class Store:
         return Generation.from_row(rows[0]) if rows else None
 
     def outputs(self) -> dict[str, Output]:
-        return {r["name"]: Output(**r) for r in self.db["outputs"].rows}
+        names = {f.name for f in fields(Output)}
+        return {
+            r["name"]: Output(**{k: v for k, v in r.items() if k in names})
+            for r in self.db["outputs"].rows
+        }
 
     def attempts(self, key: str | None = None) -> list[dict[str, Any]]:
         where, args = ("spec_key = ?", [key]) if key else (None, [])
@@ -416,6 +428,28 @@ class Store:
             )
             self._attempt(conn, gen, "adopted", operation=operation)
 
+    @staticmethod
+    def _stale(owner: str | None, claimed_at: float | None) -> bool:
+        alive = owner_alive(owner)
+        expired = time.time() - (claimed_at or 0) > STALE_SUBMIT_SECONDS
+        return alive is False or (alive is None and expired)
+
+    def stale_message(self, owner: str | None) -> str:
+        return (
+            f"the process submitting it ({owner}) stopped before the provider's answer was "
+            "recorded; the job may exist and be billed"
+        )
+
+    def generations_as_seen(self) -> dict[str, Generation]:
+        """Generations with dead owners' submits shown as ``unknown``, without writing anything:
+        what ``plan`` and ``status`` show, and what the next ``apply`` will record."""
+        gens = self.generations()
+        for gen in gens.values():
+            if gen.state == SUBMITTING and self._stale(gen.owner, gen.claimed_at):
+                gen.error, gen.error_kind = self.stale_message(gen.owner), "unknown"
+                gen.state = UNKNOWN
+        return gens
+
     def recover_stale(self) -> list[Generation]:
         """Turn submits whose owner died into ``unknown``: the POST may or may not have gone out."""
         stale = []
@@ -424,13 +458,8 @@ class Store:
                 "SELECT spec_key, owner, claimed_at FROM generations WHERE state = ?", [SUBMITTING]
             ).fetchall()
             for key, owner, claimed_at in rows:
-                alive = owner_alive(owner)
-                expired = time.time() - (claimed_at or 0) > STALE_SUBMIT_SECONDS
-                if alive is False or (alive is None and expired):
-                    message = (
-                        f"the process submitting it ({owner}) stopped before the provider's answer"
-                        " was recorded; the job may exist and be billed"
-                    )
+                if self._stale(owner, claimed_at):
+                    message = self.stale_message(owner)
                     self._update(conn, key, state=UNKNOWN, owner=None, error=message,
                                  error_kind="unknown")  # fmt: skip
                     self._attempt(conn, key, "unknown", message=message)

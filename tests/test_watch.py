@@ -251,3 +251,21 @@ def test_superseded_edits_waiting_for_a_slot_are_never_sent(
     wait_until(lambda: materialized(repo, "a"))
     assert repo.sim.posts_for("Version two.") == 0
     assert repo.sim.paid_posts == 2
+
+
+def test_broken_file_at_start_removes_nothing(repo: Repo, watch: Callable[..., Watch]) -> None:
+    """Started while a spec file is broken (never seen whole by this daemon), watch holds every
+    removal: the video made from it stays until the file is fixed or deleted."""
+    repo.write("specs/a.yaml", SPEC.format(name="a", prompt="A quiet harbour."))
+    assert repo.apply().returncode == 0
+    video = repo.videos()
+    repo.write("specs/a.yaml", "name: a\nmodel: [\n")
+    w = watch()
+    w.wait_for(lambda line: "removal held" in line)
+    time.sleep(0.3)
+    assert repo.videos() == video
+    repo.write("specs/a.yaml", SPEC.format(name="a", prompt="A quiet harbour."))
+    w.wait_for(lambda line: "reconciled (changed" in line and "1 specs" in line)
+    time.sleep(0.3)
+    assert repo.videos() == video
+    assert repo.sim is not None and repo.sim.paid_posts == 1
