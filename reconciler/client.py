@@ -229,7 +229,8 @@ class VeoClient:
             raise TransientError(f"polling failed ({type(exc).__name__})") from exc
         if response.status_code == 404:
             raise PermanentError(
-                f"the provider no longer knows operation {operation}",
+                f"the provider does not know operation {operation} (404: expired after about 2 "
+                "days, or never existed); `apply --retry-failed` pays for a new one",
                 status=404,
                 reason="not found",
             )
