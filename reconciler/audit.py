@@ -72,7 +72,13 @@ def _file_state(
     try:
         st = (engine.repo / path).stat()
     except OSError:
-        return "missing", "the file is gone; `apply` restores it from the cache"
+        if sha and engine.cache.has(sha):
+            return "missing", "the file is gone; `apply` restores it from the cache"
+        return (
+            "missing",
+            "the file and its cached copy are gone; `apply` downloads it again or, "
+            "if the provider deleted it too, plans a paid regeneration",
+        )
     if placed and (st.st_size, st.st_mtime_ns) == (placed.size, placed.mtime_ns):
         return MATERIALIZED, None
     if sha256_file(engine.repo / path)[0] != sha:

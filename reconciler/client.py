@@ -36,6 +36,7 @@ from .errors import (
     FatalError,
     FilteredError,
     OperationFailed,
+    OperationLost,
     PermanentError,
     TransientError,
 )
@@ -228,12 +229,10 @@ class VeoClient:
         except httpx.TransportError as exc:
             raise TransientError(f"polling failed ({type(exc).__name__})") from exc
         if response.status_code == 404:
-            raise PermanentError(
-                f"the provider does not know operation {operation} (404: expired after about 2 "
-                "days, or never existed); `apply --retry-failed` pays for a new one",
-                status=404,
+            raise OperationLost(
+                f"the provider does not know operation {operation} (404)", status=404,
                 reason="not found",
-            )
+            )  # fmt: skip
         if response.status_code >= 300:
             raise error_from_response(
                 response.status_code, response.text, response.headers, secret=self.settings.api_key

@@ -53,7 +53,7 @@ class Daemon:
         self.last_good: dict[str, list[Desired]] = {}
         self.reported: dict[str, str] = {}  # what was last said about a file or spec, said once
         self.wanted: dict[str, str] = {}  # name -> spec key currently desired
-        self.reloads = 0
+        self.paused_at = 0.0  # when a 401/403 paused submits
         self.started = now_iso()
         engine.stop_on_fatal = False
         engine.still_wanted = lambda name, key: self.wanted.get(name) == key
@@ -97,6 +97,12 @@ class Daemon:
         )
         for task in pending:
             task.cancel()
+        # A 401/403 pauses submits; they are tried again once per resync period of wall-clock
+        # time (saving specs must not postpone that forever), or at once on SIGHUP.
+        paused_long = time.monotonic() - self.paused_at >= self.settings.resync
+        if self.engine.fatal is not None and (paused_long or hup in done):
+            self.engine.clear_fatal()
+            self.reported.pop("fatal", None)
         if changed in done:
             paths = changed.result()
             shown = ", ".join(sorted(os.path.relpath(p, self.engine.repo) for p in paths)[:3])
@@ -106,7 +112,6 @@ class Daemon:
             return "SIGHUP"
         if stop in done:
             return "stop"
-        self.engine.clear_fatal()  # a paused run tries again once per resync
         return "resync"
 
     def _on_stop(self, signum: int) -> None:
@@ -219,6 +224,8 @@ class Daemon:
             self.emit(Event("outcome", f"{outcome.state}: {outcome.message}", name=outcome.name,
                             level="info" if outcome.state == "superseded" else "warning"))  # fmt: skip
         if self.engine.fatal is not None:
+            if "fatal" not in self.reported:
+                self.paused_at = time.monotonic()
             self._say("fatal", f"{self.engine.fatal}; submits paused until the next resync",
                       level="error")  # fmt: skip
         return outcome

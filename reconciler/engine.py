@@ -26,6 +26,7 @@ from .errors import (
     ApiError,
     FatalError,
     OperationFailed,
+    OperationLost,
     PermanentError,
     ReconcileError,
     StateError,
@@ -58,6 +59,10 @@ DB_FILE = "reconciler.db"
 
 class _Deferred(Exception):
     """A paid action gives up for this run before claiming anything (stopping, a long hold)."""
+
+    def __init__(self, message: str, *, state: str = PENDING) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 @dataclass
@@ -248,7 +253,9 @@ class Engine:
             sha, size = self.cache.add_file(path)
             row = _generation(spec, self.config, state=MATERIALIZED)
             row.sha256, row.bytes = sha, size
-            self.store.adopt(row, operation=entry.operation or "", state=MATERIALIZED)
+            if not self.store.adopt(row, operation=entry.operation or "", state=MATERIALIZED,
+                                    over=(PENDING,)):  # fmt: skip
+                continue  # another process has a generation for it now: that one wins
             self._record_output(spec, sha, size, entry.path)
             self.emit(
                 Event("adopted", f"adopted {entry.path} from {lockfile.LOCK_FILE}", name=name)
@@ -300,6 +307,14 @@ class Engine:
             if client is not None:
                 await client.aclose()
         for action, result in zip(plan.actions, results, strict=True):
+            if (
+                isinstance(result, Outcome) and action.kind == planning.NOOP and action.spec
+                and action.key in self._submitted
+            ):  # fmt: skip
+                # Another name on this key was --replace'd: this one follows the new bytes.
+                result = await self.run_action(
+                    replace(action, kind=planning.RESUME), client, slots, opts
+                )
             if isinstance(result, Outcome):
                 summary.outcomes.append(result)
             elif isinstance(result, asyncio.CancelledError):
@@ -389,41 +404,54 @@ class Engine:
 
         A loop over the row's state, re-read from the db each turn, so that whatever another
         process did meanwhile (claimed it, replaced its operation, downloaded it) is followed.
+        A claim is made only from the row exactly as the plan saw it (its version): once anyone
+        else has touched the row, this task follows and never pays behind them.
         """
         spec = action.spec
         assert spec is not None
         allowed = self._claimable(action, opts)
+        expect = action.version
         # One paid POST per key per run, however many names share the key.
         want_submit = action.kind in planning.PAID and spec.key not in self._submitted
         while True:
             gen = self.store.get(spec.key)
+            if (
+                want_submit
+                and gen is not None
+                and (gen.state not in allowed or (expect is not None and gen.version != expect))
+            ):
+                want_submit = False  # someone else moved the row on: follow it
             if gen is None and not want_submit:
                 return Outcome(spec.name, PENDING, "not submitted in this run")
-            if gen is None or (want_submit and gen.state in allowed):
-                if not self.still_wanted(spec.name, spec.key):
-                    return Outcome(spec.name, "superseded", "the spec changed before it was sent")
-                if self.stopping or self._fatal is not None:
-                    why = "the account was refused" if self._fatal else "stopping"
-                    return Outcome(spec.name, PENDING, f"not submitted: {why}")
+            if want_submit:
                 want_submit = False
                 try:
-                    gen = await self._submit(spec, client, allowed)
+                    gen = await self._submit(spec, client, allowed, expect)
                 except _Deferred as deferred:
-                    return Outcome(spec.name, PENDING, str(deferred))
+                    return Outcome(spec.name, deferred.state, str(deferred))
                 if gen is None:
                     continue  # another process claimed it first: re-read and follow it
+            assert gen is not None
             if gen.state == SUBMITTING:
+                if self.store.generations_as_seen()[spec.key].state == UNKNOWN:
+                    self.store.recover_stale()  # its owner died mid-submit: record, then report
+                    continue
                 if not await self._wait(self.tuning.poll_interval):
                     return Outcome(spec.name, SUBMITTING, "being submitted by another process")
                 continue
             if gen.state == RUNNING:
                 result = await self._poll_until_done(spec, gen, client)
                 if result is None:
+                    now = self.store.get(spec.key)
+                    if now is not None and now.state != RUNNING and not self.stopping:
+                        continue  # recorded as unknown (the job vanished), or moved on elsewhere
                     return Outcome(spec.name, RUNNING, f"still running remotely: {gen.operation}")
                 if result.error is not None:
                     state = self._record_op_error(spec, gen, result.error)
                     if state == PENDING and not self.stopping:
+                        now = self.store.get(spec.key)
                         want_submit, allowed = True, (PENDING,)
+                        expect = now.version if now else None
                     elif state is not None:
                         return Outcome(spec.name, state, str(result.error))
                     continue
@@ -442,7 +470,8 @@ class Engine:
                 if self.cache.has(gen.sha256):
                     return self._materialize(spec, gen.sha256)
                 return Outcome(spec.name, PENDING, "its bytes are in neither the cache nor the "
-                               "output folder; the next apply plans a new generation")  # fmt: skip
+                               "output folder nor with the provider; the next apply plans a paid "
+                               "regeneration")  # fmt: skip
             if gen.state == PENDING and spec.key in self._submitted and not self.stopping:
                 return Outcome(
                     spec.name, PENDING, gen.error or "not accepted; the next run retries"
@@ -463,6 +492,10 @@ class Engine:
                                 name=action.name, level="warning"))  # fmt: skip
         if action.spec.name in opts.replace:
             allowed += [MATERIALIZED, FAILED, UNKNOWN]
+            if action.state == UNKNOWN:
+                self.emit(Event("resubmit", "--replace of a spec whose submission is unknown: "
+                                "this may be paid twice", name=action.name,
+                                level="warning"))  # fmt: skip
         if action.kind in planning.PAID and action.state == MATERIALIZED:
             allowed.append(MATERIALIZED)  # the plan found its bytes lost everywhere: pay again
         return tuple(allowed)
@@ -486,16 +519,27 @@ class Engine:
             raise _Deferred("not submitted: stopping")
 
     async def _submit(
-        self, spec: Desired, client: VeoClient, allowed: tuple[str, ...]
+        self, spec: Desired, client: VeoClient, allowed: tuple[str, ...], expect: int | None
     ) -> Generation | None:
         """The only paid call, wrapped in the write-ahead claim. None: claimed by someone else."""
         body = spec.request_body(self.repo)  # before the claim: a bad image must not leave a claim
         backoff = self.tuning.submit_backoff
         for attempt in range(backoff.attempts):
             await self._pace(spec)
+            if not self.still_wanted(spec.name, spec.key):
+                raise _Deferred("the spec changed before it was sent", state="superseded")
+            if self.stopping or self._fatal is not None:
+                why = "the account was refused" if self._fatal else "stopping"
+                raise _Deferred(f"not submitted: {why}")
             failpoints.hit("before_claim")
             row = _generation(spec, self.config, state=PENDING)
-            if self.store.claim(row, allowed=allowed if attempt == 0 else (PENDING,)) is None:
+            first = attempt == 0
+            claimed = self.store.claim(
+                row,
+                allowed=allowed if first else (PENDING,),
+                expect_version=expect if first else None,
+            )
+            if claimed is None:
                 return None
             failpoints.hit("after_claim")
             self._submitted.add(spec.key)
@@ -585,6 +629,15 @@ class Engine:
                     sleep=self._sleep_or_stop,
                     on_retry=self._retrying(spec),
                 )
+            except OperationLost as exc:
+                message = (
+                    f"{exc} on every poll: the job expired or vanished, and it may have been "
+                    f"billed; if it reappears `reconcile resolve {spec.name} --operation "
+                    f"{operation}`, else `apply --resubmit-unknown` pays for a new one"
+                )
+                if self.store.mark_unknown(spec.key, message, operation=operation):
+                    self.emit(Event("unknown", message, name=spec.name, level="error"))
+                return None
             except TransientError as exc:
                 self.emit(Event("retry", f"polling keeps failing ({exc}); will resume next run",
                                 name=spec.name, level="warning"))  # fmt: skip
@@ -618,6 +671,13 @@ class Engine:
                 on_retry=self._retrying(spec),
             )  # fmt: skip
         except PermanentError as exc:
+            if gen.state == MATERIALIZED and gen.file_id:
+                # Its cached copy was lost before, and now the provider's too.
+                self.store.forget_remote(spec.key, file_id=gen.file_id)
+                raise PermanentError(
+                    "its cached copy is gone and the provider deleted its file (404): the next "
+                    "plan shows a paid regeneration", status=404, reason="expired",
+                ) from None  # fmt: skip
             self.store.mark_failed(spec.key, message=str(exc), kind=exc.reason or "rejected",
                                    operation=gen.operation)  # fmt: skip
             raise
@@ -705,15 +765,17 @@ class Engine:
 
         Only where nothing better is recorded: adopting over a running or finished generation
         would throw away a paid job (``force`` says the user knows)."""
-        current = self.store.generations_as_seen().get(spec.key)
-        if current and current.state not in (PENDING, UNKNOWN, FAILED) and not force:
+        self.recover()
+        gen = _generation(spec, self.config, state=RUNNING)
+        if not self.store.adopt(gen, operation=operation, over=None if force else
+                                (PENDING, UNKNOWN, FAILED)):  # fmt: skip
+            current = self.store.get(spec.key)
+            assert current is not None
             raise ReconcileError(
                 f"{spec.name} is {current.state}"
                 + (f" with operation {current.operation}" if current.operation else "")
                 + "; resolve is for unknown submissions (add --force to replace it anyway)"
             )
-        gen = _generation(spec, self.config, state=RUNNING)
-        self.store.adopt(gen, operation=operation, state=RUNNING)
 
 
 def _generation(spec: Desired, config: Config, *, state: str) -> Generation:

@@ -13,6 +13,7 @@ failure, stop the run, or park a generation as ``unknown`` from the class alone.
     ├── CostLimitExceeded            the plan costs more than --max-cost
     └── ApiError                     anything the provider said (or failed to say)
         ├── TransientError           429, 5xx, nothing sent: retry after a delay
+        │   └── OperationLost        a poll's 404: retried; if it lasts, the spec becomes unknown
         ├── PermanentError           400, content policy, filtered, failed operation: final for the spec
         │   ├── ContentPolicyError
         │   ├── FilteredError
@@ -98,6 +99,11 @@ class TransientError(ApiError):
     ):
         super().__init__(message, status=status, reason=reason)
         self.retry_after = retry_after
+
+
+class OperationLost(TransientError):
+    """A poll answered 404: perhaps a lagging replica, perhaps an expired or vanished job.
+    Retried like any transient error; if it persists the spec becomes unknown, never failed."""
 
 
 class PermanentError(ApiError):

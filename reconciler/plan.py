@@ -72,6 +72,7 @@ class Action:
     sha256: str | None = None  # known bytes (materialize)
     spec: Desired | None = None
     state: str | None = None  # the generation's state, for display
+    version: int | None = None  # the generation row's version when planned (claims compare it)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,10 @@ def make_plan(
     specs = list(specs)
     wanted = {s.name for s in specs}
     actions = [
-        _action_for(s, generations, outputs, lock, observed, config, opts)
+        replace(
+            _action_for(s, generations, outputs, lock, observed, config, opts),
+            version=generations[s.key].version if s.key in generations else None,
+        )
         for s in sorted(specs, key=lambda s: s.name)
         if not opts.targets or s.name in opts.targets
     ]

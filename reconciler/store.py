@@ -105,6 +105,7 @@ class Generation:
     updated_at: str | None = None
     submitted_at: str | None = None
     finished_at: str | None = None
+    version: int = 0  # bumped by every change: what a plan saw can be compared before a claim
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Generation:
@@ -157,8 +158,13 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key")
 
 
+def _m2_row_version(db: sqlite_utils.Database) -> None:
+    db.conn.execute("ALTER TABLE generations ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _m1_initial),
+    ("0002_row_version", _m2_row_version),
 ]
 
 
@@ -255,7 +261,10 @@ class Store:
     def _update(self, conn: sqlite3.Connection, key: str, **values: Any) -> None:
         values["updated_at"] = now_iso()
         cols = ", ".join(f"{k} = ?" for k in values)
-        conn.execute(f"UPDATE generations SET {cols} WHERE spec_key = ?", [*values.values(), key])
+        conn.execute(
+            f"UPDATE generations SET {cols}, version = version + 1 WHERE spec_key = ?",
+            [*values.values(), key],
+        )
 
     def _attempt(
         self, conn: sqlite3.Connection, gen: Generation | str, outcome: str, **values: Any
@@ -280,16 +289,23 @@ class Store:
             ],
         )
 
-    def claim(self, gen: Generation, *, allowed: tuple[str, ...]) -> Generation | None:
-        """Move a key to ``submitting`` if its state is one of ``allowed``; None if someone else won.
+    def claim(
+        self, gen: Generation, *, allowed: tuple[str, ...], expect_version: int | None = None
+    ) -> Generation | None:
+        """Move a key to ``submitting`` if its state is one of ``allowed`` (and, given
+        ``expect_version``, if nobody changed the row since it was read); None if someone else won.
 
         This is the write-ahead step: it commits before the POST, so a crash after it can only
         leave a ``submitting`` row, which recovery turns into ``unknown``, never a silent resubmit.
+        The version check is what keeps a plan made before another process's whole
+        submit-poll-download cycle from paying for the key again afterwards.
         """
         with self.tx() as conn:
             row = conn.execute(
-                "SELECT state FROM generations WHERE spec_key = ?", [gen.spec_key]
+                "SELECT state, version FROM generations WHERE spec_key = ?", [gen.spec_key]
             ).fetchone()
+            if row is not None and expect_version is not None and row[1] != expect_version:
+                return None
             claim = {"owner": self.owner, "claimed_at": time.time(), "submitted_at": now_iso()}
             if row is None:
                 if PENDING not in allowed:
@@ -343,10 +359,19 @@ class Store:
             )
             self._attempt(conn, key, outcome, status=status, message=message)
 
-    def mark_unknown(self, key: str, message: str) -> None:
+    def mark_unknown(self, key: str, message: str, *, operation: str | None = None) -> bool:
+        """The POST may have been accepted (or, with ``operation``, the provider lost track of
+        that operation): only the user may resubmit. With ``operation``, only if still current."""
         with self.tx() as conn:
+            if operation is not None:
+                row = conn.execute(
+                    "SELECT operation, state FROM generations WHERE spec_key = ?", [key]
+                ).fetchone()
+                if row is None or row[0] != operation or row[1] != RUNNING:
+                    return False
             self._update(conn, key, state=UNKNOWN, owner=None, error=message, error_kind="unknown")
             self._attempt(conn, key, "unknown", message=message)
+        return True
 
     def mark_succeeded(self, key: str, *, operation: str, video_uri: str, file_id: str) -> bool:
         """Record a finished operation, only if the row is still running *that* operation.
@@ -357,7 +382,7 @@ class Store:
         with self.tx() as conn:
             changed = conn.execute(
                 "UPDATE generations SET state = ?, video_uri = ?, file_id = ?, finished_at = ?,"
-                " error = NULL, error_kind = NULL, updated_at = ?"
+                " error = NULL, error_kind = NULL, updated_at = ?, version = version + 1"
                 " WHERE spec_key = ? AND operation = ? AND state = ?",
                 [SUCCEEDED, video_uri, file_id, now_iso(), now_iso(), key, operation, RUNNING],
             ).rowcount
@@ -414,9 +439,23 @@ class Store:
         with self.tx() as conn:
             self._update(conn, key, state=to, error=None, error_kind=None, op_failures=0)
 
-    def adopt(self, gen: Generation, *, operation: str, state: str = RUNNING) -> None:
-        """Record a generation whose operation exists already (resolve, or rebuilt from the lock)."""
+    def adopt(
+        self,
+        gen: Generation,
+        *,
+        operation: str,
+        state: str = RUNNING,
+        over: tuple[str, ...] | None = (PENDING, UNKNOWN, FAILED),
+    ) -> bool:
+        """Record a generation whose operation exists already (resolve, or rebuilt from the lock),
+        only over a row in one of the ``over`` states (None: over anything, the user's --force).
+        Checked inside the transaction: another process's running job is never overwritten."""
         with self.tx() as conn:
+            row = conn.execute(
+                "SELECT state FROM generations WHERE spec_key = ?", [gen.spec_key]
+            ).fetchone()
+            if row is not None and over is not None and row[0] not in over:
+                return False
             conn.execute("DELETE FROM generations WHERE spec_key = ?", [gen.spec_key])
             row = {f.name: getattr(gen, f.name) for f in fields(Generation)}
             row.update(state=state, operation=operation, owner=None, updated_at=now_iso())
@@ -427,6 +466,17 @@ class Store:
                 list(row.values()),
             )
             self._attempt(conn, gen, "adopted", operation=operation)
+        return True
+
+    def forget_remote(self, key: str, *, file_id: str) -> None:
+        """The provider deleted the file of a row whose cached bytes are gone too: the bytes are
+        lost, and the next plan says so (a paid regeneration) instead of retrying a dead link."""
+        with self.tx() as conn:
+            conn.execute(
+                "UPDATE generations SET file_id = NULL, video_uri = NULL, updated_at = ?,"
+                " version = version + 1 WHERE spec_key = ? AND file_id = ?",
+                [now_iso(), key, file_id],
+            )
 
     @staticmethod
     def _stale(owner: str | None, claimed_at: float | None) -> bool:

@@ -83,7 +83,7 @@ def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
     assert first.claim(generation(), allowed=(PENDING,)) is not None
     first.close()
     before = raw(db_path, "SELECT name, applied_at FROM migrations ORDER BY name")
-    assert [name for name, _ in before] == ["0001_initial"]
+    assert [name for name, _ in before] == ["0001_initial", "0002_row_version"]
 
     again = Store(db_path)
     try:
@@ -92,6 +92,37 @@ def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
         assert gen is not None and gen.state == SUBMITTING
     finally:
         again.close()
+
+
+def test_a_db_from_the_first_schema_is_upgraded_in_place(db_path: Path) -> None:
+    """A db that only has 0001 gains the row version column, its rows intact, and claims use it."""
+    import sqlite3
+
+    import sqlite_utils
+
+    from reconciler import store as store_module
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path)
+    db = sqlite_utils.Database(conn)
+    store_module._m1_initial(db)
+    conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    conn.execute("INSERT INTO migrations VALUES ('0001_initial', 'then')")
+    conn.execute(
+        "INSERT INTO generations (spec_key, name, model, resolution, duration, state, op_failures)"
+        " VALUES ('k1', 'hero', 'm', '720p', 8, 'pending', 0)"
+    )
+    conn.commit()
+    conn.close()
+    upgraded = Store(db_path)
+    try:
+        gen = upgraded.get("k1")
+        assert gen is not None and gen.state == PENDING and gen.version == 0
+        assert upgraded.claim(generation(), allowed=(PENDING,), expect_version=1) is None
+        claimed = upgraded.claim(generation(), allowed=(PENDING,), expect_version=0)
+        assert claimed is not None and claimed.state == SUBMITTING and claimed.version == 1
+    finally:
+        upgraded.close()
 
 
 def test_wal_mode(store: Store, db_path: Path) -> None:

@@ -269,3 +269,23 @@ def test_broken_file_at_start_removes_nothing(repo: Repo, watch: Callable[..., W
     time.sleep(0.3)
     assert repo.videos() == video
     assert repo.sim is not None and repo.sim.paid_posts == 1
+
+
+def test_a_refused_account_pauses_submits_for_one_resync_period(
+    repo: Repo, watch: Callable[..., Watch]
+) -> None:
+    """After a 403 (balance) watch pauses submits, and tries again once a resync period has passed
+    even while someone keeps saving specs (events must not postpone it forever)."""
+    from reconciler.sim import http_error
+
+    assert repo.sim is not None
+    repo.sim.inject("submit", http_error(403, "Insufficient balance"), times=1)
+    w = watch("--resync", "2")
+    repo.write("specs/a.yaml", SPEC.format(name="a", prompt="A refused account."))
+    w.wait_for(lambda line: "insufficient balance" in line and "paused" in line)
+    deadline = time.monotonic() + 15
+    while repo.sim.paid_posts == 0 and time.monotonic() < deadline:
+        repo.write("specs/b.yaml", SPEC.format(name="b", prompt="Another save."))
+        time.sleep(0.7)
+    assert repo.sim.posts_for("A refused account.") == 1
+    wait_until(lambda: materialized(repo, "a"))
