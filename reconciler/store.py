@@ -80,6 +80,20 @@ def owner_alive(owner: str | None) -> bool | None:
     return _process_start(pid) == start
 
 
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Turn WAL on. Two processes creating the db at the same moment can get SQLITE_BUSY here
+    without sqlite's busy handler ever waiting, so this one step retries by hand."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @dataclass
 class Generation:
     """A generations row as plain data."""
@@ -184,7 +198,7 @@ class Store:
             # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE below.
             conn = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(conn, busy_timeout)
             conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: not a usable state db ({exc})") from None
