@@ -53,6 +53,7 @@ from .store import (
 
 STATE_DIR = "state"
 DEFAULT_CONCURRENCY = 4  # fits preview quotas of a few concurrent operations
+FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to be claimed
 MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead
 DB_FILE = "reconciler.db"
 
@@ -413,6 +414,7 @@ class Engine:
         expect = action.version
         # One paid POST per key per run, however many names share the key.
         want_submit = action.kind in planning.PAID and spec.key not in self._submitted
+        idle_turns = 0
         while True:
             gen = self.store.get(spec.key)
             if (
@@ -431,6 +433,10 @@ class Engine:
                     return Outcome(spec.name, deferred.state, str(deferred))
                 if gen is None:
                     continue  # another process claimed it first: re-read and follow it
+                if gen.state == PENDING:  # this task's own retries are spent for this run
+                    return Outcome(
+                        spec.name, PENDING, gen.error or "not accepted; the next run retries"
+                    )
             assert gen is not None
             if gen.state == SUBMITTING:
                 if self.store.generations_as_seen()[spec.key].state == UNKNOWN:
@@ -472,7 +478,13 @@ class Engine:
                 return Outcome(spec.name, PENDING, "its bytes are in neither the cache nor the "
                                "output folder nor with the provider; the next apply plans a paid "
                                "regeneration")  # fmt: skip
-            if gen.state == PENDING and spec.key in self._submitted and not self.stopping:
+            if gen.state == PENDING and idle_turns < FOLLOW_PENDING_TURNS and not self.stopping:
+                # Whoever put it back to pending (an op error being resubmitted, by another task
+                # or process) is likely about to claim it again: give them a few poll intervals.
+                idle_turns += 1
+                if await self._wait(self.tuning.poll_interval):
+                    continue
+            if gen.state == PENDING:
                 return Outcome(
                     spec.name, PENDING, gen.error or "not accepted; the next run retries"
                 )
