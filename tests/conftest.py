@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,6 +93,24 @@ class Repo:
 
     def apply(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.run("apply", "--yes", "--poll-interval", "0.1", *args, **kw)
+
+    def spawn_apply(
+        self, *args: str, env: dict[str, str] | None = None, poll: str = "0.1"
+    ) -> subprocess.Popen[str]:
+        """Start `reconcile apply --yes` in the background, output piped, for kill and race tests."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", poll, *args],
+            cwd=self.path, env=env or self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+
+    def wait_for_posts(self, count: int, timeout: float = 20.0) -> None:
+        """Block until the simulator has accepted `count` paid POSTs."""
+        assert self.sim is not None
+        deadline = time.monotonic() + timeout
+        while self.sim.paid_posts < count:
+            assert time.monotonic() < deadline, f"only {self.sim.paid_posts} POSTs in {timeout} s"
+            time.sleep(0.05)
 
     def status(self) -> dict[str, dict[str, Any]]:
         result = self.run("status", "--json")

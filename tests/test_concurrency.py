@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 
 from conftest import Repo
 
@@ -23,11 +21,7 @@ def write_many(repo: Repo) -> dict[str, str]:
 
 
 def start_apply(repo: Repo, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.1",
-         "--concurrency", "8", *extra],
-        cwd=repo.path, env=repo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return repo.spawn_apply("--concurrency", "8", *extra)
 
 
 def test_three_racing_applies_pay_once_and_readers_keep_working(repo: Repo) -> None:
@@ -64,9 +58,7 @@ def test_late_apply_follows_running_operations(repo: Repo) -> None:
     repo.sim.set_latency(2.0)
     write_many(repo)
     first = start_apply(repo)
-    deadline = time.monotonic() + 20
-    while repo.sim.paid_posts < N_SPECS and time.monotonic() < deadline:
-        time.sleep(0.05)
+    repo.wait_for_posts(N_SPECS)
     second = start_apply(repo)
     for proc in (first, second):
         out, err = proc.communicate(timeout=60)

@@ -109,13 +109,8 @@ def test_sigterm_stops_within_two_seconds_and_resumes(repo: Repo) -> None:
     assert repo.sim is not None
     repo.sim.set_latency(30.0)
     write_specs(repo)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.2"],
-        cwd=repo.path, env=repo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while repo.sim.paid_posts < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = repo.spawn_apply(poll="0.2")
+    repo.wait_for_posts(3)
     time.sleep(0.3)  # let the operation names be committed and polling start
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -141,13 +136,8 @@ def test_stop_with_a_post_on_the_wire(repo: Repo) -> None:
     repo.write("specs/alpha.yaml", f"name: alpha\nmodel: veo-3.1-fast-generate-preview\n"
                                    f"prompt: {SPECS['alpha']}\n")  # fmt: skip
     repo.sim.inject("submit", stall(30.0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.2"],
-        cwd=repo.path, env=repo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while repo.sim.paid_posts < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = repo.spawn_apply(poll="0.2")
+    repo.wait_for_posts(1)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=10)
@@ -171,13 +161,8 @@ def test_second_signal_exits_at_once(repo: Repo) -> None:
     assert repo.sim is not None
     repo.sim.set_latency(30.0)
     write_specs(repo)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.2"],
-        cwd=repo.path, env=repo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while repo.sim.paid_posts < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = repo.spawn_apply(poll="0.2")
+    repo.wait_for_posts(3)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)

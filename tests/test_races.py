@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 from conftest import Repo
@@ -17,11 +16,7 @@ SPEC = "name: {name}\nmodel: veo-3.1-fast-generate-preview\nprompt: {prompt}\n"
 
 
 def start_apply(repo: Repo, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.1", *extra],
-        cwd=repo.path, env=repo.env(RECONCILE_RETRY_BASE="0.05"), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return repo.spawn_apply(*extra, env=repo.env(RECONCILE_RETRY_BASE="0.05"))
 
 
 def lose_bytes_everywhere_but_the_provider(repo: Repo) -> None:
@@ -56,9 +51,7 @@ def test_follower_of_a_dead_submitter_ends_with_unknown(repo: Repo) -> None:
     repo.write("specs/a.yaml", SPEC.format(name="a", prompt="Dead submitter."))
     repo.sim.inject("submit", stall(30.0))
     owner = start_apply(repo)
-    deadline = time.monotonic() + 20
-    while repo.sim.paid_posts < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    repo.wait_for_posts(1)
     follower = start_apply(repo)
     time.sleep(1.5)
     owner.send_signal(signal.SIGKILL)
