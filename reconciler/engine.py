@@ -733,7 +733,7 @@ class Engine:
         return None
 
     def _record_output(self, spec: Desired, sha: str, size: int, rel: str) -> None:
-        previous = self.store.outputs().get(spec.name)
+        previous = self.store.output(spec.name)
         st = (self.repo / rel).stat()
         self.store.set_output(Output(spec.name, spec.key, rel, sha, size, st.st_size,
                                      st.st_mtime_ns, now_iso()))  # fmt: skip
@@ -745,7 +745,7 @@ class Engine:
         were never cached, so they are cached here first: a rename must not lose them)."""
         if action.path:
             path = self.repo / action.path
-            out = self.store.outputs().get(action.name)
+            out = self.store.output(action.name)
             known = out.sha256 if out else None
             if path.is_file() and not (known and self.cache.has(known)):
                 self.cache.add_file(path)

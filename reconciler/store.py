@@ -258,6 +258,13 @@ class Store:
             for r in self.db["outputs"].rows
         }
 
+    def output(self, name: str) -> Output | None:
+        """One name's output row, without reading them all (materialize runs once per spec)."""
+        names = {f.name for f in fields(Output)}
+        for r in self.db["outputs"].rows_where("name = ?", [name]):
+            return Output(**{k: v for k, v in r.items() if k in names})
+        return None
+
     def attempts(self, key: str | None = None) -> list[dict[str, Any]]:
         where, args = ("spec_key = ?", [key]) if key else (None, [])
         return list(self.db["attempts"].rows_where(where, args, order_by="id"))
