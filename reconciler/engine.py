@@ -249,9 +249,13 @@ class Engine:
             if gen is not None and gen.state != PENDING:
                 continue
             path = self.repo / entry.path
-            if not path.is_file() or sha256_file(path)[0] != entry.sha256:
+            if not path.is_file():
                 continue
+            # Copying into the cache hashes the file: one read verifies it against the lock. A file
+            # that does not match stays cached under its own hash, harmless, and is not adopted.
             sha, size = self.cache.add_file(path)
+            if sha != entry.sha256:
+                continue
             row = _generation(spec, self.config, state=MATERIALIZED)
             row.sha256, row.bytes = sha, size
             if not self.store.adopt(row, operation=entry.operation or "", state=MATERIALIZED,
