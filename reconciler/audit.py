@@ -12,6 +12,7 @@ from typing import Any
 
 from . import lockfile
 from .engine import Engine
+from .lockfile import LockEntry
 from .mp4 import probe
 from .objects import sha256_file
 from .spec import Desired
@@ -19,6 +20,13 @@ from .store import FAILED, MATERIALIZED, PENDING, UNKNOWN, Output
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
 DURATION_SLACK = 0.5  # seconds: container durations are rounded to frames
+
+
+def current_output(
+    name: str, outputs: dict[str, Output], lock: dict[str, LockEntry]
+) -> Output | LockEntry | None:
+    """The file a name has now: the state's record, else (a fresh clone) the lock's."""
+    return outputs.get(name) or lock.get(name)
 
 
 def status_rows(
@@ -34,11 +42,10 @@ def status_rows(
     rows = []
     for spec in sorted(specs, key=lambda s: s.name):
         gen = gens.get(spec.key)
-        out = outputs.get(spec.name)
-        entry = lock.get(spec.name)
-        placed = out if out and out.spec_key == spec.key else None
-        locked = entry if entry and entry.spec_key == spec.key else None
-        path = placed.path if placed else locked.path if locked else None
+        current = current_output(spec.name, outputs, lock)
+        placed = outputs.get(spec.name) if current and current.spec_key == spec.key else None
+        locked = current if current and current.spec_key == spec.key else None
+        path = locked.path if locked else None
         sha = gen.sha256 if gen and gen.sha256 else locked.sha256 if locked else None
         state = gen.state if gen else MATERIALIZED if locked else "new"
         error = gen.error if gen and gen.state in (FAILED, UNKNOWN, PENDING) else None
@@ -108,17 +115,14 @@ def verify(engine: Engine, specs: list[Desired]) -> list[Finding]:
     lock = lockfile.read(engine.lock_path)
     findings = []
     for spec in sorted(specs, key=lambda s: s.name):
-        out = outputs.get(spec.name)
-        entry = lock.get(spec.name)
-        path, sha = (
-            (out.path, out.sha256) if out else (entry.path, entry.sha256) if entry else (None, None)
-        )
-        finding = Finding(spec.name, path)
+        current = current_output(spec.name, outputs, lock)
+        finding = Finding(spec.name, current.path if current else None)
         findings.append(finding)
-        if path is None or sha is None:
+        if current is None:
             finding.problems.append("not materialized")
             continue
-        if (out.spec_key if out else entry.spec_key if entry else None) != spec.key:
+        path, sha = current.path, current.sha256
+        if current.spec_key != spec.key:
             finding.problems.append("made from an older version of the spec (run apply)")
         target = engine.repo / path
         if not target.is_file():
