@@ -122,6 +122,16 @@ class Repo:
         return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+def assert_key_nowhere(repo: Repo, results: list[subprocess.CompletedProcess[str]]) -> None:
+    """The key is in no output of the given runs and in no byte of any file under the repo."""
+    for result in results:
+        assert API_KEY not in result.stdout and API_KEY not in result.stderr
+    written = [p for p in repo.path.rglob("*") if p.is_file()]
+    assert any(p.name == "reconciler.db" for p in written)
+    for path in written:
+        assert API_KEY.encode() not in path.read_bytes(), path
+
+
 SPEC = """
 name: {name}
 model: veo-3.1-fast-generate-preview

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import API_KEY, Repo, png_bytes
+from conftest import API_KEY, Repo, assert_key_nowhere, png_bytes
 
 from reconciler.client import file_id_of
 
@@ -233,12 +233,7 @@ def test_api_key_is_never_written_or_printed(repo: Repo) -> None:
     three_specs(repo)
     outputs = [repo.apply(), repo.run("status", "--json"), repo.run("plan", "--json"),
                repo.apply("--json"), repo.run("status")]  # fmt: skip
-    for result in outputs:
-        assert API_KEY not in result.stdout and API_KEY not in result.stderr
-    written = [p for p in repo.path.rglob("*") if p.is_file()]
-    assert any(p.name == "reconciler.db" for p in written)
-    for path in written:
-        assert API_KEY.encode() not in path.read_bytes(), path
+    assert_key_nowhere(repo, outputs)
     assert repo.sim is not None
     for request in repo.sim.requests:
         assert request.headers.get("x-goog-api-key") == API_KEY

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, Repo
+from conftest import API_KEY, Repo, assert_key_nowhere
 
 from reconciler import failpoints
 from reconciler import sim as simmod
@@ -455,12 +455,7 @@ def test_redirected_download_gets_no_key_and_key_is_nowhere(tmp_path: Path) -> N
         assert "x-goog-api-key" not in moved.headers
         assert API_KEY not in json.dumps(moved.headers)
         assert all(r.headers.get("x-goog-api-key") == API_KEY for r in sim.requests)
-        for result in outputs:
-            assert API_KEY not in result.stdout and API_KEY not in result.stderr
-        files = [p for p in repo.path.rglob("*") if p.is_file()]
-        assert any(p.name == "reconciler.db" for p in files)
-        for path in files:
-            assert API_KEY.encode() not in path.read_bytes(), path
+        assert_key_nowhere(repo, outputs)
 
 
 # -- timeouts ----------------------------------------------------------------------------------
