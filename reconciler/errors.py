@@ -30,8 +30,6 @@ from dataclasses import dataclass
 class ReconcileError(Exception):
     """Base of every error a user can cause or fix."""
 
-    exit_code = 1
-
 
 @dataclass(frozen=True)
 class Problem:
