@@ -443,7 +443,7 @@ class Engine:
                     )
             assert gen is not None
             if gen.state == SUBMITTING:
-                if self.store.generations_as_seen()[spec.key].state == UNKNOWN:
+                if self.store.stale(gen.owner, gen.claimed_at):
                     self.store.recover_stale()  # its owner died mid-submit: record, then report
                     continue
                 if not await self._wait(self.tuning.poll_interval):

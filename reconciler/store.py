@@ -500,7 +500,8 @@ class Store:
             )
 
     @staticmethod
-    def _stale(owner: str | None, claimed_at: float | None) -> bool:
+    def stale(owner: str | None, claimed_at: float | None) -> bool:
+        """A ``submitting`` claim whose owner is dead (or, on another host, silent too long)."""
         alive = owner_alive(owner)
         expired = time.time() - (claimed_at or 0) > STALE_SUBMIT_SECONDS
         return alive is False or (alive is None and expired)
@@ -516,7 +517,7 @@ class Store:
         what ``plan`` and ``status`` show, and what the next ``apply`` will record."""
         gens = self.generations()
         for gen in gens.values():
-            if gen.state == SUBMITTING and self._stale(gen.owner, gen.claimed_at):
+            if gen.state == SUBMITTING and self.stale(gen.owner, gen.claimed_at):
                 gen.error, gen.error_kind = self.stale_message(gen.owner), "unknown"
                 gen.state = UNKNOWN
         return gens
@@ -529,7 +530,7 @@ class Store:
                 "SELECT spec_key, owner, claimed_at FROM generations WHERE state = ?", [SUBMITTING]
             ).fetchall()
             for key, owner, claimed_at in rows:
-                if self._stale(owner, claimed_at):
+                if self.stale(owner, claimed_at):
                     message = self.stale_message(owner)
                     self._update(conn, key, state=UNKNOWN, owner=None, error=message,
                                  error_kind="unknown")  # fmt: skip
