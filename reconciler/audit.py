@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from . import lockfile
-from .engine import Engine
+from .facts import frame_size
+from .lifecycle import State
 from .lockfile import LockEntry
 from .mp4 import probe
 from .objects import sha256_file
 from .spec import Desired
-from .store import FAILED, MATERIALIZED, PENDING, UNKNOWN, Output
+from .store import Output, as_seen
+from .workspace import Workspace
 
-SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
 DURATION_SLACK = 0.5  # seconds: container durations are rounded to frames
 
 
@@ -30,15 +31,15 @@ def current_output(
 
 
 def status_rows(
-    engine: Engine, specs: list[Desired], *, invalid_files: bool = False
+    ws: Workspace, specs: list[Desired], *, invalid_files: bool = False
 ) -> list[dict[str, Any]]:
     """One row per spec (and per output whose spec is gone), for ``reconcile status``.
 
     The file is looked at too: a materialized spec whose video was deleted or edited says so.
     """
-    gens = engine.store.generations_as_seen()
-    outputs = engine.store.outputs()
-    lock = lockfile.read(engine.lock_path)
+    gens = as_seen(ws.gens)
+    outputs = ws.tree.outputs()
+    lock = lockfile.read(ws.lock_path)
     rows = []
     for spec in sorted(specs, key=lambda s: s.name):
         gen = gens.get(spec.key)
@@ -47,10 +48,11 @@ def status_rows(
         locked = current if current and current.spec_key == spec.key else None
         path = locked.path if locked else None
         sha = gen.sha256 if gen and gen.sha256 else locked.sha256 if locked else None
-        state = gen.state if gen else MATERIALIZED if locked else "new"
-        error = gen.error if gen and gen.state in (FAILED, UNKNOWN, PENDING) else None
-        if state == MATERIALIZED:
-            state, error = _file_state(engine, path, sha, placed)
+        state: str = gen.state if gen else State.MATERIALIZED if locked else State.NEW
+        blocking = (State.FAILED, State.UNKNOWN, State.PENDING)
+        error = gen.error if gen and gen.state in blocking else None
+        if state is State.MATERIALIZED:
+            state, error = _file_state(ws, path, sha, placed)
         rows.append({
             "name": spec.name, "state": state, "path": path, "sha256": sha,
             "bytes": gen.bytes if gen else None, "error": error, "spec_key": spec.key,
@@ -71,15 +73,15 @@ def status_rows(
 
 
 def _file_state(
-    engine: Engine, path: str | None, sha: str | None, placed: Output | None
+    ws: Workspace, path: str | None, sha: str | None, placed: Output | None
 ) -> tuple[str, str | None]:
     """materialized only when the file is there with the recorded bytes (stat first, then hash)."""
     if path is None:
         return "cached", "bytes known, file not placed yet; `apply` places it"
     try:
-        st = (engine.repo / path).stat()
+        st = (ws.repo / path).stat()
     except OSError:
-        if sha and engine.cache.has(sha):
+        if sha and ws.cache.has(sha):
             return "missing", "the file is gone; `apply` restores it from the cache"
         return (
             "missing",
@@ -87,10 +89,10 @@ def _file_state(
             "if the provider deleted it too, plans a paid regeneration",
         )
     if placed and (st.st_size, st.st_mtime_ns) == (placed.size, placed.mtime_ns):
-        return MATERIALIZED, None
-    if sha256_file(engine.repo / path)[0] != sha:
+        return State.MATERIALIZED, None
+    if sha256_file(ws.repo / path)[0] != sha:
         return "modified", "the file's bytes changed; `apply` restores the generated video"
-    return MATERIALIZED, None
+    return State.MATERIALIZED, None
 
 
 @dataclass
@@ -105,14 +107,13 @@ class Finding:
 
 
 def expected_size(spec: Desired) -> tuple[int, int]:
-    width, height = SIZES[spec.resolution]
-    return (height, width) if spec.parameters.get("aspectRatio") == "9:16" else (width, height)
+    return frame_size(spec.resolution, spec.parameters.get("aspectRatio", "16:9"))
 
 
-def verify(engine: Engine, specs: list[Desired]) -> list[Finding]:
+def verify(ws: Workspace, specs: list[Desired]) -> list[Finding]:
     """Re-hash every output and check its container against its spec."""
-    outputs = engine.store.outputs()
-    lock = lockfile.read(engine.lock_path)
+    outputs = ws.tree.outputs()
+    lock = lockfile.read(ws.lock_path)
     findings = []
     for spec in sorted(specs, key=lambda s: s.name):
         current = current_output(spec.name, outputs, lock)
@@ -124,7 +125,7 @@ def verify(engine: Engine, specs: list[Desired]) -> list[Finding]:
         path, sha = current.path, current.sha256
         if current.spec_key != spec.key:
             finding.problems.append("made from an older version of the spec (run apply)")
-        target = engine.repo / path
+        target = ws.repo / path
         if not target.is_file():
             finding.problems.append("file missing")
             continue
@@ -157,16 +158,14 @@ class Garbage:
     size: int
 
 
-def collect(engine: Engine, specs: list[Desired]) -> list[Garbage]:
+def collect(ws: Workspace, specs: list[Desired]) -> list[Garbage]:
     """Cached objects that no current spec, output or lock entry refers to."""
     wanted = {s.key for s in specs}
-    keep = {
-        g.sha256 for g in engine.store.generations().values() if g.spec_key in wanted and g.sha256
-    }
-    keep |= {o.sha256 for o in engine.store.outputs().values()}
-    keep |= {e.sha256 for e in lockfile.read(engine.lock_path).values()}
+    keep = {g.sha256 for g in ws.gens.generations().values() if g.spec_key in wanted and g.sha256}
+    keep |= {o.sha256 for o in ws.tree.outputs().values()}
+    keep |= {e.sha256 for e in lockfile.read(ws.lock_path).values()}
     garbage = []
-    root = engine.cache.root
+    root = ws.cache.root
     if root.is_dir():
         for prefix in sorted(root.iterdir()):
             if not prefix.is_dir() or len(prefix.name) != 2:
@@ -178,6 +177,6 @@ def collect(engine: Engine, specs: list[Desired]) -> list[Garbage]:
     return garbage
 
 
-def delete(engine: Engine, garbage: list[Garbage]) -> None:
+def delete(ws: Workspace, garbage: list[Garbage]) -> None:
     for item in garbage:
-        engine.cache.path(item.sha256).unlink(missing_ok=True)
+        ws.cache.path(item.sha256).unlink(missing_ok=True)

@@ -9,7 +9,6 @@ import asyncio
 import functools
 import json
 import math
-import os
 import signal
 import sqlite3
 import sys
@@ -24,10 +23,14 @@ import click
 from . import __version__, report
 from .audit import status_rows
 from .config import API_KEY_ENV, ApiSettings, load_config
-from .engine import Engine, Summary, Tuning
+from .engine import Engine, Summary
 from .errors import CostLimitExceeded, ReconcileError
-from .plan import PAID, RESUME, Options, Plan
+from .lifecycle import PAID, ActionKind
+from .pacing import Tuning
+from .plan import Options, Plan
+from .shutdown import handling_signals, name_of
 from .spec import Desired, load_specs
+from .workspace import Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
 SIM_KEY = "sim-key"
@@ -99,8 +102,8 @@ def _options(f: F) -> F:
     return f
 
 
-def _load(engine: Engine) -> list[Desired]:
-    result = engine.load()
+def _load(ws: Workspace) -> list[Desired]:
+    result = ws.load()
     result.raise_for_problems()
     return result.specs
 
@@ -143,12 +146,12 @@ def validate() -> None:
 @friendly
 def plan(as_json: bool, detailed_exitcode: bool, sim: bool, **kw: Any) -> None:
     """Show what apply would do and what it would cost. Never calls the API."""
-    engine = Engine(_repo(), sandbox=sim, read_only=True)
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
     try:
-        specs = _load(engine)
-        the_plan = engine.plan(specs, _make_options(specs, **kw))
+        specs = _load(ws)
+        the_plan = ws.plan(specs, _make_options(specs, **kw))
     finally:
-        engine.close()
+        ws.close()
     if as_json:
         click.echo(json.dumps(report.plan_json(the_plan), indent=2))
     else:
@@ -180,27 +183,28 @@ def apply(
     progress = report.Progress(sys.stderr)
     tuning = _tuning(concurrency, poll_interval, sim=sim)
     with _api(sim) as api:
-        engine = Engine(repo, api=api, tuning=tuning, on_event=progress, sandbox=sim)
+        ws = Workspace(repo, sandbox=sim)
         try:
-            specs = _load(engine)
+            engine = Engine(ws, api=api, tuning=tuning, reporter=progress)
+            specs = _load(ws)
             options = _make_options(specs, **kw)
-            engine.recover()
-            engine.import_lock(specs)
-            the_plan = engine.plan(specs, options)
+            ws.recover(progress)
+            ws.import_lock(specs, progress)
+            the_plan = ws.plan(specs, options)
             out = sys.stderr if as_json else sys.stdout
             report.render_plan(the_plan, out)
             _guard(the_plan, max_cost=max_cost, api=api, yes=yes)
             with progress.live([a.name for a in the_plan.changes]):
                 summary = _run(engine, the_plan, options)
         finally:
-            engine.close()
+            ws.close()
     if as_json:
         click.echo(json.dumps({"plan": report.plan_json(the_plan), **report.summary_json(summary)},
                               indent=2))  # fmt: skip
     else:
         report.render_summary(summary, sys.stdout)
-    if summary.stopped and engine.stop_signal:
-        sys.exit(128 + engine.stop_signal)
+    if summary.stopped and engine.stop.signal:
+        sys.exit(128 + engine.stop.signal)
     sys.exit(0 if summary.ok else 1)
 
 
@@ -249,7 +253,7 @@ def _guard(the_plan: Plan, *, max_cost: float | None, api: ApiSettings | None, y
                 f"the plan costs {report.money(the_plan.cost)}, more than --max-cost "
                 f"{report.money(max_cost)}; nothing was submitted"
             )
-    if api is None and any(a.kind in (*PAID, RESUME) for a in the_plan.actions):
+    if api is None and any(a.kind in PAID or a.kind is ActionKind.RESUME for a in the_plan.actions):
         raise ReconcileError(
             f"{API_KEY_ENV} is not set: export your GPTProto API key, "
             "or try the whole loop with `reconcile apply --sim`"
@@ -260,31 +264,17 @@ def _guard(the_plan: Plan, *, max_cost: float | None, api: ApiSettings | None, y
 
 
 def _run(engine: Engine, the_plan: Plan, options: Options) -> Summary:
-    """Run the plan with signal handling: first SIGINT/SIGTERM stops cleanly, a second at once.
+    """Run the plan; the first SIGINT/SIGTERM stops cleanly, a second at once (``shutdown``)."""
 
-    Plain signal handlers rather than the loop's: they stay in force after the loop has closed, so
-    a second signal during shutdown still exits at once with 128+signum instead of a traceback.
-    """
+    def announce(signum: int) -> None:
+        sys.stderr.write(
+            f"\n{name_of(signum)}: stopping; operations in flight are recorded "
+            "and resumed by the next run (send again to quit at once)\n"
+        )
 
     async def main() -> Summary:
-        loop = asyncio.get_running_loop()
-        hits = 0
-
-        def on_signal(signum: int, _frame: object) -> None:
-            nonlocal hits
-            hits += 1
-            if hits > 1:
-                os._exit(128 + signum)
-            sys.stderr.write(
-                f"\n{signal.Signals(signum).name}: stopping; operations in flight are recorded "
-                "and resumed by the next run (send again to quit at once)\n"
-            )
-            engine.stop_signal = signum
-            loop.call_soon_threadsafe(engine.request_stop)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, on_signal)
-        return await engine.apply(the_plan, options=options)
+        with handling_signals(engine.stop, announce=announce):
+            return await engine.apply(the_plan, options=options)
 
     return asyncio.run(main())
 
@@ -319,11 +309,12 @@ def watch(
     progress = report.Progress(sys.stderr, json_lines=log_format == "json")
     tuning = _tuning(concurrency, poll_interval, sim=sim)
     with _api(sim) as api:
-        engine = Engine(_repo(), api=api, tuning=tuning, on_event=progress, sandbox=sim)
+        ws = Workspace(_repo(), sandbox=sim)
         try:
-            code = asyncio.run(Daemon(engine, api, DaemonSettings(resync=resync)).run())
+            engine = Engine(ws, api=api, tuning=tuning, reporter=progress)
+            code = asyncio.run(Daemon(engine, DaemonSettings(resync=resync)).run())
         finally:
-            engine.close()
+            ws.close()
     sys.exit(code)
 
 
@@ -335,13 +326,13 @@ def status(as_json: bool, sim: bool) -> None:
     """One row per spec: name, state, path, sha256, error."""
     from .daemon import META_KEY, describe
 
-    engine = Engine(_repo(), sandbox=sim, read_only=True)
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
     try:
-        result = engine.load()
-        rows = status_rows(engine, result.specs, invalid_files=bool(result.problems))
-        daemon = describe(engine.store.meta(META_KEY))
+        result = ws.load()
+        rows = status_rows(ws, result.specs, invalid_files=bool(result.problems))
+        daemon = describe(ws.tree.meta(META_KEY))
     finally:
-        engine.close()
+        ws.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         if daemon:
@@ -359,11 +350,11 @@ def verify(sim: bool) -> None:
     """Re-hash every output and check its duration and resolution against its spec."""
     from .audit import verify as verify_outputs
 
-    engine = Engine(_repo(), sandbox=sim, read_only=True)
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
     try:
-        findings = verify_outputs(engine, _load(engine))
+        findings = verify_outputs(ws, _load(ws))
     finally:
-        engine.close()
+        ws.close()
     for f in findings:
         click.echo(f"{'ok ' if f.ok else 'BAD'} {f.name}: {f.path or '-'}"
                    + ("" if f.ok else f" ({'; '.join(f.problems)})"))  # fmt: skip
@@ -383,18 +374,18 @@ def gc(dry_run: bool, sim: bool) -> None:
     """Delete cached videos that no current spec, output or lock entry needs."""
     from .audit import collect, delete
 
-    engine = Engine(_repo(), sandbox=sim, read_only=True)
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
     try:
-        garbage = collect(engine, _load(engine))
+        garbage = collect(ws, _load(ws))
         total = sum(g.size for g in garbage)
         for item in garbage:
             click.echo(
                 f"{'would delete' if dry_run else 'deleted'} {item.sha256[:16]} ({item.size:,} bytes)"
             )
         if not dry_run:
-            delete(engine, garbage)
+            delete(ws, garbage)
     finally:
-        engine.close()
+        ws.close()
     verb = "would free" if dry_run else "freed"
     click.echo(f"{len(garbage)} cached object(s), {verb} {total:,} bytes.")
 
@@ -412,14 +403,14 @@ def resolve(name: str, operation: str, sim: bool, force: bool) -> None:
             f"--operation {operation!r} is not an operation name "
             "(models/MODEL/operations/ID or operations/ID)"
         )
-    engine = Engine(_repo(), sandbox=sim)
+    ws = Workspace(_repo(), sandbox=sim)
     try:
-        specs = {s.name: s for s in _load(engine)}
+        specs = {s.name: s for s in _load(ws)}
         if name not in specs:
             raise ReconcileError(f"no spec named {name!r}")
-        engine.resolve(specs[name], operation, force=force)
+        ws.resolve(specs[name], operation, force=force)
     finally:
-        engine.close()
+        ws.close()
     click.echo(f"{name}: adopted {operation}; `reconcile apply` polls it instead of submitting.")
 
 

@@ -4,7 +4,8 @@ Level-triggered, like a Kubernetes controller: a file event only makes the next 
 sooner. Every ``resync`` seconds the whole repo is reconciled anyway, and each operation in flight
 polls on its own schedule, so a missed event can delay work but never lose it. Each spec's work is
 a task keyed by (name, spec key); a reconcile starts tasks only for what is not already under way,
-so an edit is submitted at once even while older operations are still running.
+so an edit is submitted at once even while older operations are still running. Loading and
+planning run on a thread: a large repo's hashing never delays a poll.
 
 A spec file that is broken mid-edit keeps its last good version in force: its videos are never
 removed because of a half-saved file.
@@ -23,14 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import plan as planning
 from .client import VeoClient
-from .config import ApiSettings
-from .engine import DEFAULT_CONCURRENCY, Engine, Event, Outcome
+from .engine import Engine
 from .errors import ReconcileError
-from .plan import Options
-from .spec import Desired, load_specs
-from .store import now_iso, owner_alive
+from .lifecycle import CHANGES, PAID, ActionKind, Outcome, State
+from .owners import now_iso, owner_alive
+from .plan import Action, Options, Plan
+from .shutdown import handling_signals, name_of, settle
+from .spec import Desired, LoadResult
 from .watch import Watcher
 
 META_KEY = "daemon"
@@ -44,11 +45,11 @@ class DaemonSettings:
 
 
 class Daemon:
-    def __init__(self, engine: Engine, api: ApiSettings | None, settings: DaemonSettings) -> None:
+    def __init__(self, engine: Engine, settings: DaemonSettings) -> None:
         self.engine = engine
-        self.api = api
+        self.ws = engine.ws
         self.settings = settings
-        self.emit = engine.emit
+        self.report = engine.reporter
         self.active: dict[str, asyncio.Task[Outcome]] = {}
         self.last_good: dict[str, list[Desired]] = {}
         self.reported: dict[str, str] = {}  # what was last said about a file or spec, said once
@@ -56,33 +57,32 @@ class Daemon:
         self.paused_at = 0.0  # when a 401/403 paused submits
         self.started = now_iso()
         engine.stop_on_fatal = False
-        engine.still_wanted = lambda name, key: self.wanted.get(name) == key
+        engine.ctx.still_wanted = lambda name, key: self.wanted.get(name) == key
 
     # -- the loop --------------------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup, wake)
-        watcher = Watcher(self.engine.repo, loop, debounce=self.settings.debounce)
+        watcher = Watcher(self.ws.repo, loop, debounce=self.settings.debounce)
         watcher.start()
         client = self.engine.client()
         self.slots = asyncio.Semaphore(self.engine.concurrency)
         heartbeat = asyncio.create_task(self._heartbeat())
-        self.emit(
-            Event("start", f"watching {self.engine.repo} (resync every {self.settings.resync:g}s)")
-        )
+        self.report.watching(f"watching {self.ws.repo} (resync every {self.settings.resync:g}s)")
         try:
-            self.engine.recover()
-            reason = "start"
-            while not self.engine.stopping:
-                images = self.reconcile(reason, client)
-                watcher.refresh(images)
-                reason = await self._next_wake(watcher, wake)
+            with handling_signals(self.engine.stop, announce=self._on_stop):
+                try:
+                    await asyncio.to_thread(self.ws.recover, self.report)
+                    reason = "start"
+                    while not self.engine.stop.requested:
+                        images = await self.reconcile(reason, client)
+                        watcher.refresh(images)
+                        reason = await self._next_wake(watcher, wake)
+                finally:
+                    await self._shutdown(client)
         finally:
-            await self._shutdown(client)
             heartbeat.cancel()
             watcher.stop()
         return 0
@@ -91,7 +91,7 @@ class Daemon:
         """Sleep until files change, SIGHUP, a stop request, or the resync timer."""
         changed = asyncio.ensure_future(watcher.changed())
         hup = asyncio.ensure_future(wake.wait())
-        stop = asyncio.ensure_future(self.engine.stopped())
+        stop = asyncio.ensure_future(self.engine.stop.wait())
         done, pending = await asyncio.wait(
             {changed, hup, stop}, timeout=self.settings.resync, return_when=asyncio.FIRST_COMPLETED
         )
@@ -100,12 +100,12 @@ class Daemon:
         # A 401/403 pauses submits; they are tried again once per resync period of wall-clock
         # time (saving specs must not postpone that forever), or at once on SIGHUP.
         paused_long = time.monotonic() - self.paused_at >= self.settings.resync
-        if self.engine.fatal is not None and (paused_long or hup in done):
-            self.engine.clear_fatal()
+        if self.engine.ctx.fatal is not None and (paused_long or hup in done):
+            self.engine.ctx.fatal = None
             self.reported.pop("fatal", None)
         if changed in done:
             paths = changed.result()
-            shown = ", ".join(sorted(os.path.relpath(p, self.engine.repo) for p in paths)[:3])
+            shown = ", ".join(sorted(os.path.relpath(p, self.ws.repo) for p in paths)[:3])
             return f"changed: {shown}"
         if hup in done:
             wake.clear()
@@ -115,80 +115,81 @@ class Daemon:
         return "resync"
 
     def _on_stop(self, signum: int) -> None:
-        if self.engine.stopping:
-            os._exit(128 + signum)
-        self.emit(Event("stop", f"{signal.Signals(signum).name}: stopping; operations in flight "
-                        "are recorded and resumed by the next start"))  # fmt: skip
-        self.engine.request_stop()
+        self.report.stopping(f"{name_of(signum)}: stopping; operations in flight are recorded "
+                             "and resumed by the next start")  # fmt: skip
 
     def _on_hup(self, wake: asyncio.Event) -> None:
-        self.emit(Event("reload", "SIGHUP: reloading reconcile.yaml"))
+        self.report.reloaded("SIGHUP: reloading reconcile.yaml")
         wake.set()
 
     def _reload_config(self) -> None:
         """Every reconcile re-reads reconcile.yaml; a broken one keeps the last good settings."""
         try:
-            config = self.engine.read_config()
+            config = self.ws.read_config()
         except ReconcileError as exc:
             problems = getattr(exc, "problems", None) or [exc]
             said = "; ".join(str(p) for p in problems)
             self._say("config", f"{said}; keeping the last good settings", level="error")
             return
         self.reported.pop("config", None)
-        if config != self.engine.config:
-            self.engine.config = config
-            self.engine.pacer.cap = config.submit_per_minute
-            wanted = self.engine.tuning.concurrency or config.concurrency or DEFAULT_CONCURRENCY
+        if config != self.ws.config:
+            self.ws.config = config
+            self.engine.ctx.pacer.cap = config.submit_per_minute
+            wanted = self.engine.tuning.concurrency_for(config.concurrency)
             if wanted != self.engine.concurrency:
                 # Tasks holding the old semaphore finish under it; new ones use the new limit.
                 self.engine.concurrency = wanted
                 self.slots = asyncio.Semaphore(wanted)
-            self.emit(Event("reload", "reloaded reconcile.yaml"))
+            self.report.reloaded("reloaded reconcile.yaml")
 
     # -- one reconcile ---------------------------------------------------------------------------
 
-    def reconcile(self, reason: str, client: VeoClient | None) -> set[Path]:
+    async def reconcile(self, reason: str, client: VeoClient | None) -> set[Path]:
         """Plan and start tasks for whatever is not under way yet; returns the images to watch."""
         self._reload_config()
-        specs, unseen = self._load()
+        specs, unseen = self._load(await asyncio.to_thread(self.ws.load))
         self.wanted = {s.name: s.key for s in specs}
         try:
-            self.engine.import_lock(specs)
-            the_plan = self.engine.plan(specs, Options(hold_removals=unseen))
+            the_plan = await asyncio.to_thread(self._plan, specs, unseen)
         except ReconcileError as exc:
             self._say("plan", f"cannot plan: {exc}", level="error")
             return set()
         started = 0
         for action in the_plan.actions:
-            if action.kind == planning.BLOCKED:
+            if action.kind is ActionKind.BLOCKED:
                 self._say(f"blocked:{action.name}:{action.key}", action.reason, name=action.name,
                           level="warning")  # fmt: skip
                 continue
-            if action.kind not in planning.CHANGES:
+            if action.kind not in CHANGES:
                 continue
-            if action.kind in (*planning.PAID, planning.RESUME) and client is None:
+            if (action.kind in PAID or action.kind is ActionKind.RESUME) and client is None:
                 self._say("no-key", "GPTPROTO_API_KEY is not set: nothing can be submitted",
                           level="error")  # fmt: skip
                 continue
             task_key = f"{action.name}:{action.key or 'remove'}"
             if task_key in self.active:
                 continue
-            task = asyncio.create_task(self._carry(action, client, self.slots))
+            task = asyncio.create_task(self._carry(action, client))
             self.active[task_key] = task
             task.add_done_callback(functools.partial(self._forget, task_key))
             started += 1
-        self.engine.store.set_meta(META_KEY, self._meta(last_reconcile=now_iso()))
-        self.emit(Event("reconcile", f"reconciled ({reason}): {len(specs)} specs, {started} started, "
-                        f"{len(self.active)} in progress"))  # fmt: skip
-        return {self.engine.repo / s.image.path for s in specs if s.image}
+        await asyncio.to_thread(
+            self.ws.tree.set_meta, META_KEY, self._meta(last_reconcile=now_iso())
+        )
+        self.report.reconciled(f"reconciled ({reason}): {len(specs)} specs, {started} started, "
+                               f"{len(self.active)} in progress")  # fmt: skip
+        return {self.ws.repo / s.image.path for s in specs if s.image}
+
+    def _plan(self, specs: list[Desired], unseen: bool) -> Plan:
+        self.ws.import_lock(specs, self.report)
+        return self.ws.plan(specs, Options(hold_removals=unseen))
 
     def _forget(self, task_key: str, _task: asyncio.Task[Outcome]) -> None:
         self.active.pop(task_key, None)
 
-    def _load(self) -> tuple[list[Desired], bool]:
+    def _load(self, result: LoadResult) -> tuple[list[Desired], bool]:
         """Valid files as they are now; broken files as they last were when valid. The flag is
         True while some broken file has never been seen valid (its names are unknown)."""
-        result = load_specs(self.engine.repo, self.engine.config)
         by_file: dict[str, list[Desired]] = {}
         for spec in result.specs:
             by_file.setdefault(spec.file, []).append(spec)
@@ -213,20 +214,18 @@ class Daemon:
         )
         return list(specs.values()), unseen
 
-    async def _carry(self, action: planning.Action, client: VeoClient | None,
-                     slots: asyncio.Semaphore) -> Outcome:  # fmt: skip
-        outcome = await self.engine.run_action(action, client, slots, Options())
+    async def _carry(self, action: Action, client: VeoClient | None) -> Outcome:
+        outcome = await self.engine.run_action(action, client, self.slots, Options())
         if action.key:
-            self.engine.forget_submitted(action.key)
+            self.engine.ctx.submitted.discard(action.key)  # a later reconcile may submit it again
         with contextlib.suppress(ReconcileError):
-            self.engine.write_lock()
-        if outcome.state not in ("materialized", "removed"):
-            self.emit(Event("outcome", f"{outcome.state}: {outcome.message}", name=outcome.name,
-                            level="info" if outcome.state == "superseded" else "warning"))  # fmt: skip
-        if self.engine.fatal is not None:
+            await asyncio.to_thread(self.ws.write_lock)
+        if not outcome.finished:
+            self.report.ended(outcome.name, outcome.state, outcome.message)
+        if self.engine.ctx.fatal is not None:
             if "fatal" not in self.reported:
                 self.paused_at = time.monotonic()
-            self._say("fatal", f"{self.engine.fatal}; submits paused until the next resync",
+            self._say("fatal", f"{self.engine.ctx.fatal}; submits paused until the next resync",
                       level="error")  # fmt: skip
         return outcome
 
@@ -237,15 +236,15 @@ class Daemon:
         if self.reported.get(topic) == message:
             return
         self.reported[topic] = message
-        self.emit(Event("problem" if level != "info" else "info", message, name=name, level=level))
+        self.report.condition(message, name=name, level=level)
 
     # -- liveness and shutdown -------------------------------------------------------------------
 
     def _meta(self, **extra: str) -> str:
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "owner": self.engine.store.owner,
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "owner": self.ws.gens.owner,
                   "started": self.started, "heartbeat": now_iso(), "heartbeat_unix": time.time(),
                   "interval": self.settings.heartbeat, "state": "running"}  # fmt: skip
-        previous = self.engine.store.meta(META_KEY)
+        previous = self.ws.tree.meta(META_KEY)
         if previous:
             with contextlib.suppress(ValueError):
                 record["last_reconcile"] = json.loads(previous).get("last_reconcile")
@@ -256,23 +255,19 @@ class Daemon:
         while True:
             await asyncio.sleep(self.settings.heartbeat)
             with contextlib.suppress(Exception):
-                self.engine.store.set_meta(META_KEY, self._meta())
+                await asyncio.to_thread(lambda: self.ws.tree.set_meta(META_KEY, self._meta()))
 
     async def _shutdown(self, client: VeoClient | None) -> None:
-        tasks = list(self.active.values())
-        if tasks:
-            await asyncio.sleep(0)  # let tasks see the stop request
-            _, pending = await asyncio.wait(tasks, timeout=self.engine.tuning.stop_grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        running = [g for g in self.engine.store.generations().values() if g.state == "running"]
-        for gen in running:
-            self.emit(Event("stop", f"still running remotely, resumed next start: {gen.operation}",
-                            name=gen.name))  # fmt: skip
+        await settle(self.active.values(), self.engine.tuning.stop_grace)
+        gens = await asyncio.to_thread(self.ws.gens.generations)
+        for gen in gens.values():
+            if gen.state is State.RUNNING:
+                self.report.stopping(f"still running remotely, resumed next start: "
+                                     f"{gen.operation}", name=gen.name)  # fmt: skip
         with contextlib.suppress(ReconcileError):
-            self.engine.write_lock()
-        self.engine.store.set_meta(META_KEY, self._meta(state="stopped", stopped=now_iso()))
+            await asyncio.to_thread(self.ws.write_lock)
+        stopped = self._meta(state="stopped", stopped=now_iso())
+        await asyncio.to_thread(self.ws.tree.set_meta, META_KEY, stopped)
         if client is not None:
             await client.aclose()
 

@@ -7,19 +7,24 @@ failure, stop the run, or park a generation as ``unknown`` from the class alone.
 ::
 
     ReconcileError                   anything a user can cause or fix; printed as one message
-    ├── SpecError                    one bad spec or config value (file, line, field)
-    │   └── SpecErrors               several, collected so a user sees all of them at once
+    ├── SpecErrors                   bad specs or settings, all of them (file, line, field)
     ├── StateError                   the state db, lock file or outputs are unusable
     ├── CostLimitExceeded            the plan costs more than --max-cost
     └── ApiError                     anything the provider said (or failed to say)
-        ├── TransientError           429, 5xx, nothing sent: retry after a delay
+        ├── TransientError           5xx, nothing sent, a cut download: retry after a delay
+        │   ├── RateLimited          429: retry, and slow every submission down
         │   └── OperationLost        a poll's 404: retried; if it lasts, the spec becomes unknown
         ├── PermanentError           400, content policy, filtered, failed operation: final for the spec
         │   ├── ContentPolicyError
         │   ├── FilteredError
-        │   └── OperationFailed      done with an error; not billed, retried at most N times
+        │   ├── OperationFailed      done with an error; not billed, retried at most N times
+        │   └── FileExpired          the provider deleted the video before it was downloaded
         ├── FatalError               401, 403: stop the whole run, nothing else is marked failed
         └── AmbiguousError           the POST may have been accepted: never resubmit by itself
+
+Which HTTP answer or transport failure means which class is decided once, at the HTTP edge, from
+one table per call (``wire.ANSWERS``, ``wire.TRANSPORT``): the engine only ever sees these classes,
+never an httpx exception or a raw status. Stopping is not an error at all (``shutdown.Stopping``).
 """
 
 from __future__ import annotations
@@ -44,14 +49,6 @@ class Problem:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         what = f"{self.field}: " if self.field else ""
         return f"{where}: {what}{self.message}"
-
-
-class SpecError(ReconcileError):
-    """A spec or reconcile.yaml is invalid; names the file, line and field."""
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
 
 
 class SpecErrors(ReconcileError):
@@ -99,6 +96,10 @@ class TransientError(ApiError):
         self.retry_after = retry_after
 
 
+class RateLimited(TransientError):
+    """429: the account's rate or quota is exhausted; every submission slows down, not just one."""
+
+
 class OperationLost(TransientError):
     """A poll answered 404: perhaps a lagging replica, perhaps an expired or vanished job.
     Retried like any transient error; if it persists the spec becomes unknown, never failed."""
@@ -126,6 +127,12 @@ class OperationFailed(PermanentError):
     """The operation finished with an error (not billed); may be resubmitted a few times."""
 
     kind = "operation_failed"
+
+
+class FileExpired(PermanentError):
+    """The provider no longer has the video's file (404 on download): kept about 2 days."""
+
+    kind = "expired"
 
 
 class FatalError(ApiError):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import failpoints
+from .owners import pid_alive
 
 CHUNK = 1024 * 1024
 FICLONE = 0x40049409  # linux/fs.h: share extents between files (btrfs, xfs, overlay on those)
@@ -73,22 +74,12 @@ def sweep_temp(folder: Path) -> list[Path]:
             pid = int(path.name[: -len(".tmp")].rsplit(".", 2)[-2])
         except (ValueError, IndexError):
             continue
-        if _pid_alive(pid):
+        if pid_alive(pid):
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def atomic_write_text(target: Path, text: str, *, failpoint: str | None = None) -> None:
@@ -126,25 +117,23 @@ class ObjectCache:
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
-    @contextmanager
-    def writer(self) -> Iterator[_IncomingObject]:
-        """Stream bytes in while hashing; the object lands under its hash only when complete."""
+    def begin(self) -> Incoming:
+        """Start an object: stream bytes in with ``write``, then ``commit`` (or ``discard``).
+
+        Split in steps so the engine can run each on a thread while a download streams in."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".incoming.{os.getpid()}.", suffix=".tmp")
-        incoming = _IncomingObject(os.fdopen(fd, "wb"), Path(tmp))
+        return Incoming(self, os.fdopen(fd, "wb"), Path(tmp))
+
+    @contextmanager
+    def writer(self) -> Iterator[Incoming]:
+        """Stream bytes in while hashing; the object lands under its hash only when complete."""
+        incoming = self.begin()
         try:
             yield incoming
-            incoming.fh.flush()
-            os.fsync(incoming.fh.fileno())
-            incoming.fh.close()
-            final = self.path(incoming.sha256)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
+            incoming.commit()
         finally:
-            incoming.fh.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            incoming.discard()
 
     def add_file(self, path: Path) -> tuple[str, int]:
         """Copy an existing file (a verified output of a fresh clone) into the cache."""
@@ -172,14 +161,20 @@ class ObjectCache:
             _clone_or_copy(src, dst)
 
 
-class _IncomingObject:
-    def __init__(self, fh: BinaryIO, tmp: Path) -> None:
+class Incoming:
+    """An object being written: hashed as it streams in, placed under its hash on commit."""
+
+    def __init__(self, cache: ObjectCache, fh: BinaryIO, tmp: Path) -> None:
+        self.cache = cache
         self.fh = fh
         self.tmp = tmp
         self._digest = hashlib.sha256()
         self.size = 0
+        self.head = b""  # the first bytes, kept to check the container before committing
 
     def write(self, chunk: bytes) -> None:
+        if len(self.head) < 64:
+            self.head += chunk[: 64 - len(self.head)]
         self._digest.update(chunk)
         self.fh.write(chunk)
         self.size += len(chunk)
@@ -187,3 +182,20 @@ class _IncomingObject:
     @property
     def sha256(self) -> str:
         return self._digest.hexdigest()
+
+    def commit(self) -> tuple[str, int]:
+        """fsync, then rename into place under the hash; returns (sha256, size)."""
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        final = self.cache.path(self.sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp, final)
+        fsync_dir(final.parent)
+        return self.sha256, self.size
+
+    def discard(self) -> None:
+        """Drop whatever was not committed (safe to call after commit)."""
+        self.fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)

@@ -1,4 +1,5 @@
-"""Submit pacing: no fixed rate by default, slow down on 429, speed up again while submits succeed.
+"""Pacing: of submissions (no fixed rate by default, slower on 429, faster again while submits
+succeed), of retries (capped exponential backoff with jitter), and a run's tuning.
 
 Preview quotas are low and undocumented (third-party reports say about 10 requests a minute), and a
 team that knows its quota can cap the rate with ``limits.submitPerMinute``. The pacer is additive
@@ -9,8 +10,17 @@ the Retry-After has passed; each success raises the rate a little, until it is u
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .errors import ReconcileError, TransientError
+
+T = TypeVar("T")
+DEFAULT_CONCURRENCY = 4  # fits preview quotas of a few concurrent operations
 
 MIN_PER_MINUTE = 1.0
 # Above this the pacer stops metering altogether: concurrency is then the only limit.
@@ -70,3 +80,79 @@ class Pacer:
         wait = retry_after if retry_after is not None else fallback
         self._hold_until = max(self._hold_until, self._clock() + wait)
         return wait
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter: retries never spin and never stampede."""
+
+    base: float = 1.0
+    cap: float = 60.0
+    attempts: int = 6
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), 3600.0)
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    backoff: Backoff,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_retry: Callable[[TransientError, float], None] | None = None,
+) -> T:
+    """Run ``call``, retrying only TransientError, at most ``backoff.attempts`` times in all.
+
+    ``sleep`` may raise (the engine's raises ``Stopping``): that ends the retries at once."""
+    for attempt in range(backoff.attempts):
+        try:
+            return await call()
+        except TransientError as exc:
+            if attempt + 1 >= backoff.attempts:
+                raise
+            wait = backoff.delay(attempt, exc.retry_after)
+            if on_retry:
+                on_retry(exc, wait)
+            await sleep(wait)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Tuning:
+    """How fast and how patient a run is: concurrency, poll interval, grace, timeouts, backoffs."""
+
+    concurrency: int | None = None  # None: reconcile.yaml's limits.concurrency, else 4
+    poll_interval: float = 10.0
+    stop_grace: float = 1.0  # seconds between a stop request and cancelling what is left
+    http_timeout: float = 60.0
+    submit_backoff: Backoff = field(default_factory=Backoff)
+    poll_backoff: Backoff = field(default_factory=lambda: Backoff(base=2.0, cap=60.0, attempts=10))
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Tuning:
+        """Defaults, with the retry base and HTTP timeout adjustable for tests and slow links."""
+        env = dict(os.environ) if env is None else env
+        tuning = cls()
+        if base := env.get("RECONCILE_RETRY_BASE"):
+            seconds = _seconds(base, "RECONCILE_RETRY_BASE")
+            tuning.submit_backoff = Backoff(base=seconds, cap=60.0, attempts=6)
+            tuning.poll_backoff = Backoff(base=seconds, cap=60.0, attempts=10)
+        if timeout := env.get("RECONCILE_HTTP_TIMEOUT"):
+            tuning.http_timeout = _seconds(timeout, "RECONCILE_HTTP_TIMEOUT")
+        return tuning
+
+    def concurrency_for(self, configured: int | None) -> int:
+        """The flag, else reconcile.yaml's limit, else a default that fits preview quotas."""
+        return self.concurrency or configured or DEFAULT_CONCURRENCY
+
+
+def _seconds(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < 86400):
+        raise ReconcileError(f"{name}={text!r}: give a number of seconds, such as 1 or 0.5")
+    return value

@@ -11,29 +11,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from .config import Config
+from .lifecycle import CHANGES, IN_FLIGHT, PAID, ActionKind, Event, Generation, State
 from .lockfile import LockEntry
 from .spec import Desired
-from .store import (
-    FAILED,
-    IN_FLIGHT,
-    MATERIALIZED,
-    PENDING,
-    SUBMITTING,
-    UNKNOWN,
-    Generation,
-    Output,
-)
+from .store import Output
 
-# Plan actions. Only CREATE and REPLACE send a paid POST.
-CREATE = "create"  # no generation for this key yet
-REPLACE = "replace"  # a new generation supersedes the name's current video
-RESUME = "resume"  # an operation in flight (or a finished one not yet downloaded): poll it
-MATERIALIZE = "materialize"  # bytes known: place the file, free
-REMOVE = "remove"  # the spec is gone: its file leaves the output folder, bytes stay cached
-NOOP = "no-op"
-BLOCKED = "blocked"  # failed or unknown: waits for the spec to change or for the user's word
-PAID = (CREATE, REPLACE)
-CHANGES = (CREATE, REPLACE, RESUME, MATERIALIZE, REMOVE)
+CREATE, REPLACE, RESUME = ActionKind.CREATE, ActionKind.REPLACE, ActionKind.RESUME
+MATERIALIZE, REMOVE = ActionKind.MATERIALIZE, ActionKind.REMOVE
+NOOP, BLOCKED = ActionKind.NOOP, ActionKind.BLOCKED
+FAILED, MATERIALIZED, PENDING = State.FAILED, State.MATERIALIZED, State.PENDING
+SUBMITTING, UNKNOWN = State.SUBMITTING, State.UNKNOWN
 
 
 def output_path(config: Config, name: str, sha256: str) -> str:
@@ -62,7 +49,7 @@ class Options:
 @dataclass(frozen=True)
 class Action:
     name: str
-    kind: str
+    kind: ActionKind
     key: str | None
     reason: str
     cost: float | None = None  # USD, paid actions only
@@ -71,7 +58,7 @@ class Action:
     old_path: str | None = None  # a file it supersedes
     sha256: str | None = None  # known bytes (materialize)
     spec: Desired | None = None
-    state: str | None = None  # the generation's state, for display
+    state: State | None = None  # the generation's state, for display
     version: int | None = None  # the generation row's version when planned (claims compare it)
 
 
@@ -234,3 +221,18 @@ def _action_for(
     if state == PENDING:
         return paid(f"retry: {gen.error}" if gen and gen.error else "not yet submitted")
     return paid("new spec" if current_path is None else "spec changed")
+
+
+def claims_for(action: Action, opts: Options) -> frozenset[Event]:
+    """The lifecycle events a paid action may claim its row with: a plain submit, plus what the
+    user's flags allow (and a regeneration when the plan found the bytes lost everywhere)."""
+    events = {Event.SUBMIT}
+    if opts.retry_failed:
+        events.add(Event.RETRY_FAILED)
+    if opts.resubmit_unknown:
+        events.add(Event.RESUBMIT_UNKNOWN)
+    if action.spec is not None and action.spec.name in opts.replace:
+        events.add(Event.REPLACE)
+    if action.kind in PAID and action.state is State.MATERIALIZED:
+        events.add(Event.REGENERATE)
+    return frozenset(events)

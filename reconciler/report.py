@@ -16,17 +16,20 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .engine import Event, Summary
-from .plan import BLOCKED, CREATE, MATERIALIZE, NOOP, REMOVE, REPLACE, RESUME, Action, Plan
+from .engine import Summary
+from .events import Reporter
+from .lifecycle import PAID, ActionKind, OutcomeState
+from .lockfile import LOCK_FILE
+from .plan import Action, Plan
 
 SYMBOLS = {
-    CREATE: "+",
-    REPLACE: "-/+",
-    RESUME: "~",
-    MATERIALIZE: ">",
-    REMOVE: "-",
-    BLOCKED: "!",
-    NOOP: " ",
+    ActionKind.CREATE: "+",
+    ActionKind.REPLACE: "-/+",
+    ActionKind.RESUME: "~",
+    ActionKind.MATERIALIZE: ">",
+    ActionKind.REMOVE: "-",
+    ActionKind.BLOCKED: "!",
+    ActionKind.NOOP: " ",
 }
 
 
@@ -66,7 +69,7 @@ def action_json(action: Action) -> dict[str, Any]:
 
 def plan_headline(plan: Plan) -> str:
     if not plan.changes:
-        blocked = [a for a in plan.actions if a.kind == BLOCKED]
+        blocked = plan.blocked
         if blocked:
             return f"No changes can be made: {len(blocked)} spec(s) blocked (see above)."
         return "No changes. The videos match the specs."
@@ -80,38 +83,30 @@ def plan_headline(plan: Plan) -> str:
 
 def render_plan(plan: Plan, out: TextIO) -> None:
     console = _console(out)
-    rows = [a for a in plan.actions if a.kind != NOOP]
+    rows = [a for a in plan.actions if a.kind is not ActionKind.NOOP]
     if rows:
         table = Table(box=None, show_header=True, pad_edge=False)
         for column in ("", "name", "action", "cost", "why"):
             table.add_column(column, no_wrap=column != "why")
         for a in rows:
-            cost = money(a.cost) if a.kind in (CREATE, REPLACE) else ""
+            cost = money(a.cost) if a.kind in PAID else ""
             table.add_row(SYMBOLS[a.kind], a.name, a.kind, cost, a.reason)
         console.print(table)
         console.print()
     console.print(plan_headline(plan))
 
 
-PHASES = {
-    "submit": "submitting",
-    "submitted": "running",
-    "poll": "running",
-    "download": "downloading",
-    "materialized": "materialized",
-    "removed": "removed",
-    "failed": "failed",
-    "unknown": "unknown",
-    "retry": "retrying",
-    "adopted": "materialized",
-}
 PHASE_DONE = {"materialized": "[green]✓[/]", "removed": "[green]-[/]", "failed": "[red]✗[/]",
               "unknown": "[red]?[/]"}  # fmt: skip
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
-class Progress:
-    """Event lines for apply and watch: rich colours on a terminal, plain text in CI, or JSON lines."""
+class Progress(Reporter):
+    """Event lines for apply and watch: rich colours on a terminal, plain text in CI, or JSON lines.
+
+    Each event becomes one line (kind, level, name, message, operation); on a terminal during
+    apply, events of the specs being applied move their row of the live table instead.
+    """
 
     def __init__(self, out: TextIO | None = None, *, json_lines: bool = False) -> None:
         self.out = out or sys.stderr
@@ -120,6 +115,66 @@ class Progress:
         self.rich = self.out.isatty() and not json_lines
         self._live: Live | None = None
         self._rows: dict[str, list[Any]] = {}
+
+    # -- the events ------------------------------------------------------------------------------
+
+    def submitting(self, name: str, *, model: str, resolution: str, duration: int) -> None:
+        self._line("submit", f"submitting ({model}, {resolution}, {duration}s)", name=name,
+                   phase="submitting")  # fmt: skip
+
+    def accepted(self, name: str, operation: str) -> None:
+        self._line("submitted", "accepted", name=name, operation=operation, phase="running")
+
+    def polling(self, name: str, operation: str) -> None:
+        self._line("poll", "waiting for the operation", name=name, operation=operation,
+                   phase="running")  # fmt: skip
+
+    def downloading(self, name: str, operation: str | None) -> None:
+        self._line("download", "downloading", name=name, operation=operation, phase="downloading")
+
+    def materialized(self, name: str, path: str) -> None:
+        self._line("materialized", f"materialized {path}", name=name, phase="materialized")
+
+    def removed(self, name: str, path: str | None) -> None:
+        self._line("removed", f"removed {path}", name=name, phase="removed")
+
+    def adopted(self, name: str, path: str) -> None:
+        self._line("adopted", f"adopted {path} from {LOCK_FILE}", name=name, phase="materialized")
+
+    def retrying(self, name: str, message: str) -> None:
+        self._line("retry", message, name=name, level="warning", phase="retrying")
+
+    def failed(self, name: str, message: str, *, final: bool = True) -> None:
+        level, phase = ("error", "failed") if final else ("warning", "retrying")
+        self._line("failed", message, name=name, level=level, phase=phase)
+
+    def unknown(self, name: str, message: str, *, recovered: bool = False) -> None:
+        level = "warning" if recovered else "error"
+        self._line("unknown", message, name=name, level=level, phase="unknown")
+
+    def resubmitting(self, name: str, message: str) -> None:
+        self._line("resubmit", message, name=name, level="warning")
+
+    def watching(self, message: str) -> None:
+        self._line("start", message)
+
+    def reconciled(self, message: str) -> None:
+        self._line("reconcile", message)
+
+    def reloaded(self, message: str) -> None:
+        self._line("reload", message)
+
+    def stopping(self, message: str, *, name: str | None = None) -> None:
+        self._line("stop", message, name=name)
+
+    def condition(self, message: str, *, name: str | None = None, level: str = "error") -> None:
+        self._line("info" if level == "info" else "problem", message, name=name, level=level)
+
+    def ended(self, name: str, outcome: str, message: str) -> None:
+        level = "info" if outcome == OutcomeState.SUPERSEDED else "warning"
+        self._line("outcome", f"{outcome}: {message}", name=name, level=level)
+
+    # -- how they look ---------------------------------------------------------------------------
 
     @contextmanager
     def live(self, names: list[str]) -> Iterator[None]:
@@ -152,39 +207,45 @@ class Progress:
                           "" if done else elapsed, operation.rsplit("/", 1)[-1])  # fmt: skip
         return table
 
-    def __call__(self, event: Event) -> None:
-        if self._live is not None and event.name in self._rows:
-            row = self._rows[event.name]
-            phase = PHASES.get(event.kind, row[0])
-            if event.kind == "failed" and event.level != "error":
-                phase = "retrying"
-            if phase != row[0]:
+    def _line(
+        self,
+        kind: str,
+        message: str,
+        *,
+        name: str | None = None,
+        level: str = "info",
+        operation: str | None = None,
+        phase: str | None = None,
+    ) -> None:
+        if self._live is not None and name in self._rows:
+            row = self._rows[name]
+            if phase is not None and phase != row[0]:
                 row[0], row[1] = phase, time.monotonic()
-            row[2] = event.operation or row[2]
-            if event.level in ("warning", "error"):
-                style = "red" if event.level == "error" else "yellow"
-                self._live.console.print(f"[{style}]{event.name}: {_escape(event.message)}[/]")
+            row[2] = operation or row[2]
+            if level in ("warning", "error"):
+                style = "red" if level == "error" else "yellow"
+                self._live.console.print(f"[{style}]{name}: {_escape(message)}[/]")
             return
         if self.json_lines:
             record = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "level": event.level,
-                "event": event.kind,
-                "name": event.name,
-                "operation": event.operation,
-                "message": event.message,
+                "level": level,
+                "event": kind,
+                "name": name,
+                "operation": operation,
+                "message": message,
             }
             self.out.write(json.dumps(record) + "\n")
             self.out.flush()
             return
-        who = f"{event.name}: " if event.name else ""
-        text = f"{who}{event.message}" + (f" [{event.operation}]" if event.operation else "")
+        who = f"{name}: " if name else ""
+        text = f"{who}{message}" + (f" [{operation}]" if operation else "")
         if self.rich:
-            style = {"error": "red", "warning": "yellow"}.get(event.level, "")
+            style = {"error": "red", "warning": "yellow"}.get(level, "")
             stamp = time.strftime("%H:%M:%S")
             self.console.print(f"[dim]{stamp}[/dim] [{style or 'default'}]{_escape(text)}[/]")
         else:
-            self.out.write(f"{event.level.upper():7} {text}\n")
+            self.out.write(f"{level.upper():7} {text}\n")
             self.out.flush()
 
 
@@ -211,7 +272,7 @@ def render_summary(summary: Summary, out: TextIO) -> None:
         + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     )  # fmt: skip
     for o in summary.outcomes:
-        if o.state not in ("materialized", "removed"):
+        if not o.finished:
             console.print(f"  {o.name}: {o.state}: {_escape(o.message)}")
     if summary.stopped and not summary.fatal:
         console.print(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import API_KEY, Repo, assert_key_nowhere, png_bytes
 
-from reconciler.client import file_id_of
+from reconciler.wire import file_id_of
 
 TEXT = """
 name: hero

@@ -16,24 +16,37 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.client import (
-    Backoff,
-    OpResult,
-    error_from_response,
-    file_id_of,
-    operation_id,
-    parse_operation,
-    with_retries,
-)
 from reconciler.errors import (
+    AmbiguousError,
     ApiError,
     ContentPolicyError,
     FatalError,
+    FileExpired,
     FilteredError,
     OperationFailed,
+    OperationLost,
     PermanentError,
+    RateLimited,
     TransientError,
 )
+from reconciler.pacing import Backoff, with_retries
+from reconciler.wire import (
+    Call,
+    Failure,
+    OpResult,
+    answer_error,
+    file_id_of,
+    operation_id,
+    parse_operation,
+    transport_error,
+)
+
+
+def error_from_response(
+    status: int, body: str, headers: httpx.Headers | dict[str, str], call: Call = Call.SUBMIT
+) -> ApiError:
+    """The error an answer means, for the submit call unless said otherwise."""
+    return answer_error(call, status, body, headers)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "veo"
 
@@ -60,7 +73,7 @@ ERRORS: dict[str, tuple[int, type[ApiError]]] = {
     "error-gptproto-401.json": (401, FatalError),
     "error-gptproto-403-balance.json": (403, FatalError),
     "error-gptproto-content-policy.json": (400, ContentPolicyError),
-    "error-google-429.json": (429, TransientError),
+    "error-google-429.json": (429, RateLimited),
     "error-google-400-duration-type.json": (400, PermanentError),
 }
 
@@ -260,7 +273,7 @@ ERROR_CASES: dict[str, tuple[int, str, dict[str, str], type[ApiError], str]] = {
         429,
         '{"error": {"code": 429, "message": "You exceeded your current quota", "status": "RESOURCE_EXHAUSTED"}}',
         {},
-        TransientError,
+        RateLimited,
         "exceeded your current quota",
     ),
     "500 server error": (
@@ -341,7 +354,7 @@ def test_429_retry_after(value: str | int, low: float, high: float) -> None:
     header = in_seconds(value) if isinstance(value, int) else value
     headers = httpx.Headers({"Retry-After": header})
     error = error_from_response(429, fixture_text("error-google-429.json"), headers)
-    assert isinstance(error, TransientError)
+    assert isinstance(error, RateLimited)
     assert error.retry_after is not None and low <= error.retry_after <= high
 
 
@@ -349,11 +362,63 @@ def test_429_retry_after(value: str | int, low: float, high: float) -> None:
 def test_429_without_usable_retry_after(headers: dict[str, str]) -> None:
     """A 429 without a usable Retry-After leaves retry_after None (backoff decides)."""
     error = error_from_response(429, fixture_text("error-google-429.json"), httpx.Headers(headers))
-    assert isinstance(error, TransientError) and error.retry_after is None
+    assert isinstance(error, RateLimited) and error.retry_after is None
 
 
 def fixture_text(name: str) -> str:
     return (FIXTURES / name).read_text()
+
+
+# What the same answer means differs by call: the per-call tables of ``wire``.
+BY_CALL: dict[str, tuple[Call, int, type[ApiError]]] = {
+    "404 to the POST: the model is unknown, final": (Call.SUBMIT, 404, PermanentError),
+    "404 to a poll: the operation is lost, retried": (Call.POLL, 404, OperationLost),
+    "404 to a download: the file expired, final": (Call.DOWNLOAD, 404, FileExpired),
+    "429 to a poll: rate limited, retried": (Call.POLL, 429, RateLimited),
+    "503 to a download: retried": (Call.DOWNLOAD, 503, TransientError),
+    "302 to a poll without a location: final": (Call.POLL, 302, PermanentError),
+    "401 to a download: the key, fatal": (Call.DOWNLOAD, 401, FatalError),
+}
+
+
+@pytest.mark.parametrize(("call", "status", "cls"), BY_CALL.values(), ids=BY_CALL.keys())
+def test_answers_are_read_per_call(call: Call, status: int, cls: type[ApiError]) -> None:
+    """One HTTP status maps to the class its call's table names, with the status kept."""
+    error = answer_error(call, status, '{"error": {"message": "x"}}', {}, subject="op-1")
+    assert type(error) is cls
+    assert error.status == status
+
+
+# A failure without an answer: only the POST can leave a paid job behind.
+TRANSPORT: dict[str, tuple[Call, Failure, type[ApiError]]] = {
+    "POST refused before sending: retry": (Call.SUBMIT, Failure.CONNECT, TransientError),
+    "POST refused while building: fatal": (Call.SUBMIT, Failure.UNSENDABLE, FatalError),
+    "POST dropped after sending: ambiguous": (Call.SUBMIT, Failure.SENT, AmbiguousError),
+    "POST answered without a name: ambiguous": (Call.SUBMIT, Failure.UNREADABLE, AmbiguousError),
+    "poll dropped: retry": (Call.POLL, Failure.SENT, TransientError),
+    "poll answer not JSON: retry": (Call.POLL, Failure.UNREADABLE, TransientError),
+    "download cut short: retry": (Call.DOWNLOAD, Failure.SHORT, TransientError),
+    "download redirect loop: retry": (Call.DOWNLOAD, Failure.REDIRECTS, TransientError),
+}
+
+
+@pytest.mark.parametrize(("call", "failure", "cls"), TRANSPORT.values(), ids=TRANSPORT.keys())
+def test_transport_failures_are_read_per_call(
+    call: Call, failure: Failure, cls: type[ApiError]
+) -> None:
+    """A failure with no answer maps to its call's class; an ambiguous POST says it may be billed."""
+    error = transport_error(call, failure, "what happened")
+    assert type(error) is cls
+    assert "what happened" in str(error)
+    if cls is AmbiguousError:
+        assert "billed" in str(error)
+
+
+def test_answer_error_cuts_the_key_out() -> None:
+    """A gateway echoing the request's key in its error page never carries it into a message."""
+    body = '{"error": {"message": "bad header x-goog-api-key: sk-secret-1"}}'
+    error = answer_error(Call.POLL, 400, body, {}, secret="sk-secret-1")
+    assert "sk-secret-1" not in str(error) and "sk-secret-1" not in error.reason
 
 
 # -- backoff and retries ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from conftest import API_KEY, Repo, assert_key_nowhere
 
 from reconciler import failpoints
 from reconciler import sim as simmod
-from reconciler.engine import Tuning
+from reconciler.pacing import Tuning
 from reconciler.sim import Simulator
 
 # Short backoff; short HTTP timeouts so that a wedged request fails the test instead of hanging it.

@@ -15,33 +15,16 @@ import pytest
 
 from reconciler.config import Config, load_config
 from reconciler.lockfile import LockEntry
-from reconciler.plan import (
-    BLOCKED,
-    CREATE,
-    MATERIALIZE,
-    NOOP,
-    REMOVE,
-    REPLACE,
-    RESUME,
-    Action,
-    Observed,
-    Options,
-    Plan,
-    make_plan,
-    output_path,
-)
+from reconciler.lifecycle import ActionKind, Generation, State
+from reconciler.plan import Action, Observed, Options, Plan, make_plan, output_path
 from reconciler.spec import Desired, spec_key
-from reconciler.store import (
-    FAILED,
-    MATERIALIZED,
-    PENDING,
-    RUNNING,
-    SUBMITTING,
-    SUCCEEDED,
-    UNKNOWN,
-    Generation,
-    Output,
-)
+from reconciler.store import Output
+
+CREATE, REPLACE, RESUME = ActionKind.CREATE, ActionKind.REPLACE, ActionKind.RESUME
+MATERIALIZE, REMOVE = ActionKind.MATERIALIZE, ActionKind.REMOVE
+NOOP, BLOCKED = ActionKind.NOOP, ActionKind.BLOCKED
+FAILED, MATERIALIZED, PENDING, UNKNOWN = State.FAILED, State.MATERIALIZED, State.PENDING, State.UNKNOWN
+RUNNING, SUBMITTING, SUCCEEDED = State.RUNNING, State.SUBMITTING, State.SUCCEEDED
 
 FAST = "veo-3.1-fast-generate-preview"
 STANDARD = "veo-3.1-generate-preview"

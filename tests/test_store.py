@@ -1,7 +1,9 @@
-"""The state store on real sqlite files: migrations, WAL, the claim CAS, the ledger, recovery.
+"""The sqlite state store on real files: migrations, WAL, transitions as CAS, the ledger, recovery.
 
-Two ``Store`` objects on one file stand in for two processes (a CI apply beside a ``watch``): each
-has its own connection, so sqlite's own locking is what is under test, not anything in Python.
+Two ``SqliteStore`` objects on one file stand in for two processes (a CI apply beside a ``watch``):
+each has its own connection, so sqlite's own locking is what is under test, not anything in Python.
+Which moves are legal is the lifecycle table's business (``test_lifecycle.py``); here it is how the
+store applies one: atomically, compare-and-swap, with its ledger row.
 """
 
 from __future__ import annotations
@@ -18,21 +20,33 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.store import (
-    FAILED,
-    MATERIALIZED,
-    PENDING,
-    RUNNING,
-    STALE_SUBMIT_SECONDS,
-    SUBMITTING,
-    SUCCEEDED,
-    UNKNOWN,
-    Generation,
-    Output,
-    Store,
-    owner_alive,
-    this_owner,
-)
+from reconciler.lifecycle import Event, Generation, State
+from reconciler.owners import owner_alive, this_owner
+from reconciler.sqlite_store import SqliteStore as Store
+from reconciler.store import STALE_SUBMIT_SECONDS, Output
+
+FAILED, MATERIALIZED, PENDING, UNKNOWN = State.FAILED, State.MATERIALIZED, State.PENDING, State.UNKNOWN
+RUNNING, SUBMITTING, SUCCEEDED = State.RUNNING, State.SUBMITTING, State.SUCCEEDED
+# The claim events a state may be claimed from on the user's word, as the engine builds them.
+CLAIM_FROM = {
+    PENDING: Event.SUBMIT,
+    FAILED: Event.RETRY_FAILED,
+    UNKNOWN: Event.RESUBMIT_UNKNOWN,
+    MATERIALIZED: Event.REGENERATE,
+}
+
+
+def claim(
+    store: Store,
+    gen: Generation | None = None,
+    *,
+    allowed: tuple[State, ...] = (PENDING,),
+    expect_version: int | None = None,
+) -> Generation | None:
+    """Claim a key from any of the ``allowed`` states: the write-ahead step before a POST."""
+    gen = gen or generation()
+    events = frozenset(CLAIM_FROM[state] for state in allowed)
+    return store.transition(gen.spec_key, events, seed=gen, expect_version=expect_version)
 
 
 @pytest.fixture
@@ -80,7 +94,7 @@ def dead_pid() -> int:
 def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
     """Each migration is recorded once; opening the db again applies nothing and keeps the data."""
     first = Store(db_path)
-    assert first.claim(generation(), allowed=(PENDING,)) is not None
+    assert claim(first) is not None
     first.close()
     before = raw(db_path, "SELECT name, applied_at FROM migrations ORDER BY name")
     assert [name for name, _ in before] == ["0001_initial", "0002_row_version"]
@@ -100,7 +114,7 @@ def test_a_db_from_the_first_schema_is_upgraded_in_place(db_path: Path) -> None:
 
     import sqlite_utils
 
-    from reconciler import store as store_module
+    from reconciler import sqlite_store as store_module
 
     db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db_path)
@@ -118,8 +132,8 @@ def test_a_db_from_the_first_schema_is_upgraded_in_place(db_path: Path) -> None:
     try:
         gen = upgraded.get("k1")
         assert gen is not None and gen.state == PENDING and gen.version == 0
-        assert upgraded.claim(generation(), allowed=(PENDING,), expect_version=1) is None
-        claimed = upgraded.claim(generation(), allowed=(PENDING,), expect_version=0)
+        assert claim(upgraded, expect_version=1) is None
+        claimed = claim(upgraded, expect_version=0)
         assert claimed is not None and claimed.state == SUBMITTING and claimed.version == 1
     finally:
         upgraded.close()
@@ -136,7 +150,7 @@ def test_wal_mode(store: Store, db_path: Path) -> None:
 
 def test_claim_inserts_a_submitting_row_owned_by_this_process(store: Store) -> None:
     """Claiming an unknown key records it as submitting, owned by this process, before any POST."""
-    claimed = store.claim(generation(), allowed=(PENDING,))
+    claimed = claim(store)
     assert claimed is not None
     assert (claimed.state, claimed.owner) == (SUBMITTING, this_owner())
     assert claimed.claimed_at is not None and claimed.submitted_at is not None
@@ -162,9 +176,9 @@ def test_claim_is_a_compare_and_swap(
     store: Store, db_path: Path, state: str, allowed: tuple[str, ...], wins: bool
 ) -> None:
     """A claim succeeds only from an allowed state; otherwise it returns None and changes nothing."""
-    store.claim(generation(), allowed=(PENDING,))
+    claim(store)
     raw(db_path, "UPDATE generations SET state = ?, operation = 'operations/old'", (state,))
-    claimed = store.claim(generation(), allowed=allowed)
+    claimed = claim(store, allowed=allowed)
     gen = store.get("k1")
     assert gen is not None
     if wins:
@@ -180,10 +194,10 @@ def test_second_claim_of_a_submitting_row_loses(
     store: Store, db_path: Path, same_store: bool
 ) -> None:
     """Claiming a key that is already being submitted returns None, from this process or another."""
-    assert store.claim(generation(), allowed=(PENDING,)) is not None
+    assert claim(store) is not None
     other = store if same_store else Store(db_path)
     try:
-        assert other.claim(generation(), allowed=(PENDING,)) is None
+        assert claim(other) is None
     finally:
         if not same_store:
             other.close()
@@ -202,7 +216,7 @@ def test_two_stores_racing_for_one_key_one_wins(db_path: Path) -> None:
         s = Store(db_path)  # sqlite connections belong to the thread that opened them
         try:
             barrier.wait(timeout=10)
-            results[i] = s.claim(generation(), allowed=(PENDING,))
+            results[i] = claim(s)
         except BaseException as exc:
             results[i] = exc
         finally:
@@ -223,26 +237,20 @@ def test_two_stores_racing_for_one_key_one_wins(db_path: Path) -> None:
 
 def test_attempts_one_row_per_outcome_append_only(store: Store) -> None:
     """Every outcome appends exactly one attempts row; earlier rows never change."""
-    store.claim(generation(), allowed=(PENDING,))
-    store.mark_not_accepted(
-        "k1", outcome="transient", message="429", status=429, final=False, kind="transient"
-    )
+    claim(store)
+    store.transition("k1", Event.NOT_ACCEPTED, message="429", status=429, kind="transient")
     first = store.attempts("k1")
-    store.claim(generation(), allowed=(PENDING,))
-    store.mark_running("k1", "operations/op1")
-    store.mark_failed(
-        "k1", message="internal", kind="operation_failed", count_failure=True, retries=2
-    )
-    store.claim(generation(), allowed=(PENDING,))
-    store.mark_unknown("k1", "connection dropped")
-    store.claim(generation("k2", "intro"), allowed=(PENDING,))
-    store.mark_not_accepted(
-        "k2",
-        outcome="content_policy",
-        message="policy",
-        status=400,
-        final=True,
-        kind="content_policy",
+    claim(store)
+    store.transition("k1", Event.ACCEPTED, operation="operations/op1")
+    store.transition(
+        "k1", Event.OP_FAILED, message="internal", kind="operation_failed", budget=2,
+        expect_operation="operations/op1",
+    )  # fmt: skip
+    claim(store)
+    store.transition("k1", Event.AMBIGUOUS, message="connection dropped")
+    claim(store, generation("k2", "intro"))
+    store.transition(
+        "k2", Event.REFUSED, message="policy", status=400, kind="content_policy"
     )
 
     rows = store.attempts("k1")
@@ -258,17 +266,15 @@ def test_attempts_one_row_per_outcome_append_only(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
-    ("final", "state", "error_kind"),
-    [(False, PENDING, None), (True, FAILED, "content_policy")],
+    ("event", "state", "error_kind"),
+    [(Event.NOT_ACCEPTED, PENDING, None), (Event.REFUSED, FAILED, "content_policy")],
 )
 def test_not_accepted_goes_back_to_pending_or_fails(
-    store: Store, final: bool, state: str, error_kind: str | None
+    store: Store, event: Event, state: str, error_kind: str | None
 ) -> None:
     """An answered POST error releases the claim: pending to try again, or failed when final."""
-    store.claim(generation(), allowed=(PENDING,))
-    store.mark_not_accepted(
-        "k1", outcome="x", message="no", status=400, final=final, kind="content_policy"
-    )
+    claim(store)
+    store.transition("k1", event, message="no", status=400, kind="content_policy")
     gen = store.get("k1")
     assert gen is not None
     assert (gen.state, gen.owner, gen.error, gen.error_kind) == (state, None, "no", error_kind)
@@ -282,48 +288,94 @@ def test_not_accepted_goes_back_to_pending_or_fails(
         (1, [PENDING, FAILED]),
     ],
 )
-def test_mark_failed_counts_operation_failures(
+def test_op_failures_are_counted_against_the_budget(
     store: Store, retries: int, states: list[str]
 ) -> None:
     """A counted operation failure goes back to pending while retries last, then fails for good."""
     got = []
     for _ in states:
-        store.claim(generation(), allowed=(PENDING,))
-        store.mark_running("k1", "operations/op")
-        got.append(
-            store.mark_failed(
-                "k1",
-                message="internal",
-                kind="operation_failed",
-                count_failure=True,
-                retries=retries,
-            )
-        )
+        claim(store)
+        store.transition("k1", Event.ACCEPTED, operation="operations/op")
+        gen = store.transition(
+            "k1", Event.OP_FAILED, message="internal", kind="operation_failed", budget=retries,
+            expect_operation="operations/op",
+        )  # fmt: skip
+        assert gen is not None
+        got.append(gen.state)
     assert got == states
     gen = store.get("k1")
     assert gen is not None and (gen.state, gen.op_failures) == (states[-1], len(states))
 
 
-def test_mark_failed_uncounted_is_final_at_once(store: Store) -> None:
+def test_op_rejected_is_final_at_once(store: Store) -> None:
     """A filtered or refused result fails at once, whatever retries remain, and counts nothing."""
-    store.claim(generation(), allowed=(PENDING,))
-    store.mark_running("k1", "operations/op")
-    assert store.mark_failed("k1", message="filtered", kind="filtered", retries=5) == FAILED
-    gen = store.get("k1")
-    assert gen is not None and (gen.state, gen.error_kind, gen.op_failures) == (
-        FAILED,
-        "filtered",
-        0,
-    )
+    claim(store)
+    store.transition("k1", Event.ACCEPTED, operation="operations/op")
+    gen = store.transition("k1", Event.OP_REJECTED, message="filtered", kind="filtered", budget=5)
+    assert gen is not None and gen.state == FAILED
+    assert (gen.error_kind, gen.op_failures) == ("filtered", 0)
 
 
-def test_reset_clears_the_failure_count(store: Store) -> None:
-    """A user's retry resets the row to pending with a fresh failure budget."""
-    store.claim(generation(), allowed=(PENDING,))
-    store.mark_failed("k1", message="x", kind="operation_failed", count_failure=True, retries=0)
-    store.reset("k1")
-    gen = store.get("k1")
-    assert gen is not None and (gen.state, gen.op_failures, gen.error) == (PENDING, 0, None)
+def test_a_users_retry_clears_the_failure_count(store: Store) -> None:
+    """Claiming a failed row on the user's word (--retry-failed) starts a fresh failure budget;
+    a plain resubmit of a pending row keeps the count."""
+    claim(store)
+    store.transition("k1", Event.ACCEPTED, operation="operations/op")
+    store.transition("k1", Event.OP_FAILED, message="x", budget=1)
+    pending = store.get("k1")
+    assert pending is not None and (pending.state, pending.op_failures) == (PENDING, 1)
+    claimed = claim(store)
+    assert claimed is not None and claimed.op_failures == 1
+    store.transition("k1", Event.ACCEPTED, operation="operations/op2")
+    store.transition("k1", Event.OP_FAILED, message="x", budget=1)
+    failed = store.get("k1")
+    assert failed is not None and (failed.state, failed.op_failures) == (FAILED, 2)
+    retried = claim(store, allowed=(FAILED,))
+    assert retried is not None and (retried.state, retried.op_failures) == (SUBMITTING, 0)
+
+
+@pytest.mark.parametrize(
+    ("expect", "applies"),
+    [
+        (dict(expect_operation="operations/op"), True),
+        (dict(expect_operation="operations/other"), False),
+        (dict(expect_version=2), True),
+        (dict(expect_version=1), False),
+        (dict(expect_file_id="f1"), False),
+    ],
+)
+def test_transition_is_a_compare_and_swap(
+    store: Store, expect: dict[str, object], applies: bool
+) -> None:
+    """A transition applies only to the row the caller saw (version, operation, file id);
+    otherwise it returns None and changes nothing, ledger included."""
+    claim(store)
+    store.transition("k1", Event.ACCEPTED, operation="operations/op")  # version 2
+    ledger = store.attempts("k1")
+    gen = store.transition("k1", Event.VANISHED, message="gone", **expect)  # type: ignore[arg-type]
+    now = store.get("k1")
+    assert now is not None
+    if applies:
+        assert gen is not None and gen.state == UNKNOWN == now.state
+        assert len(store.attempts("k1")) == len(ledger) + 1
+    else:
+        assert gen is None and now.state == RUNNING and now.version == 2
+        assert store.attempts("k1") == ledger
+
+
+@pytest.mark.parametrize(
+    ("event", "state"), [(Event.ACCEPTED, PENDING), (Event.FINISHED, SUBMITTING)]
+)
+def test_a_transition_from_the_wrong_state_changes_nothing(
+    store: Store, event: Event, state: State
+) -> None:
+    """An event whose table row does not allow the current state is refused, atomically."""
+    claim(store)
+    if state is PENDING:
+        store.transition("k1", Event.NOT_ACCEPTED, message="503")
+    before = store.get("k1")
+    assert store.transition("k1", event, operation="operations/x") is None
+    assert store.get("k1") == before
 
 
 def test_outputs_round_trip(store: Store) -> None:
@@ -347,7 +399,7 @@ def claimed_by(db_path: Path, owner: str, key: str = "k1") -> None:
     other = Store(db_path)
     other.owner = owner
     try:
-        assert other.claim(generation(key, f"name-{key}"), allowed=(PENDING,)) is not None
+        assert claim(other, generation(key, f"name-{key}")) is not None
     finally:
         other.close()
 
@@ -368,7 +420,7 @@ def test_recover_stale_turns_a_dead_owners_submit_into_unknown(store: Store, db_
 
 def test_recover_stale_leaves_a_live_owners_submit_alone(store: Store, db_path: Path) -> None:
     """A submitting row owned by a live process stays submitting."""
-    store.claim(generation(), allowed=(PENDING,))
+    claim(store)
     assert owner_alive(store.owner) is True
     assert store.recover_stale() == []
     gen = store.get("k1")
@@ -405,7 +457,7 @@ def test_reader_reads_while_a_writer_holds_the_write_lock(db_path: Path) -> None
     writer = Store(db_path)
     reader = Store(db_path, busy_timeout=0.2)
     try:
-        writer.claim(generation(), allowed=(PENDING,))
+        claim(writer)
         with writer.tx() as conn:
             conn.execute("UPDATE generations SET state = ? WHERE spec_key = 'k1'", [RUNNING])
             started = time.monotonic()
@@ -414,7 +466,7 @@ def test_reader_reads_while_a_writer_holds_the_write_lock(db_path: Path) -> None
             assert gens["k1"].state == SUBMITTING  # the uncommitted change is not visible
             # ...while a second writer has to wait for the first.
             with pytest.raises(sqlite3.OperationalError, match="locked"):
-                reader.claim(generation("k2"), allowed=(PENDING,))
+                claim(reader, generation("k2"))
         gen = reader.get("k1")
         assert gen is not None and gen.state == RUNNING
     finally:

@@ -1,0 +1,298 @@
+"""The sqlite state store: the only module that speaks SQL, and the zero-setup default.
+
+One sqlite file (WAL mode, so ``status``/``plan`` read while an ``apply`` writes) holds:
+
+- ``generations``: one row per spec key, moved only by ``transition`` (see ``lifecycle``);
+- ``attempts``: append-only, one row per submit attempt and outcome: the ledger of paid calls;
+- ``outputs``: which spec key each name is materialized from, at which path;
+- ``meta``: the daemon's heartbeat;
+- ``migrations``: the schema steps applied, each in its own transaction, safe to re-run.
+
+Every state change is one ``BEGIN IMMEDIATE`` transaction: a claim is a compare-and-swap inside
+one, so two processes can never both POST for one key, and no global lock exists that a killed
+process could leave behind. One connection per store, shared by the threads the engine runs
+blocking calls on, serialized by a lock (sqlite serializes writers anyway).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from . import lifecycle
+from .errors import StateError
+from .lifecycle import Event, Generation, State
+from .owners import now_iso, this_owner
+from .store import Output, stale_claim, stale_message
+
+
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Turn WAL on. Two processes creating the db at the same moment can get SQLITE_BUSY here
+    without sqlite's busy handler ever waiting, so this one step retries by hand."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db.table("generations").create(
+        dict(
+            spec_key=str, name=str, model=str, resolution=str, duration=int, cost=float,
+            state=str, operation=str, video_uri=str, file_id=str, sha256=str, bytes=int,
+            error=str, error_kind=str, op_failures=int, owner=str, claimed_at=float,
+            created_at=str, updated_at=str, submitted_at=str, finished_at=str,
+        ),
+        pk="spec_key",
+        not_null={"state", "model", "name"},
+        defaults={"op_failures": 0},
+    )  # fmt: skip
+    db.table("generations").create_index(["state"])
+    db.table("attempts").create(
+        {
+            "id": int, "spec_key": str, "name": str, "at": str, "outcome": str,
+            "operation": str, "status": int, "message": str, "owner": str,
+        },
+        pk="id",
+    )  # fmt: skip
+    db.table("attempts").create_index(["spec_key"])
+    db.table("outputs").create(
+        {
+            "name": str, "spec_key": str, "path": str, "sha256": str, "bytes": int,
+            "size": int, "mtime_ns": int, "materialized_at": str,
+        },
+        pk="name",
+    )  # fmt: skip
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+
+
+def _m2_row_version(db: sqlite_utils.Database) -> None:
+    db.conn.execute("ALTER TABLE generations ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("0001_initial", _m1_initial),
+    ("0002_row_version", _m2_row_version),
+]
+_OUTPUT_COLUMNS = tuple(f.name for f in fields(Output))
+
+
+class SqliteStore:
+    """The state db of one working tree: a ``GenerationStore`` and a ``TreeStore`` in one file."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0, create: bool = True) -> None:
+        """Open (and migrate) the db. With ``create=False`` a missing db is not created: an empty
+        in-memory one stands in, so read-only commands leave a fresh clone untouched."""
+        self.path = path
+        target = str(path)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.exists():
+            target = ":memory:"
+        try:
+            # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE below.
+            conn = sqlite3.connect(
+                target, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            _switch_to_wal(conn, busy_timeout)
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{path}: not a usable state db ({exc})") from None
+        self.db = sqlite_utils.Database(conn)
+        self.owner = this_owner()
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        with self._lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    exclusive = tx
+
+    def _migrate(self) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
+            )
+        known = {name for name, _ in MIGRATIONS}
+        applied = {row[0] for row in self.db.conn.execute("SELECT name FROM migrations")}
+        if applied - known:
+            newer = ", ".join(sorted(applied - known))
+            raise StateError(
+                f"{self.path} was written by a newer reconciler (schema {newer}); upgrade "
+                "reconciler, or move state/ aside (the lock and videos/ rebuild it)"
+            )
+        for name, step in MIGRATIONS:
+            with self.tx() as conn:
+                if conn.execute("SELECT 1 FROM migrations WHERE name = ?", [name]).fetchone():
+                    continue
+                step(self.db)
+                conn.execute("INSERT INTO migrations VALUES (?, ?)", [name, now_iso()])
+
+    def _rows(self, table: str, where: str | None = None, args: Iterable[Any] = ()) -> list[Any]:
+        with self._lock:
+            return list(self.db[table].rows_where(where, list(args)))
+
+    # -- generations and the ledger (GenerationStore) -------------------------------------------
+
+    def get(self, key: str) -> Generation | None:
+        rows = self._rows("generations", "spec_key = ?", [key])
+        return Generation.from_row(rows[0]) if rows else None
+
+    def generations(self) -> dict[str, Generation]:
+        return {r["spec_key"]: Generation.from_row(r) for r in self._rows("generations")}
+
+    def attempts(self, key: str | None = None) -> list[dict[str, Any]]:
+        where, args = ("spec_key = ?", [key]) if key else (None, [])
+        with self._lock:
+            return list(self.db["attempts"].rows_where(where, args, order_by="id"))
+
+    def transition(
+        self,
+        key: str,
+        event: Event | Iterable[Event],
+        *,
+        seed: Generation | None = None,
+        expect_version: int | None = None,
+        expect_operation: str | None = None,
+        expect_file_id: str | None = None,
+        budget: int = 0,
+        message: str | None = None,
+        kind: str | None = None,
+        status: int | None = None,
+        **values: Any,
+    ) -> Generation | None:
+        events = (event,) if isinstance(event, Event) else tuple(event)
+        with self.tx() as conn:
+            cursor = conn.execute("SELECT * FROM generations WHERE spec_key = ?", [key])
+            row = cursor.fetchone()
+            current = None
+            if row is not None:
+                names = [d[0] for d in cursor.description]
+                current = Generation.from_row(dict(zip(names, row, strict=True)))
+            chosen = lifecycle.event_for(current.state if current else State.NEW, events)
+            if chosen is None or not _expected(
+                current, expect_version, expect_operation, expect_file_id
+            ):
+                return None
+            change = lifecycle.changes(
+                current, chosen, budget=budget, seed=seed, message=message, kind=kind,
+                values=values,
+            )  # fmt: skip
+            move = lifecycle.TRANSITIONS[chosen]
+            now = now_iso()
+            change["updated_at"] = now
+            change.update({column: now for column in move.stamps})
+            if move.claims:
+                change.update(owner=self.owner, claimed_at=time.time())
+            if current is None:
+                change.update(spec_key=key, created_at=now, version=1)
+                cols = ", ".join(change)
+                marks = ", ".join("?" * len(change))
+                conn.execute(
+                    f"INSERT INTO generations ({cols}) VALUES ({marks})", [*change.values()]
+                )
+            else:
+                cols = ", ".join(f"{k} = ?" for k in change)
+                conn.execute(
+                    f"UPDATE generations SET {cols}, version = version + 1 WHERE spec_key = ?",
+                    [*change.values(), key],
+                )
+            if move.ledger is not None:
+                name = change.get("name") or (current.name if current else None)
+                operation = change.get("operation") or (current.operation if current else None)
+                conn.execute(
+                    "INSERT INTO attempts (spec_key, name, at, outcome, operation, status, "
+                    "message, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [key, name, now, kind or move.ledger, operation, status, message, self.owner],
+                )
+        return self.get(key)
+
+    def is_stale(self, gen: Generation) -> bool:
+        return stale_claim(gen.owner, gen.claimed_at)
+
+    def recover_stale(self) -> list[Generation]:
+        recovered = []
+        for gen in self.generations().values():
+            if gen.state is State.SUBMITTING and self.is_stale(gen):
+                done = self.transition(
+                    gen.spec_key, Event.AMBIGUOUS, expect_version=gen.version,
+                    message=stale_message(gen.owner),
+                )  # fmt: skip
+                if done is not None:
+                    recovered.append(done)
+        return recovered
+
+    # -- this working tree (TreeStore) ------------------------------------------------------------
+
+    def outputs(self) -> dict[str, Output]:
+        return {r["name"]: _output(r) for r in self._rows("outputs")}
+
+    def output(self, name: str) -> Output | None:
+        """One name's output row, without reading them all (materialize runs once per spec)."""
+        rows = self._rows("outputs", "name = ?", [name])
+        return _output(rows[0]) if rows else None
+
+    def set_output(self, out: Output) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [getattr(out, column) for column in _OUTPUT_COLUMNS],
+            )
+
+    def delete_output(self, name: str) -> None:
+        with self.tx() as conn:
+            conn.execute("DELETE FROM outputs WHERE name = ?", [name])
+
+    def meta(self, key: str) -> str | None:
+        rows = self._rows("meta", "key = ?", [key])
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+
+def _expected(
+    current: Generation | None, version: int | None, operation: str | None, file_id: str | None
+) -> bool:
+    """The compare half of compare-and-swap: the row is still the one the caller saw."""
+    if current is None:
+        return operation is None and file_id is None
+    return (
+        (version is None or current.version == version)
+        and (operation is None or current.operation == operation)
+        and (file_id is None or current.file_id == file_id)
+    )
+
+
+def _output(row: dict[str, Any]) -> Output:
+    return Output(**{k: v for k, v in row.items() if k in _OUTPUT_COLUMNS})
