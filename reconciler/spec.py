@@ -17,25 +17,48 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import CONFIG_FILE, MODELS, Config
+from .config import CONFIG_FILE, Config
 from .errors import Problem, SpecErrors
+from .facts import (
+    ASPECT_RATIOS,
+    DEFAULT_ASPECT_RATIO,
+    DEFAULT_DURATION,
+    DEFAULT_RESOLUTION,
+    DURATIONS,
+    EXTENSION_RESOLUTION,
+    IMAGE_MAGIC,
+    MAX_IMAGE_BYTES,
+    MAX_PROMPT_CHARS,
+    MODELS,
+    PERSON_GENERATION,
+    RESOLUTIONS,
+    RESOLUTIONS_NEEDING_8S,
+    video_identity,
+)
 from .yamlio import Document, load_documents, pydantic_problems, show
 
 KEY_VERSION = 1
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 MAX_NAME_CHARS = 64
-MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the API's inline request limit
-MAX_PROMPT_CHARS = 4096  # about 1,024 tokens, the documented prompt limit
-RESOLUTION_NEEDS_8S = ("1080p", "4k")
-IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
-FILE_ID_RE = re.compile(r"/files/([^/:?#]+)")
 
+# The API's allowed values, spelled out because mypy reads a Literal only from literals. The asserts
+# tie each to its tuple in facts, order included: pydantic's "use one of …" lists them in this order.
 ModelName = Literal["veo-3.1-generate-preview", "veo-3.1-fast-generate-preview"]
-assert set(ModelName.__args__) == set(MODELS)  # type: ignore[attr-defined]
+AspectRatio = Literal["16:9", "9:16"]
+Resolution = Literal["720p", "1080p", "4k"]
+Duration = Literal[4, 6, 8]
+PersonGeneration = Literal["allow_all", "allow_adult"]
+assert get_args(ModelName) == MODELS
+assert get_args(AspectRatio) == ASPECT_RATIOS
+assert get_args(Resolution) == tuple(RESOLUTIONS)
+assert get_args(Duration) == DURATIONS
+assert get_args(PersonGeneration) == PERSON_GENERATION
+assert DEFAULT_ASPECT_RATIO in ASPECT_RATIOS and DEFAULT_RESOLUTION in RESOLUTIONS
+assert DEFAULT_DURATION in DURATIONS
 
 
 class VideoRef(BaseModel):
@@ -75,10 +98,11 @@ class SpecDoc(BaseModel):
     name: str
     model: ModelName
     prompt: str
-    aspectRatio: Literal["16:9", "9:16"] = "16:9"
-    resolution: Literal["720p", "1080p", "4k"] = "720p"
-    durationSeconds: Literal[4, 6, 8] | None = None
-    personGeneration: Literal["allow_all", "allow_adult"] | None = None
+    # mypy sees the facts' defaults as plain str; the asserts above make these casts true.
+    aspectRatio: AspectRatio = cast(AspectRatio, DEFAULT_ASPECT_RATIO)
+    resolution: Resolution = cast(Resolution, DEFAULT_RESOLUTION)
+    durationSeconds: Duration | None = None
+    personGeneration: PersonGeneration | None = None
     enhancePrompt: bool = True
     negativePrompt: str | None = None
     image: str | None = None
@@ -143,11 +167,12 @@ def rule_problems(spec: SpecDoc) -> list[tuple[str, str]]:
     if spec.image is not None and spec.video is not None:
         found.append(("video", "'image' and 'video' cannot be used together: pick one mode"))
     if spec.video is not None:
-        if spec.resolution != "720p":
-            found.append(("resolution", "video-to-video (extension) only supports 720p"))
+        if spec.resolution != EXTENSION_RESOLUTION:
+            message = f"video-to-video (extension) only supports {EXTENSION_RESOLUTION}"
+            found.append(("resolution", message))
         if spec.durationSeconds not in (None, 8):
             found.append(("durationSeconds", "video-to-video (extension) needs 8 (or unset)"))
-    if spec.resolution in RESOLUTION_NEEDS_8S and spec.durationSeconds not in (None, 8):
+    if spec.resolution in RESOLUTIONS_NEEDING_8S and spec.durationSeconds not in (None, 8):
         found.append(
             (
                 "durationSeconds",
@@ -239,12 +264,6 @@ _KEY_PARAMETERS = (
     "enhancePrompt",
     "negativePrompt",
 )
-
-
-def video_identity(uri: str) -> str:
-    """A provider video is its file id: the /upload/ and host variants of one URI are one video."""
-    match = FILE_ID_RE.search(uri)
-    return match.group(1) if match else uri
 
 
 def spec_key(desired: Desired) -> str:
@@ -431,7 +450,7 @@ def _desired(
     params = {
         "aspectRatio": parsed.aspectRatio,
         "resolution": parsed.resolution,
-        "durationSeconds": parsed.durationSeconds or 8,
+        "durationSeconds": parsed.durationSeconds or DEFAULT_DURATION,
         "enhancePrompt": parsed.enhancePrompt,
         "personGeneration": parsed.personGeneration,
         # A blank negative prompt is no negative prompt: same key, and nothing sent.
@@ -489,7 +508,7 @@ def _image(value: str, spec_path: Path, rel: str, repo: Path, line: int) -> Imag
         raise bad(f"{value!r} cannot be read: {exc.strerror or exc}") from None
     if len(data) > MAX_IMAGE_BYTES:  # it grew since stat()
         raise bad(_too_big(value, len(data)))
-    mime = next((m for magic, m in IMAGE_TYPES.items() if data.startswith(magic)), None)
+    mime = next((m for magic, m in IMAGE_MAGIC.items() if data.startswith(magic)), None)
     if mime is None:
         raise bad(f"{value!r} is not a PNG or JPEG file")
     digest = hashlib.sha256(data).hexdigest()
@@ -497,4 +516,5 @@ def _image(value: str, spec_path: Path, rel: str, repo: Path, line: int) -> Imag
 
 
 def _too_big(value: str, size: int) -> str:
-    return f"{value!r} is {size / 1048576:.1f} MiB; the API accepts at most 20 MiB"
+    limit = MAX_IMAGE_BYTES // 1048576
+    return f"{value!r} is {size / 1048576:.1f} MiB; the API accepts at most {limit} MiB"
