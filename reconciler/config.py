@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import Problem, ReconcileError, SpecErrors
+from .facts import DEFAULT_PRICES
 from .yamlio import load_documents, pydantic_problems
 
 CONFIG_FILE = "reconcile.yaml"
@@ -23,17 +24,10 @@ DEFAULT_QUERY_BASE = "https://api.gptproto.com"
 API_KEY_ENV = "GPTPROTO_API_KEY"
 API_BASE_ENV = "RECONCILE_API_BASE"
 
-MODELS = ("veo-3.1-generate-preview", "veo-3.1-fast-generate-preview")
-
-# USD per second of generated video (Gemini API list prices, 2026-09; see veo-api.md).
-# Resellers charge differently, which is why reconcile.yaml may override any entry.
-DEFAULT_PRICES: dict[str, dict[str, float]] = {
-    "veo-3.1-generate-preview": {"720p": 0.40, "1080p": 0.40, "4k": 0.60},
-    "veo-3.1-fast-generate-preview": {"720p": 0.10, "1080p": 0.12, "4k": 0.30},
-}
-
 
 class Limits(BaseModel):
+    """``limits:``: submit rate and concurrency caps for a team that knows its quota (DESIGN.md)."""
+
     model_config = ConfigDict(extra="forbid")
 
     submitPerMinute: float | None = Field(default=None, gt=0)
@@ -41,6 +35,8 @@ class Limits(BaseModel):
 
 
 class Retries(BaseModel):
+    """``retries:``: how often a failed operation is resubmitted before it stays failed."""
+
     model_config = ConfigDict(extra="forbid")
 
     # A failed operation is not billed; resubmitting it twice in total is what DESIGN.md allows.
@@ -97,6 +93,7 @@ class Config:
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def price_per_second(self, model: str, resolution: str) -> float | None:
+        """None for a pair nobody priced, so the plan can say "unknown" rather than guess $0."""
         return self.prices.get(model, {}).get(resolution)
 
 

@@ -19,7 +19,8 @@ from conftest import jpeg_bytes, png_bytes
 
 from reconciler.config import load_config
 from reconciler.errors import SpecErrors
-from reconciler.spec import Desired, load_specs
+from reconciler.loader import load_specs
+from reconciler.spec import Desired
 
 Files = dict[str, str | bytes]
 

@@ -1,0 +1,289 @@
+"""Loading specs: every file under ``specs/``, validated, with defaults merged and images read.
+
+``spec`` says what a valid spec is and what its key is; this module does the I/O around it: walking
+the folder, reading YAML, merging ``reconcile.yaml``'s defaults, reading and checking image files,
+and catching a name defined twice. It never raises for user input but collects every problem, with
+file, line and field, so ``validate`` can show them all at once and ``watch`` can keep a file's
+last good specs while only that file is broken.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import CONFIG_FILE, Config
+from .errors import Problem, SpecErrors
+from .facts import DEFAULT_DURATION, IMAGE_MAGIC, MAX_IMAGE_BYTES, MODELS
+from .spec import (
+    FORBIDDEN_DEFAULTS,
+    KNOWN_KEYS,
+    SPEC_FIELDS,
+    Desired,
+    ImageInput,
+    SpecDoc,
+    rule_problems,
+    spec_key,
+)
+from .yamlio import Document, load_documents, pydantic_problems, show
+
+
+@dataclass
+class LoadResult:
+    """Everything found under specs/: valid specs, and problems per file (for watch's partial reloads)."""
+
+    specs: list[Desired] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    files: dict[str, list[str]] = field(default_factory=dict)  # spec file -> names it defines
+    bad_files: set[str] = field(default_factory=set)
+
+    def raise_for_problems(self) -> None:
+        """For commands that stop on any invalid spec, before anything is paid for."""
+        if self.problems:
+            raise SpecErrors(self.problems)
+
+
+def spec_files(repo: Path, problems: list[Problem] | None = None) -> list[Path]:
+    """Spec files in a stable order; hidden and editor temp files are skipped.
+
+    A folder that cannot be read is a problem, never silence: a spec that cannot be seen would
+    otherwise count as deleted, and its video would be removed.
+    """
+    root = repo / "specs"
+    if not root.is_dir():
+        return []
+    found = []
+
+    def unreadable(exc: OSError) -> None:
+        if problems is not None:
+            where = Path(exc.filename or root).relative_to(repo).as_posix()
+            problems.append(Problem(where, f"cannot be read ({exc.strerror})"))
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.endswith((".yaml", ".yml")) and not name.startswith("."):
+                path = Path(folder) / name
+                if path.is_file():
+                    found.append(path)
+    return sorted(found)
+
+
+def load_specs(repo: Path, config: Config) -> LoadResult:
+    """Load and validate every spec; never raises for user input, collects problems instead."""
+    repo = repo.resolve()
+    result = LoadResult()
+    default_problems = check_defaults(config)
+    result.problems.extend(default_problems)
+    # A bad default is reported once, against reconcile.yaml, not again in every spec using it.
+    reported = frozenset(
+        p.field.split(".")[1] for p in default_problems if p.field and p.field.count(".") >= 1
+    )
+    seen: dict[str, str] = {}
+    for path in spec_files(repo, result.problems):
+        rel = path.relative_to(repo).as_posix()
+        specs, problems = load_file(path, repo, config, reported=reported)
+        result.files[rel] = [s.name for s in specs]
+        for spec in specs:
+            if spec.name in seen:
+                problems.append(
+                    Problem(
+                        rel,
+                        f"duplicate name {spec.name!r}: already defined in {seen[spec.name]}",
+                        line=spec.line,
+                        field="name",
+                    )
+                )
+            else:
+                seen[spec.name] = f"{rel}:{spec.line}"
+                result.specs.append(spec)
+        if problems:
+            result.bad_files.add(rel)
+            result.problems.extend(problems)
+    return result
+
+
+def check_defaults(config: Config) -> list[Problem]:
+    """reconcile.yaml's defaults must be valid values of spec fields a whole repo can share."""
+    problems = []
+    top = config.lines.get("defaults")
+    lines = {key: config.lines.get(f"defaults.{key}", top) for key in config.defaults}
+    usable = {}
+    for key, value in config.defaults.items():
+        if key in FORBIDDEN_DEFAULTS:
+            message = f"{key!r} cannot have a default: each spec sets its own"
+        elif key not in SPEC_FIELDS:
+            message = _unknown_key(key)
+        else:
+            usable[key] = value
+            continue
+        problems.append(Problem(CONFIG_FILE, message, line=lines[key], field=f"defaults.{key}"))
+    if not usable:
+        return problems
+    # Check the values the way a spec that sets nothing else would see them.
+    probe = {"name": "defaults", "model": MODELS[0], "prompt": "defaults", **usable}
+    doc = Document(usable, top or 1, {k: v for k, v in lines.items() if v is not None})
+    try:
+        parsed = SpecDoc.model_validate(probe)
+    except ValidationError as exc:
+        for p in pydantic_problems(exc, CONFIG_FILE, doc, known=SPEC_FIELDS):
+            if p.field is not None and p.field.split(".")[0] in usable:
+                problems.append(replace(p, field=f"defaults.{p.field}"))
+        return problems
+    for name, message in rule_problems(parsed):
+        where = lines.get(name, top)
+        problems.append(Problem(CONFIG_FILE, message, line=where, field=f"defaults.{name}"))
+    return problems
+
+
+def _unknown_key(key: str) -> str:
+    """A default's typo gets the same "did you mean" as a spec's."""
+    guess = difflib.get_close_matches(key, SPEC_FIELDS, n=1, cutoff=0.6)
+    return "unknown key" + (f"; did you mean '{guess[0]}'?" if guess else "")
+
+
+def load_file(
+    path: Path, repo: Path, config: Config, *, reported: frozenset[str] = frozenset()
+) -> tuple[list[Desired], list[Problem]]:
+    """Validate one spec file: all of its documents, each error with file, line and field.
+
+    ``reported`` names defaults already reported as invalid: a spec inheriting one is skipped
+    without repeating the error.
+    """
+    rel = path.relative_to(repo).as_posix()
+    docs, problems = load_documents(path, rel)
+    if problems:
+        return [], problems
+    if not docs:
+        return [], [Problem(rel, "holds no spec: the file is empty (or only comments)")]
+    specs = []
+    for doc in docs:
+        try:
+            specs.append(_desired(doc, path, rel, repo, config, reported))
+        except SpecErrors as exc:
+            problems.extend(exc.problems)
+    return specs, problems
+
+
+def _desired(
+    doc: Document, path: Path, rel: str, repo: Path, config: Config, reported: frozenset[str]
+) -> Desired:
+    """One document as a keyed Desired, or SpecErrors: the image is read only once the rest holds."""
+    if not isinstance(doc.data, dict):
+        raise SpecErrors(
+            [
+                Problem(
+                    rel,
+                    f"a spec must be a mapping of keys (name: …, model: …, prompt: …), "
+                    f"not {_kind(doc.data)}",
+                    line=doc.line,
+                )
+            ]
+        )
+    merged = {k: v for k, v in config.defaults.items() if k not in FORBIDDEN_DEFAULTS}
+    merged.update(doc.data)
+    inherited = [k for k in config.defaults if k not in doc.data]
+    skip = reported.intersection(inherited)
+    try:
+        parsed = SpecDoc.model_validate(merged)
+    except ValidationError as exc:
+        problems = pydantic_problems(exc, rel, doc, known=KNOWN_KEYS)
+        raise SpecErrors(
+            [p for p in problems if not (p.field and p.field.split(".")[0] in skip)]
+        ) from None
+    rules = rule_problems(parsed)
+    if rules:
+        # A rule broken only by defaults already reported stops this spec without repeating it.
+        broken = [(name, msg) for name, msg in rules if name not in skip]
+        from_defaults = [k for k in ("resolution", "durationSeconds") if k in inherited]
+        note = (
+            f" ({' and '.join(from_defaults)} from {CONFIG_FILE} defaults)" if from_defaults else ""
+        )
+        raise SpecErrors(
+            [Problem(rel, msg + note, line=doc.line_of(name), field=name) for name, msg in broken]
+        )
+    image = None
+    if parsed.image is not None:
+        image = _image(parsed.image, path, rel, repo, doc.line_of("image"))
+    params = {
+        "aspectRatio": parsed.aspectRatio,
+        "resolution": parsed.resolution,
+        "durationSeconds": parsed.durationSeconds or DEFAULT_DURATION,
+        "enhancePrompt": parsed.enhancePrompt,
+        "personGeneration": parsed.personGeneration,
+        # A blank negative prompt is no negative prompt: same key, and nothing sent.
+        "negativePrompt": (parsed.negativePrompt or "").strip() or None,
+    }
+    desired = Desired(
+        name=parsed.name,
+        file=rel,
+        line=doc.line,
+        model=parsed.model,
+        prompt=parsed.prompt,
+        parameters=params,
+        image=image,
+        video_uri=parsed.video.uri if parsed.video else None,
+    )
+    return Desired(**{**desired.__dict__, "key": spec_key(desired)})
+
+
+def _kind(data: Any) -> str:
+    """What a document that is not a mapping is, in YAML's words rather than Python's."""
+    if isinstance(data, list):
+        return "a list"
+    if isinstance(data, bool):
+        return f"the boolean {show(data)}"
+    if isinstance(data, int | float):
+        return f"the number {show(data)}"
+    return f"the text {show(data)}"
+
+
+def _image(value: str, spec_path: Path, rel: str, repo: Path, line: int) -> ImageInput:
+    """Read and identify a first-frame image; only files inside the repo, so a spec cannot send
+    any other file on the machine to the API."""
+
+    def bad(message: str) -> SpecErrors:
+        return SpecErrors([Problem(rel, message, line=line, field="image")])
+
+    if "\0" in value:
+        raise bad(f"{value!r} is not a usable path (it holds a NUL character)")
+    written = spec_path.parent / value
+    try:
+        target = written.resolve()
+        if not target.is_relative_to(repo):
+            inside = Path(os.path.normpath(written)).is_relative_to(repo)
+            link = " through a symlink" if inside else ""
+            raise bad(f"{value!r} leaves the asset repo{link}; images must live inside it")
+        shown = target.relative_to(repo).as_posix()
+        if target.is_dir():
+            raise bad(f"{value!r} is a folder ({shown}), not an image file")
+        if not target.is_file():
+            raise bad(f"{value!r} not found (looked for {shown}, relative to this spec file)")
+        if target.stat().st_size > MAX_IMAGE_BYTES:
+            raise bad(_too_big(value, target.stat().st_size))
+        data = target.read_bytes()
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+        raise bad(f"{value!r} is a symlink loop") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise bad(f"{value!r} is a symlink loop") from None
+        raise bad(f"{value!r} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_IMAGE_BYTES:  # it grew since stat()
+        raise bad(_too_big(value, len(data)))
+    mime = next((m for magic, m in IMAGE_MAGIC.items() if data.startswith(magic)), None)
+    if mime is None:
+        raise bad(f"{value!r} is not a PNG or JPEG file")
+    digest = hashlib.sha256(data).hexdigest()
+    return ImageInput(shown, digest, mime, len(data))
+
+
+def _too_big(value: str, size: int) -> str:
+    limit = MAX_IMAGE_BYTES // 1048576
+    return f"{value!r} is {size / 1048576:.1f} MiB; the API accepts at most {limit} MiB"
