@@ -26,10 +26,11 @@ from .config import API_KEY_ENV, ApiSettings, load_config
 from .engine import Engine, Summary
 from .errors import CostLimitExceeded, ReconcileError
 from .lifecycle import PAID, ActionKind
+from .loader import load_specs
 from .pacing import Tuning
 from .plan import Options, Plan
 from .shutdown import handling_signals, name_of
-from .spec import Desired, load_specs
+from .spec import Desired
 from .workspace import Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])

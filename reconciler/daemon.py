@@ -28,10 +28,11 @@ from .client import VeoClient
 from .engine import Engine
 from .errors import ReconcileError
 from .lifecycle import CHANGES, PAID, ActionKind, Outcome, State
+from .loader import LoadResult
 from .owners import now_iso, owner_alive
 from .plan import Action, Options, Plan
 from .shutdown import handling_signals, name_of, settle
-from .spec import Desired, LoadResult
+from .spec import Desired
 from .watch import Watcher
 
 META_KEY = "daemon"

@@ -1,7 +1,5 @@
-"""One spec key's generation: pace, claim, POST, poll, download, then place the output.
+"""One spec key's generation: the paid step (``submit``), then poll, download, and place.
 
-The paid step follows the write-ahead discipline of DESIGN.md: claim the row (``submitting``) in a
-write transaction, POST, commit the operation name, then poll, download into the cache and place.
 What to do next is ``lifecycle.next_step`` of the row re-read before every step, so whatever
 another process did meanwhile is followed, and a claim is only made from the row exactly as the
 plan saw it. Every state change is a ``transition``; every blocking call (sqlite, hashing,
@@ -10,24 +8,15 @@ copying) runs on a thread, so one key's slow disk never delays another key's pol
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
 from . import failpoints, outputs
 from .client import VeoClient
+from .context import Context, Deferred, KeyWork
 from .errors import (
-    AmbiguousError,
-    ApiError,
-    FatalError,
     OperationFailed,
     OperationLost,
     PermanentError,
-    RateLimited,
     TransientError,
 )
-from .events import Reporter
 from .lifecycle import (
     PAID,
     Event,
@@ -39,42 +28,14 @@ from .lifecycle import (
     Step,
     next_step,
 )
-from .pacing import Pacer, Tuning, with_retries
+from .pacing import with_retries
 from .plan import Action, Options, claims_for
-from .shutdown import StopFlag, Stopping
+from .shutdown import Stopping
 from .spec import Desired
+from .submit import Submission
 from .wire import OpResult
-from .workspace import Workspace
 
 FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to be claimed
-MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead
-
-
-class Deferred(Exception):
-    """A paid action gives up for this run before claiming anything (stopping, a long hold)."""
-
-    def __init__(self, message: str, *, state: OutcomeState = OutcomeState.PENDING) -> None:
-        super().__init__(message)
-        self.state = state
-
-
-@dataclass
-class Context:
-    """What every key's task of one run (or of one daemon) shares."""
-
-    ws: Workspace
-    reporter: Reporter
-    tuning: Tuning
-    pacer: Pacer
-    stop: StopFlag
-    submitted: set[str] = field(default_factory=set)  # keys POSTed for in this run
-    fatal: FatalError | None = None  # a 401/403: no more claims until cleared
-    # watch: whether a name still wants this key, checked before paying and before placing.
-    still_wanted: Callable[[str, str], bool] = lambda _name, _key: True
-
-    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a blocking state or file call on a thread, off the event loop."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 async def place(ctx: Context, spec: Desired, sha: str) -> Outcome:
@@ -112,34 +73,17 @@ async def generate(ctx: Context, client: VeoClient, action: Action, opts: Option
         return Outcome(spec.name, deferred.state, str(deferred))
 
 
-class _KeyTask:
-    def __init__(self, ctx: Context, client: VeoClient, spec: Desired) -> None:
-        self.ctx = ctx
-        self.client = client
-        self.spec = spec
-        self.key = spec.key
-        self.report = ctx.reporter
-
-    async def _get(self) -> Generation | None:
-        gen: Generation | None = await self.ctx.db(self.ctx.ws.gens.get, self.key)
-        return gen
-
-    async def _move(self, event: Event | frozenset[Event], **kw: Any) -> Generation | None:
-        gen: Generation | None = await self.ctx.db(
-            self.ctx.ws.gens.transition, self.key, event, **kw
-        )
-        return gen
-
+class _KeyTask(KeyWork):
     async def run(self, intent: Intent) -> Outcome:
         name, ctx = self.spec.name, self.ctx
         while True:
-            gen = await self._get()
+            gen = await self.get()
             sha = gen.sha256 if gen else None
             cached = sha is not None and await ctx.db(ctx.ws.cache.has, sha)
             step = next_step(gen, cached=cached, intent=intent)
             intent.submit = False  # once passed by (or taken), a submit is never made later
             if step is Step.SUBMIT:
-                gen = await self.submit(intent)
+                gen = await Submission(self.ctx, self.client, self.spec).run(intent)
                 if gen is not None and gen.state is State.PENDING:
                     # This task's own retries are spent for this run.
                     return Outcome(name, OutcomeState.PENDING,
@@ -185,103 +129,6 @@ class _KeyTask:
         return Outcome(name, OutcomeState(gen.state), gen.error or "")
 
     # -- the paid step ---------------------------------------------------------------------------
-
-    async def submit(self, intent: Intent) -> Generation | None:
-        """The only paid call, wrapped in the write-ahead claim. None: claimed by someone else."""
-        ctx, spec = self.ctx, self.spec
-        # Built before the claim: a bad image must not leave a claim behind.
-        body = await ctx.db(spec.request_body, ctx.ws.repo)
-        backoff = ctx.tuning.submit_backoff
-        for attempt in range(backoff.attempts):
-            await self._pace()
-            if not ctx.still_wanted(spec.name, self.key):
-                raise Deferred("the spec changed before it was sent", state=OutcomeState.SUPERSEDED)
-            if ctx.stop.requested or ctx.fatal is not None:
-                why = "the account was refused" if ctx.fatal else "stopping"
-                raise Deferred(f"not submitted: {why}")
-            failpoints.hit("before_claim")
-            first = attempt == 0
-            claimed = await self._move(
-                intent.claims if first else frozenset({Event.SUBMIT}),
-                seed=ctx.ws.seed(spec),
-                expect_version=intent.expect_version if first else None,
-            )
-            if claimed is None:
-                return None
-            failpoints.hit("after_claim")
-            ctx.submitted.add(self.key)
-            if first:
-                self.report.submitting(spec.name, model=spec.model, resolution=spec.resolution,
-                                       duration=spec.duration)  # fmt: skip
-            try:
-                operation = await self._post(body)
-            except TransientError as exc:
-                await self._not_accepted(exc, Event.NOT_ACCEPTED, kind="transient")
-                if isinstance(exc, RateLimited):
-                    wait = ctx.pacer.rate_limited(exc.retry_after, backoff.delay(attempt))
-                else:
-                    wait = backoff.delay(attempt, exc.retry_after)
-                last = attempt + 1 >= backoff.attempts
-                if wait > MAX_IN_RUN_WAIT or last or ctx.stop.requested:
-                    note = f"asked to wait {wait / 60:.0f} min: " if wait > MAX_IN_RUN_WAIT else ""
-                    self.report.retrying(spec.name, f"{exc}; {note}left pending for a later run")
-                    return await self._get()
-                self.report.retrying(spec.name, f"{exc}; retrying in {wait:.1f}s")
-                if not await ctx.stop.pause(wait):
-                    return await self._get()
-                continue
-            except FatalError as exc:
-                await self._not_accepted(exc, Event.NOT_ACCEPTED, kind="transient")
-                raise
-            except AmbiguousError as exc:
-                await self._move(Event.AMBIGUOUS, message=str(exc))
-                self.report.unknown(spec.name, str(exc))
-                return await self._get()
-            except PermanentError as exc:
-                await self._not_accepted(exc, Event.REFUSED, kind=exc.kind)
-                self.report.failed(spec.name, str(exc))
-                return await self._get()
-            ctx.pacer.succeeded()
-            self.report.accepted(spec.name, operation)
-            return await self._get()
-        return await self._get()
-
-    async def _pace(self) -> None:
-        """Wait for the pacer's slot before claiming (a claim must never sit waiting); raises
-        Deferred when stopping or when the slot is too far off for this run."""
-        ctx = self.ctx
-        wait = ctx.pacer.wait_needed()
-        if wait > MAX_IN_RUN_WAIT:
-            message = f"submits are held for {wait / 60:.0f} min after a rate limit"
-            self.report.retrying(self.spec.name, f"{message}: left pending for a later run")
-            raise Deferred(message)
-        turn = asyncio.ensure_future(ctx.pacer.turn())
-        stop = asyncio.ensure_future(ctx.stop.wait())
-        await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not turn.done():
-            turn.cancel()
-        if ctx.stop.requested:
-            raise Deferred("not submitted: stopping")
-
-    async def _post(self, body: dict[str, Any]) -> str:
-        """POST and commit the operation name. Cancelled mid-way (a stop past its grace), the row
-        is recorded as unknown first: the request may have been accepted."""
-        try:
-            operation = await self.client.submit(self.spec.model, body)
-        except asyncio.CancelledError:
-            await self._move(Event.AMBIGUOUS, message="interrupted while waiting for the "
-                             "provider's answer to the submission; the job may exist and be "
-                             "billed")  # fmt: skip
-            raise
-        failpoints.hit("after_post")
-        await self._move(Event.ACCEPTED, operation=operation)
-        failpoints.hit("after_running")
-        return operation
-
-    async def _not_accepted(self, exc: ApiError, event: Event, *, kind: str) -> None:
-        await self._move(event, message=str(exc), kind=kind, status=exc.status)
-
     # -- the operation and its bytes ---------------------------------------------------------------
 
     async def poll(self, gen: Generation, intent: Intent) -> Outcome | None:
@@ -290,20 +137,20 @@ class _KeyTask:
         operation = gen.operation or ""
         result = await self._poll_until_done(operation)
         if result is None:
-            now = await self._get()
+            now = await self.get()
             if now is not None and now.state is not State.RUNNING and not ctx.stop.requested:
                 return None  # recorded as unknown (the job vanished), or moved on elsewhere
             return Outcome(name, OutcomeState.RUNNING, f"still running remotely: {gen.operation}")
         if result.error is not None:
             state = await self._op_error(operation, result.error)
             if state is State.PENDING and not ctx.stop.requested:
-                now = await self._get()
+                now = await self.get()
                 intent.submit, intent.claims = True, frozenset({Event.SUBMIT})
                 intent.expect_version = now.version if now else None
             elif state is not None:
                 return Outcome(name, OutcomeState(state), str(result.error))
             return None
-        finished = await self._move(
+        finished = await self.move(
             Event.FINISHED, expect_operation=operation,
             video_uri=result.video_uri or "", file_id=result.file_id or "",
         )  # fmt: skip
@@ -322,7 +169,7 @@ class _KeyTask:
                     lambda: self.client.poll(spec.model, operation),
                     ctx.tuning.poll_backoff,
                     sleep=ctx.stop.sleep,
-                    on_retry=self._retrying,
+                    on_retry=self.retrying,
                 )
             except Stopping:
                 return None
@@ -332,7 +179,7 @@ class _KeyTask:
                     f"billed; if it reappears `reconcile resolve {spec.name} --operation "
                     f"{operation}`, else `apply --resubmit-unknown` pays for a new one"
                 )
-                if await self._move(Event.VANISHED, expect_operation=operation, message=message):
+                if await self.move(Event.VANISHED, expect_operation=operation, message=message):
                     self.report.unknown(spec.name, message)
                 return None
             except TransientError as exc:
@@ -350,7 +197,7 @@ class _KeyTask:
         """Record an operation that ended without a video; None when the row no longer holds
         this operation (another process moved it on)."""
         counted = isinstance(error, OperationFailed)
-        gen = await self._move(
+        gen = await self.move(
             Event.OP_FAILED if counted else Event.OP_REJECTED, expect_operation=operation,
             budget=self.ctx.ws.config.operation_failed_retries, message=str(error),
             kind=error.kind,
@@ -386,23 +233,20 @@ class _KeyTask:
         self.report.downloading(self.spec.name, gen.operation)
         try:
             sha, size = await with_retries(
-                once, ctx.tuning.poll_backoff, sleep=ctx.stop.sleep, on_retry=self._retrying
+                once, ctx.tuning.poll_backoff, sleep=ctx.stop.sleep, on_retry=self.retrying
             )
         except PermanentError as exc:
             if gen.state is State.MATERIALIZED and gen.file_id:
                 # Its cached copy was lost before, and now the provider's too.
-                await self._move(Event.REMOTE_GONE, expect_file_id=gen.file_id)
+                await self.move(Event.REMOTE_GONE, expect_file_id=gen.file_id)
                 raise PermanentError(
                     "its cached copy is gone and the provider deleted its file (404): the next "
                     "plan shows a paid regeneration", status=404, reason="expired",
                 ) from None  # fmt: skip
-            await self._move(Event.DOWNLOAD_FAILED, expect_operation=gen.operation,
+            await self.move(Event.DOWNLOAD_FAILED, expect_operation=gen.operation,
                              message=str(exc), kind=exc.kind)  # fmt: skip
             raise
-        done = await self._move(Event.DOWNLOADED, expect_file_id=gen.file_id, sha256=sha,
+        done = await self.move(Event.DOWNLOADED, expect_file_id=gen.file_id, sha256=sha,
                                 bytes=size)  # fmt: skip
         if done is not None:
             failpoints.hit("after_cached")
-
-    def _retrying(self, exc: TransientError, wait: float) -> None:
-        self.report.retrying(self.spec.name, f"{exc}; retrying in {wait:.1f}s")

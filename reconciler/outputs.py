@@ -2,7 +2,9 @@
 
 An output is a copy (or reflink) of a cache object, written beside its target and renamed into
 place; the previous file of the name is retired only once the new one is recorded. These are
-blocking file operations (hashing, copying, fsync), so the engine runs them on a thread.
+blocking file operations (hashing, copying, fsync), so the engine runs them on threads, one at a
+time per working tree: a rename in a fresh clone places the new name from the old name's file
+while removing that file, and the two must not interleave.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ def place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
     A cache object whose bytes no longer match its name is not served: a verified copy on disk
     (a fresh clone's locked file) stands in for it, else the run says what is missing.
     """
+    with ws.files:
+        return _place(ws, spec, sha)
+
+
+def _place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
     rel = ws.output_path(spec.name, sha)
     if not ws.cache.verify(sha):
         found = _find_on_disk(ws, sha)
@@ -40,6 +47,11 @@ def place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
 def remove(ws: Workspace, name: str, rel: str | None) -> Outcome:
     """The file leaves the output folder; its bytes stay in the cache (a fresh clone's outputs
     were never cached, so they are cached here first: a rename must not lose them)."""
+    with ws.files:
+        return _remove(ws, name, rel)
+
+
+def _remove(ws: Workspace, name: str, rel: str | None) -> Outcome:
     if rel:
         path = ws.repo / rel
         out = ws.tree.output(name)

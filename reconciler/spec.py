@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -37,13 +37,6 @@ from .facts import (
     video_identity,
 )
 from .yamlio import show
-
-if TYPE_CHECKING:  # the real types of the names __getattr__ below forwards, for mypy
-    from .loader import LoadResult as LoadResult
-    from .loader import check_defaults as check_defaults
-    from .loader import load_file as load_file
-    from .loader import load_specs as load_specs
-    from .loader import spec_files as spec_files
 
 KEY_VERSION = 1
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
@@ -278,17 +271,3 @@ def spec_key(desired: Desired) -> str:
         desired.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-# Loading moved to loader.py; engine, daemon and cli still import it from here until they are
-# rewritten. Forwarded lazily because loader imports this module.
-_IN_LOADER = frozenset({"LoadResult", "check_defaults", "load_file", "load_specs", "spec_files"})
-
-
-def __getattr__(name: str) -> Any:
-    """Forward the loading names to ``loader`` so old imports keep working without a cycle."""
-    if name in _IN_LOADER:
-        from . import loader
-
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

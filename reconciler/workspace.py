@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,11 +21,12 @@ from .config import Config, load_config
 from .errors import ReconcileError
 from .events import Reporter
 from .lifecycle import Event, Generation, State
+from .loader import LoadResult, load_specs
 from .lockfile import LockEntry
 from .objects import ObjectCache, sha256_file, sweep_temp
 from .owners import now_iso
 from .plan import Observed, Options, Plan
-from .spec import Desired, LoadResult, load_specs
+from .spec import Desired
 from .sqlite_store import SqliteStore
 from .store import GenerationStore, Output, TreeStore, as_seen
 
@@ -48,6 +50,7 @@ class Workspace:
         self.gens: GenerationStore = store
         self.tree: TreeStore = store
         self.cache = ObjectCache(state_dir / "objects")
+        self.files = threading.RLock()  # output files change one operation at a time
 
     def close(self) -> None:
         self.gens.close()

@@ -48,6 +48,7 @@ def error_from_response(
     """The error an answer means, for the submit call unless said otherwise."""
     return answer_error(call, status, body, headers)
 
+
 FIXTURES = Path(__file__).parent / "fixtures" / "veo"
 
 

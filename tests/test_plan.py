@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from reconciler.config import Config, load_config
-from reconciler.lockfile import LockEntry
 from reconciler.lifecycle import ActionKind, Generation, State
+from reconciler.lockfile import LockEntry
 from reconciler.plan import Action, Observed, Options, Plan, make_plan, output_path
 from reconciler.spec import Desired, spec_key
 from reconciler.store import Output
@@ -23,7 +23,12 @@ from reconciler.store import Output
 CREATE, REPLACE, RESUME = ActionKind.CREATE, ActionKind.REPLACE, ActionKind.RESUME
 MATERIALIZE, REMOVE = ActionKind.MATERIALIZE, ActionKind.REMOVE
 NOOP, BLOCKED = ActionKind.NOOP, ActionKind.BLOCKED
-FAILED, MATERIALIZED, PENDING, UNKNOWN = State.FAILED, State.MATERIALIZED, State.PENDING, State.UNKNOWN
+FAILED, MATERIALIZED, PENDING, UNKNOWN = (
+    State.FAILED,
+    State.MATERIALIZED,
+    State.PENDING,
+    State.UNKNOWN,
+)
 RUNNING, SUBMITTING, SUCCEEDED = State.RUNNING, State.SUBMITTING, State.SUCCEEDED
 
 FAST = "veo-3.1-fast-generate-preview"

@@ -25,7 +25,12 @@ from reconciler.owners import owner_alive, this_owner
 from reconciler.sqlite_store import SqliteStore as Store
 from reconciler.store import STALE_SUBMIT_SECONDS, Output
 
-FAILED, MATERIALIZED, PENDING, UNKNOWN = State.FAILED, State.MATERIALIZED, State.PENDING, State.UNKNOWN
+FAILED, MATERIALIZED, PENDING, UNKNOWN = (
+    State.FAILED,
+    State.MATERIALIZED,
+    State.PENDING,
+    State.UNKNOWN,
+)
 RUNNING, SUBMITTING, SUCCEEDED = State.RUNNING, State.SUBMITTING, State.SUCCEEDED
 # The claim events a state may be claimed from on the user's word, as the engine builds them.
 CLAIM_FROM = {
@@ -249,9 +254,7 @@ def test_attempts_one_row_per_outcome_append_only(store: Store) -> None:
     claim(store)
     store.transition("k1", Event.AMBIGUOUS, message="connection dropped")
     claim(store, generation("k2", "intro"))
-    store.transition(
-        "k2", Event.REFUSED, message="policy", status=400, kind="content_policy"
-    )
+    store.transition("k2", Event.REFUSED, message="policy", status=400, kind="content_policy")
 
     rows = store.attempts("k1")
     assert rows[: len(first)] == first

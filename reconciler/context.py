@@ -1,0 +1,74 @@
+"""What the tasks of one run share, and the base of one key's work.
+
+A run (``apply``) or the daemon runs one task per name; those tasks share the workspace, the
+reporter, the pacer, the stop flag and what was submitted or refused so far. ``KeyWork`` gives one
+key's steps their two ways to touch state, both on a thread: a committed read, and one lifecycle
+transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import VeoClient
+from .errors import FatalError, TransientError
+from .events import Reporter
+from .lifecycle import Event, Generation, OutcomeState
+from .pacing import Pacer, Tuning
+from .shutdown import StopFlag
+from .spec import Desired
+from .workspace import Workspace
+
+
+class Deferred(Exception):
+    """A paid action gives up for this run before claiming anything (stopping, a long hold)."""
+
+    def __init__(self, message: str, *, state: OutcomeState = OutcomeState.PENDING) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+@dataclass
+class Context:
+    """What every key's task of one run (or of one daemon) shares."""
+
+    ws: Workspace
+    reporter: Reporter
+    tuning: Tuning
+    pacer: Pacer
+    stop: StopFlag
+    submitted: set[str] = field(default_factory=set)  # keys POSTed for in this run
+    fatal: FatalError | None = None  # a 401/403: no more claims until cleared
+    # watch: whether a name still wants this key, checked before paying and before placing.
+    still_wanted: Callable[[str, str], bool] = lambda _name, _key: True
+
+    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking state or file call on a thread, off the event loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+class KeyWork:
+    """One spec key's calls to the provider and its row, for one task."""
+
+    def __init__(self, ctx: Context, client: VeoClient, spec: Desired) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.spec = spec
+        self.key = spec.key
+        self.report = ctx.reporter
+
+    async def get(self) -> Generation | None:
+        gen: Generation | None = await self.ctx.db(self.ctx.ws.gens.get, self.key)
+        return gen
+
+    async def move(self, event: Event | frozenset[Event], **kw: Any) -> Generation | None:
+        gen: Generation | None = await self.ctx.db(
+            self.ctx.ws.gens.transition, self.key, event, **kw
+        )
+        return gen
+
+    def retrying(self, exc: TransientError, wait: float) -> None:
+        self.report.retrying(self.spec.name, f"{exc}; retrying in {wait:.1f}s")

@@ -1,0 +1,125 @@
+"""The paid step: pace, claim, POST, and commit what the answer proved.
+
+The write-ahead discipline of DESIGN.md: the row is claimed (``submitting``) in a write
+transaction before the POST, and the operation name is committed the moment it arrives, so a crash
+anywhere leaves either a claim (which recovery turns into ``unknown``, never a silent resubmit) or
+an operation to poll. What an answer means was decided at the HTTP edge (``wire``); here each
+meaning becomes its lifecycle event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from . import failpoints
+from .context import Deferred, KeyWork
+from .errors import (
+    AmbiguousError,
+    ApiError,
+    FatalError,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
+from .lifecycle import Event, Generation, Intent, OutcomeState
+
+MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead
+
+
+class Submission(KeyWork):
+    async def run(self, intent: Intent) -> Generation | None:
+        """The only paid call, wrapped in the write-ahead claim. None: claimed by someone else."""
+        ctx, spec = self.ctx, self.spec
+        # Built before the claim: a bad image must not leave a claim behind.
+        body = await ctx.db(spec.request_body, ctx.ws.repo)
+        backoff = ctx.tuning.submit_backoff
+        for attempt in range(backoff.attempts):
+            await self._pace()
+            if not ctx.still_wanted(spec.name, self.key):
+                raise Deferred("the spec changed before it was sent", state=OutcomeState.SUPERSEDED)
+            if ctx.stop.requested or ctx.fatal is not None:
+                why = "the account was refused" if ctx.fatal else "stopping"
+                raise Deferred(f"not submitted: {why}")
+            failpoints.hit("before_claim")
+            first = attempt == 0
+            claimed = await self.move(
+                intent.claims if first else frozenset({Event.SUBMIT}),
+                seed=ctx.ws.seed(spec),
+                expect_version=intent.expect_version if first else None,
+            )
+            if claimed is None:
+                return None
+            failpoints.hit("after_claim")
+            ctx.submitted.add(self.key)
+            if first:
+                self.report.submitting(spec.name, model=spec.model, resolution=spec.resolution,
+                                       duration=spec.duration)  # fmt: skip
+            try:
+                operation = await self._post(body)
+            except TransientError as exc:
+                await self._not_accepted(exc, Event.NOT_ACCEPTED, kind="transient")
+                if isinstance(exc, RateLimited):
+                    wait = ctx.pacer.rate_limited(exc.retry_after, backoff.delay(attempt))
+                else:
+                    wait = backoff.delay(attempt, exc.retry_after)
+                last = attempt + 1 >= backoff.attempts
+                if wait > MAX_IN_RUN_WAIT or last or ctx.stop.requested:
+                    note = f"asked to wait {wait / 60:.0f} min: " if wait > MAX_IN_RUN_WAIT else ""
+                    self.report.retrying(spec.name, f"{exc}; {note}left pending for a later run")
+                    return await self.get()
+                self.report.retrying(spec.name, f"{exc}; retrying in {wait:.1f}s")
+                if not await ctx.stop.pause(wait):
+                    return await self.get()
+                continue
+            except FatalError as exc:
+                await self._not_accepted(exc, Event.NOT_ACCEPTED, kind="transient")
+                raise
+            except AmbiguousError as exc:
+                await self.move(Event.AMBIGUOUS, message=str(exc))
+                self.report.unknown(spec.name, str(exc))
+                return await self.get()
+            except PermanentError as exc:
+                await self._not_accepted(exc, Event.REFUSED, kind=exc.kind)
+                self.report.failed(spec.name, str(exc))
+                return await self.get()
+            ctx.pacer.succeeded()
+            self.report.accepted(spec.name, operation)
+            return await self.get()
+        return await self.get()
+
+    async def _pace(self) -> None:
+        """Wait for the pacer's slot before claiming (a claim must never sit waiting); raises
+        Deferred when stopping or when the slot is too far off for this run."""
+        ctx = self.ctx
+        wait = ctx.pacer.wait_needed()
+        if wait > MAX_IN_RUN_WAIT:
+            message = f"submits are held for {wait / 60:.0f} min after a rate limit"
+            self.report.retrying(self.spec.name, f"{message}: left pending for a later run")
+            raise Deferred(message)
+        turn = asyncio.ensure_future(ctx.pacer.turn())
+        stop = asyncio.ensure_future(ctx.stop.wait())
+        await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not turn.done():
+            turn.cancel()
+        if ctx.stop.requested:
+            raise Deferred("not submitted: stopping")
+
+    async def _post(self, body: dict[str, Any]) -> str:
+        """POST and commit the operation name. Cancelled mid-way (a stop past its grace), the row
+        is recorded as unknown first: the request may have been accepted."""
+        try:
+            operation = await self.client.submit(self.spec.model, body)
+        except asyncio.CancelledError:
+            await self.move(Event.AMBIGUOUS, message="interrupted while waiting for the "
+                             "provider's answer to the submission; the job may exist and be "
+                             "billed")  # fmt: skip
+            raise
+        failpoints.hit("after_post")
+        await self.move(Event.ACCEPTED, operation=operation)
+        failpoints.hit("after_running")
+        return operation
+
+    async def _not_accepted(self, exc: ApiError, event: Event, *, kind: str) -> None:
+        await self.move(event, message=str(exc), kind=kind, status=exc.status)
