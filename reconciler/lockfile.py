@@ -55,11 +55,13 @@ def render(entries: list[LockEntry]) -> str:
     return "".join(lines)
 
 
-def write(path: Path, entries: list[LockEntry]) -> None:
+def write(path: Path, entries: list[LockEntry]) -> str:
+    """Write the lock unless it already says exactly this; returns the text."""
     text = render(entries)
     if path.exists() and path.read_text(encoding="utf-8", errors="replace") == text:
-        return  # untouched: keeps mtimes (and make-style tools) quiet
+        return text  # untouched: keeps mtimes (and make-style tools) quiet
     atomic_write_text(path, text, failpoint="mid_lock")
+    return text
 
 
 def read(path: Path) -> dict[str, LockEntry]:

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,15 @@ def sweep_temp(folder: Path) -> list[Path]:
 def atomic_write_text(target: Path, text: str, *, failpoint: str | None = None) -> None:
     with atomic_file(target, failpoint=failpoint) as fh:
         fh.write(text.encode("utf-8"))
+
+
+def is_regular(path: Path) -> bool:
+    """A regular file (through symlinks): never a device, a FIFO or a folder, which would hang
+    or fail a read. Everything the tool reads from an asset repo's outputs is checked so."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
