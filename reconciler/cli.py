@@ -27,6 +27,7 @@ from .engine import Engine, Summary
 from .errors import CostLimitExceeded, ReconcileError
 from .lifecycle import PAID, ActionKind
 from .loader import load_specs
+from .lockfile import LOCK_FILE
 from .money import Spending, money, run_limit
 from .pacing import Tuning
 from .plan import Options, Plan
@@ -63,7 +64,23 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group, with every usage error exiting 1, as Terraform's do: exit 2 means
+    "changes" to `plan --detailed-exitcode`, and a typo must never read as drift."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--repo",
     type=click.Path(file_okay=False, path_type=Path),
@@ -82,6 +99,12 @@ def _repo() -> Path:
     repo: Path = click.get_current_context().find_root().obj
     if not repo.is_dir():
         raise ReconcileError(f"{repo}: no such folder (pass the asset repo with --repo)")
+    if not (repo / "specs").is_dir():
+        # Not "no changes": a wrong --repo (or a missing specs/) would otherwise read as a repo
+        # whose specs were all deleted.
+        raise ReconcileError(
+            f"{repo}: no specs/ folder here: pass the asset repo with --repo (or create specs/)"
+        )
     return repo
 
 
@@ -436,13 +459,20 @@ def gc(dry_run: bool, sim: bool) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--operation", required=True, help="The operation name the provider gave for it.")
+@click.option("--operation", help="The operation name the provider gave for it.")
+@click.option(
+    "--abandoned",
+    is_flag=True,
+    help="The process submitting it is gone (another host, a wedged run): record it as unknown.",
+)
 @click.option("--sim", is_flag=True, help="Resolve in the sandbox of --sim runs.")
 @click.option("--force", is_flag=True, help="Replace an operation already recorded for it.")
 @friendly
-def resolve(name: str, operation: str, sim: bool, force: bool) -> None:
-    """Adopt an operation for a spec whose submission outcome is unknown."""
-    if "operations/" not in operation:
+def resolve(name: str, operation: str | None, abandoned: bool, sim: bool, force: bool) -> None:
+    """Settle a spec whose submission is unknown (--operation) or stuck elsewhere (--abandoned)."""
+    if (operation is None) == (not abandoned):
+        raise ReconcileError("give --operation OP (the job was found) or --abandoned, not both")
+    if operation is not None and "operations/" not in operation:
         raise ReconcileError(
             f"--operation {operation!r} is not an operation name "
             "(models/MODEL/operations/ID or operations/ID)"
@@ -452,10 +482,74 @@ def resolve(name: str, operation: str, sim: bool, force: bool) -> None:
         specs = {s.name: s for s in _load(ws)}
         if name not in specs:
             raise ReconcileError(f"no spec named {name!r}")
-        ws.resolve(specs[name], operation, force=force)
+        if operation is None:
+            ws.abandon(specs[name])
+        else:
+            ws.resolve(specs[name], operation, force=force)
     finally:
         ws.close()
-    click.echo(f"{name}: adopted {operation}; `reconcile apply` polls it instead of submitting.")
+    if operation is None:
+        click.echo(f"{name}: recorded as unknown; `reconcile resolve {name} --operation OP` "
+                   "adopts its job if found, `apply --resubmit-unknown` pays for a new one.")  # fmt: skip
+    else:
+        click.echo(
+            f"{name}: adopted {operation}; `reconcile apply` polls it instead of submitting."
+        )
+
+
+@main.group()
+def lock() -> None:
+    """Repair reconcile.lock without paying."""
+
+
+@lock.command("merge")
+@click.option(
+    "--driver",
+    nargs=3,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="BASE OURS THEIRS",
+    help="Run as git's merge driver for reconcile.lock (%O %A %B): the result goes to OURS.",
+)
+@click.option("--sim", is_flag=True, help="Merge the sandbox's lock of --sim runs.")
+@friendly
+def lock_merge(driver: tuple[Path, Path, Path] | None, sim: bool) -> None:
+    """Resolve a merge conflict in reconcile.lock: keep both sides' entries, and for a spec both
+    changed, the take whose file is here (else the one of the spec as it is, else the newer)."""
+    from .repairs import merge_lock
+
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
+    try:
+        specs = ws.load().specs  # keys of the specs that parse; a broken spec must not block this
+        if driver:
+            notes = merge_lock(ws, specs, ours=driver[1], theirs=driver[2])
+        else:
+            notes = merge_lock(ws, specs)
+    finally:
+        ws.close()
+    for note in notes:
+        click.echo(note)
+    click.echo(f"{LOCK_FILE} merged; `reconcile plan` shows what it means.")
+
+
+@main.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--sim", is_flag=True, help="Adopt in the sandbox of --sim runs.")
+@friendly
+def adopt(names: tuple[str, ...], sim: bool) -> None:
+    """Take existing videos (OUTPUTDIR/NAME.<hash>.mp4) as their specs' current takes, when the
+    lock and the state know nothing of them (a lost lock). Your word that they match the specs."""
+    from .repairs import adopt as adopt_videos
+
+    ws = Workspace(_repo(), sandbox=sim)
+    try:
+        specs = _load(ws)
+        _check_names(specs, names, "adopt")
+        said = adopt_videos(ws, specs, set(names) if names else None)
+        ws.write_lock()
+    finally:
+        ws.close()
+    for line in said:
+        click.echo(line)
 
 
 @main.command()

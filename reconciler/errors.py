@@ -13,6 +13,7 @@ failure, stop the run, or park a generation as ``unknown`` from the class alone.
     └── ApiError                     anything the provider said (or failed to say)
         ├── TransientError           nothing accepted, or any HTTP error of a poll or download: retry
         │   ├── RateLimited          429: retry, and slow every submission down
+        │   ├── ServerError          5xx: retried (a POST only on the user's word: it may be billed)
         │   ├── OperationLost        a poll's 404: retried; if it lasts, the spec becomes unknown
         │   └── FileMissing          a download's 404: retried; final only past the file's expiry
         ├── PermanentError           400, content policy, filtered, failed operation: final for the spec
@@ -96,6 +97,12 @@ class TransientError(ApiError):
     ):
         super().__init__(message, status=status, reason=reason)
         self.retry_after = retry_after
+
+
+class ServerError(TransientError):
+    """A 5xx answer. On a poll or download, a retry like any other; on the POST, retried only
+    when the user opted in (``retries.resubmitAfterServerError``), and then never refunded: a
+    gateway's 5xx can come after the upstream accepted and billed the job."""
 
 
 class RateLimited(TransientError):

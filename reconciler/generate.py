@@ -8,6 +8,7 @@ copying) runs on a thread, so one key's slow disk never delays another key's pol
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from . import failpoints, outputs
@@ -41,6 +42,16 @@ from .submit import Submission
 from .wire import OpResult
 
 FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to be claimed
+
+
+def claimed_elsewhere(gen: Generation, waited: float) -> str:
+    """Whose claim a follower gave up waiting on, and the ways to take it over."""
+    return (
+        f"being submitted by {gen.owner} (claimed {gen.submitted_at}); waited {waited:.0f}s. If "
+        f"that process is gone, `reconcile resolve {gen.name} --abandoned` records the "
+        "submission as unknown, then `reconcile resolve --operation` or "
+        "`apply --resubmit-unknown`"
+    )
 
 
 async def place(ctx: Context, spec: Desired, sha: str) -> Outcome:
@@ -81,6 +92,7 @@ async def generate(ctx: Context, client: VeoClient, action: Action, opts: Option
 class _KeyTask(KeyWork):
     async def run(self, intent: Intent) -> Outcome:
         name, ctx = self.spec.name, self.ctx
+        following = 0.0  # when this task started waiting on another process's claim
         while True:
             gen = await self.get()
             sha = gen.sha256 if gen else None
@@ -97,9 +109,14 @@ class _KeyTask(KeyWork):
                 assert gen is not None
                 if ctx.ws.gens.is_stale(gen):
                     await ctx.db(ctx.ws.gens.recover_stale)  # its owner died mid-submit
-                elif not await ctx.stop.pause(ctx.tuning.poll_interval):
-                    return Outcome(name, OutcomeState.SUBMITTING,
-                                   "being submitted by another process")  # fmt: skip
+                    continue
+                # Measured on this machine's clock: another host's claim time may be skewed.
+                following = following or time.monotonic()
+                waited = time.monotonic() - following
+                if waited >= ctx.tuning.follow_limit:
+                    return Outcome(name, OutcomeState.SUBMITTING, claimed_elsewhere(gen, waited))
+                if not await ctx.stop.pause(ctx.tuning.poll_interval):
+                    return Outcome(name, OutcomeState.SUBMITTING, claimed_elsewhere(gen, waited))
             elif step is Step.POLL:
                 assert gen is not None
                 ended = await self.poll(gen, intent)

@@ -60,7 +60,8 @@ class Event(StrEnum):
     REGENERATE = "regenerate"  # the plan found the bytes lost everywhere
     # What the POST's answer (or its absence) proved.
     ACCEPTED = "accepted"
-    NOT_ACCEPTED = "not_accepted"
+    NOT_ACCEPTED = "not_accepted"  # the answer proved nothing was accepted: refunded
+    SERVER_ERROR = "server_error"  # a 5xx retried on the user's word: maybe billed, not refunded
     REFUSED = "refused"
     AMBIGUOUS = "ambiguous"  # dropped, timed out, cancelled, or its sender died
     # The operation.
@@ -136,6 +137,7 @@ TRANSITIONS: dict[Event, Transition] = {
     Event.REGENERATE:       _claim(_S.MATERIALIZED, user=True),
     Event.ACCEPTED:         Transition(_s(_S.SUBMITTING, _S.UNKNOWN), _S.RUNNING, _E.KEEP, "accepted", clears=("error",)),
     Event.NOT_ACCEPTED:     Transition(_s(_S.SUBMITTING), _S.PENDING, _E.MESSAGE, "transient", refunds=True),
+    Event.SERVER_ERROR:     Transition(_s(_S.SUBMITTING), _S.PENDING, _E.MESSAGE, "server_error"),
     Event.REFUSED:          Transition(_s(_S.SUBMITTING), _S.FAILED, _E.RECORD, "rejected", refunds=True),
     Event.AMBIGUOUS:        Transition(_s(_S.SUBMITTING), _S.UNKNOWN, _E.RECORD, "unknown"),
     Event.FINISHED:         Transition(_s(_S.RUNNING), _S.SUCCEEDED, _E.CLEAR, stamps=("finished_at",)),

@@ -222,7 +222,11 @@ def _action_for(
         )  # fmt: skip
 
     if state in IN_FLIGHT:
-        verb = "poll operation" if state != SUBMITTING else "being submitted by another process"
+        verb = (
+            "poll operation"
+            if state != SUBMITTING
+            else f"being submitted by another process ({gen.owner if gen else '?'})"
+        )
         return Action(
             spec.name, RESUME, spec.key, verb, spec=spec, state=state, old_path=current_path
         )

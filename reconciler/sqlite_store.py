@@ -124,6 +124,7 @@ class SqliteStore:
         self.db = sqlite_utils.Database(conn)
         self.owner = this_owner()
         self._lock = threading.RLock()
+        self._depth = 0  # open write transactions of this store (nested ones join the outer)
         self._identity = _identity(path) if target != ":memory:" else None
         self._migrate()
 
@@ -133,11 +134,20 @@ class SqliteStore:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        """One write transaction, taken up front so concurrent writers queue instead of failing.
+        Nested (a write inside ``exclusive``), it joins the open one."""
         with self._lock:
-            self.check()
             conn = self.db.conn
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield conn
+                finally:
+                    self._depth -= 1
+                return
+            self.check()
             conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield conn
             except BaseException:
@@ -145,6 +155,8 @@ class SqliteStore:
                 raise
             else:
                 conn.execute("COMMIT")
+            finally:
+                self._depth = 0
 
     exclusive = tx
 

@@ -23,10 +23,11 @@ from .errors import (
     PermanentError,
     RateLimited,
     ReconcileError,
+    ServerError,
     StateError,
     TransientError,
 )
-from .lifecycle import Event, Generation, Intent, OutcomeState
+from .lifecycle import TRANSITIONS, Event, Generation, Intent, OutcomeState
 
 MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead
 
@@ -51,7 +52,10 @@ class Submission(KeyWork):
             try:
                 operation = await self._post(body)
             except TransientError as exc:
-                await self._not_accepted(exc, Event.NOT_ACCEPTED, kind="transient")
+                if isinstance(exc, ServerError):  # retried on the user's word; maybe billed
+                    await self._not_accepted(exc, Event.SERVER_ERROR, kind="server_error")
+                else:
+                    await self._not_accepted(exc, Event.NOT_ACCEPTED, kind="transient")
                 if isinstance(exc, RateLimited):
                     wait = ctx.pacer.rate_limited(exc.retry_after, backoff.delay(attempt))
                 else:
@@ -167,7 +171,7 @@ class Submission(KeyWork):
         )  # fmt: skip
 
     async def _not_accepted(self, exc: ApiError, event: Event, *, kind: str) -> None:
-        """The answer proved nothing was accepted: release the claim and refund its charge."""
+        """Release the claim; refund its charge if the answer proved nothing was accepted."""
         gen = await self.move(event, message=str(exc), kind=kind, status=exc.status)
-        if gen is not None:
+        if gen is not None and TRANSITIONS[event].refunds:
             self.ctx.run_limit.refund(gen.cost)

@@ -30,6 +30,7 @@ from .errors import (
     OperationLost,
     PermanentError,
     RateLimited,
+    ServerError,
     TransientError,
 )
 from .facts import video_identity
@@ -93,7 +94,12 @@ def _rate(a: Answer) -> ApiError:
 
 
 def _server(a: Answer) -> ApiError:
-    return TransientError(f"server error ({a.said})", status=a.status, reason=a.message)
+    return ServerError(f"server error ({a.said})", status=a.status, reason=a.message)
+
+
+def _timeout(a: Answer) -> ApiError:
+    # 408: the server gave up waiting for the request itself, so nothing was accepted.
+    return TransientError(f"request timeout ({a.said})", status=a.status, reason=a.message)
 
 
 def _gateway(a: Answer) -> ApiError:
@@ -132,7 +138,7 @@ def _unexpected(a: Answer) -> ApiError:
 # HTTP error (only the operation's own `done` + `error`, or a filtered result, is).
 ANSWERS: dict[Call, dict[int | str, Decide]] = {
     Call.SUBMIT: {
-        401: _key, 403: _forbidden, 429: _rate, "policy": _policy, 408: _server,
+        401: _key, 403: _forbidden, 429: _rate, "policy": _policy, 408: _timeout,
         "5xx": _gateway, "other": _rejected,
     },
     Call.POLL: {

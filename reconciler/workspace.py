@@ -27,7 +27,7 @@ from .lifecycle import Event, Generation, State
 from .loader import LoadResult, load_specs
 from .lockfile import LockEntry
 from .money import Spending, windows
-from .objects import ObjectCache, is_regular, sha256_file, sweep_temp
+from .objects import ObjectCache, atomic_write_text, is_regular, sha256_file, sweep_temp
 from .owners import now_iso
 from .plan import Observed, Options, Plan
 from .spec import Desired
@@ -52,6 +52,8 @@ class Workspace:
             state_dir = state_dir / "sim"
             self.lock_path = state_dir / lockfile.LOCK_FILE
         store = SqliteStore(state_dir / DB_FILE, create=not read_only)
+        if not read_only:
+            _ignore_state(self.repo / STATE_DIR)
         self.gens: GenerationStore = store
         self.tree: TreeStore = store
         self.cache = ObjectCache(state_dir / "objects")
@@ -311,6 +313,18 @@ class Workspace:
             text = lockfile.write(self.lock_path, entries)
             self.tree.set_meta(LOCK_META, hashlib.sha256(text.encode()).hexdigest())
 
+    def abandon(self, spec: Desired) -> None:
+        """The user's word that a claim's owner is gone (another host, a skewed clock): the
+        submission becomes unknown, with the usual ways out."""
+        gen = self.gens.get(spec.key)
+        if gen is None or gen.state is not State.SUBMITTING:
+            state = gen.state if gen else State.NEW
+            raise ReconcileError(f"{spec.name} is {state}, not being submitted: nothing to abandon")
+        message = f"abandoned on the user's word (claimed by {gen.owner}); the job may exist"
+        if self.gens.transition(spec.key, Event.AMBIGUOUS, expect_version=gen.version,
+                                message=message) is None:  # fmt: skip
+            raise ReconcileError(f"{spec.name} changed meanwhile; look at `reconcile status`")
+
     def resolve(self, spec: Desired, operation: str, *, force: bool = False) -> None:
         """Adopt an operation the user found for a spec (the way out of ``unknown``).
 
@@ -327,3 +341,11 @@ class Workspace:
                 + (f" with operation {current.operation}" if current.operation else "")
                 + "; resolve is for unknown submissions (add --force to replace it anyway)"
             )
+
+
+def _ignore_state(folder: Path) -> None:
+    """state/ is never committed, in any asset repo: it holds this machine's db and cache."""
+    ignore = folder / ".gitignore"
+    if not ignore.exists():
+        with contextlib.suppress(OSError):
+            atomic_write_text(ignore, "# reconciler's local state: never commit it\n*\n")

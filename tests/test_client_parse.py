@@ -27,6 +27,7 @@ from reconciler.errors import (
     OperationLost,
     PermanentError,
     RateLimited,
+    ServerError,
     TransientError,
 )
 from reconciler.pacing import Backoff, with_retries
@@ -376,13 +377,18 @@ BY_CALL: dict[str, tuple[Call, int, type[ApiError]]] = {
     "404 to the POST: the model is unknown, final": (Call.SUBMIT, 404, PermanentError),
     "404 to a poll: the operation is lost, retried": (Call.POLL, 404, OperationLost),
     "404 to a download: retried (final only past the file's expiry)": (
-        Call.DOWNLOAD, 404, FileMissing,
+        Call.DOWNLOAD,
+        404,
+        FileMissing,
     ),
     "429 to a poll: rate limited, retried": (Call.POLL, 429, RateLimited),
-    "503 to a poll: retried": (Call.POLL, 503, TransientError),
-    "503 to a download: retried": (Call.DOWNLOAD, 503, TransientError),
+    "503 to a poll: retried": (Call.POLL, 503, ServerError),
+    "503 to a download: retried": (Call.DOWNLOAD, 503, ServerError),
+    "408 to the POST: nothing accepted, retried": (Call.SUBMIT, 408, TransientError),
     "503 to the POST: ambiguous, the gateway may have passed it on": (
-        Call.SUBMIT, 503, AmbiguousError,
+        Call.SUBMIT,
+        503,
+        AmbiguousError,
     ),
     "302 to a poll without a location: retried, never final": (Call.POLL, 302, TransientError),
     "400 to a poll: retried, never final": (Call.POLL, 400, TransientError),
@@ -408,7 +414,7 @@ def test_policy_words_on_a_poll_or_download_are_not_final(call: Call) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "cls"), [(500, TransientError), (503, TransientError), (429, RateLimited)]
+    ("status", "cls"), [(500, ServerError), (503, ServerError), (429, RateLimited)]
 )
 def test_a_user_may_opt_into_retrying_5xx_on_the_post(status: int, cls: type[ApiError]) -> None:
     """With retries.resubmitAfterServerError, a POST's 5xx is retried (the risk is the user's)."""

@@ -48,6 +48,7 @@ EXPECTED: dict[Event, tuple[frozenset[State], State]] = {
     Event.REGENERATE: (frozenset({S.MATERIALIZED}), S.SUBMITTING),
     Event.ACCEPTED: (frozenset({S.SUBMITTING, S.UNKNOWN}), S.RUNNING),
     Event.NOT_ACCEPTED: (frozenset({S.SUBMITTING}), S.PENDING),
+    Event.SERVER_ERROR: (frozenset({S.SUBMITTING}), S.PENDING),
     Event.REFUSED: (frozenset({S.SUBMITTING}), S.FAILED),
     Event.AMBIGUOUS: (frozenset({S.SUBMITTING}), S.UNKNOWN),
     Event.FINISHED: (frozenset({S.RUNNING}), S.SUCCEEDED),
