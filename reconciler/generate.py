@@ -116,7 +116,8 @@ class _KeyTask(KeyWork):
                 if waited >= ctx.tuning.follow_limit:
                     return Outcome(name, OutcomeState.SUBMITTING, claimed_elsewhere(gen, waited))
                 if not await ctx.stop.pause(ctx.tuning.poll_interval):
-                    return Outcome(name, OutcomeState.SUBMITTING, claimed_elsewhere(gen, waited))
+                    message = f"being submitted by another process ({gen.owner})"
+                    return Outcome(name, OutcomeState.SUBMITTING, message)
             elif step is Step.POLL:
                 assert gen is not None
                 ended = await self.poll(gen, intent)

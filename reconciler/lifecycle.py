@@ -110,7 +110,7 @@ def _claim(*sources: State, user: bool = False) -> Transition:
     ``user``: taken on the user's word, which forgives the operation failures counted so far."""
     return Transition(
         frozenset(sources), State.SUBMITTING, ledger="submit", claims=True, fresh_budget=user,
-        clears=("operation", "video_uri", "file_id"), stamps=("submitted_at",),
+        clears=("operation", "video_uri", "file_id", "sha256", "bytes"), stamps=("submitted_at",),
     )  # fmt: skip
 
 

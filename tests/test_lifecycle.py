@@ -121,9 +121,12 @@ def test_the_retry_budget(failures: int, budget: int, state: State) -> None:
 def test_claims_start_a_clean_operation(event: Event, state: State, op_failures: int) -> None:
     """Every claim clears the previous operation, its video and file; only the user's word resets
     the failure budget."""
-    current = row(state, operation="operations/old", video_uri="u", file_id="f", op_failures=2)
+    current = row(
+        state, operation="operations/old", video_uri="u", file_id="f", sha256="s", op_failures=2
+    )
     change = changes(current, event, seed=row(name="renamed"))
     assert (change["operation"], change["video_uri"], change["file_id"]) == (None, None, None)
+    assert (change["sha256"], change["bytes"]) == (None, None)  # the new take has no bytes yet
     assert change["name"] == "renamed"
     assert change.get("op_failures", current.op_failures) == op_failures
     assert "owner" not in change  # the store records its own owner on a claim
