@@ -187,6 +187,22 @@ def test_font_draws_what_it_can(text: str, shown: str) -> None:
     assert {len(r) for r in rows} == {len(shown) * font.CELL_WIDTH * 3}
 
 
+@pytest.mark.parametrize(
+    ("text", "cols", "lines", "wrapped"),
+    [
+        ("a cat on a mat", 20, 2, ["A CAT ON A MAT"]),
+        ("a cat on a mat", 8, 2, ["A CAT ON", "A MAT"]),
+        ("slow drone shot over a misty forest", 10, 2, ["SLOW DRONE", "SHOT..."]),
+        ("supercalifragilistic words", 10, 2, ["SUPERCALIF", "WORDS"]),
+        ("supercalifragilistic words and more", 10, 1, ["SUPERCA..."]),
+        ("", 10, 2, [""]),
+    ],
+)
+def test_titles_wrap_by_words(text: str, cols: int, lines: int, wrapped: list[str]) -> None:
+    """A prompt fills at most `lines` lines of `cols` characters, whole words, '...' when cut."""
+    assert font.wrap(text, cols=cols, lines=lines) == wrapped
+
+
 def test_clip_refuses_impossible_sizes() -> None:
     """Odd frame sizes (yuv420p needs even ones) and empty durations are refused up front."""
     with pytest.raises(ValueError, match="even"):

@@ -1,8 +1,9 @@
 """A 5×7 bitmap font, so the simulator can write a prompt's words on its clips with no imaging library.
 
 Each glyph is seven rows of five pixels (``#`` on, ``.`` off). Letters are capitals only, which is
-all a label on a test pattern needs; ``render`` turns a line of text into rows of luma bytes, each
-pixel scaled up to a square of ``scale`` pixels, with one blank column between characters.
+all a label on a test pattern needs; ``wrap`` breaks a prompt into the few lines that fit, and
+``render`` turns a line into rows of luma bytes, each pixel scaled up to a square of ``scale``
+pixels, with one blank column between characters.
 """
 
 from __future__ import annotations
@@ -89,3 +90,23 @@ def render(text: str, *, scale: int, fg: int, bg: int) -> list[bytes]:
         row = b"".join(b"".join(on if lit else off for lit in g[y]) + off for g in glyphs)
         rows.extend([row] * scale)
     return rows
+
+
+def wrap(text: str, *, cols: int, lines: int) -> list[str]:
+    """Up to ``lines`` lines of at most ``cols`` characters, by words; '...' if text was cut."""
+    words, out, line = printable(text).split(), [], ""
+    for i, word in enumerate(words):
+        word = word[:cols]
+        if line and len(line) + 1 + len(word) > cols:
+            out.append(line)
+            line = ""
+            if len(out) == lines:
+                last = out[-1]
+                while len(last) + 3 > cols and " " in last:  # drop whole words for the dots
+                    last = last.rsplit(" ", 1)[0]
+                out[-1] = last[: cols - 3] + "..."
+                return out
+        line = f"{line} {word}" if line else word
+        if i == len(words) - 1:
+            out.append(line)
+    return out or [""]

@@ -156,23 +156,6 @@ class _Layout:
         return cls(width, height, scale, small, lines, title, sweep, counter, progress)
 
 
-def _wrap(text: str, cols: int, lines: int) -> list[str]:
-    """Up to ``lines`` lines of at most ``cols`` characters, by words; '...' if text was cut."""
-    words, out, line = font.printable(text).split(), [], ""
-    for i, word in enumerate(words):
-        word = word[:cols]
-        if line and len(line) + 1 + len(word) > cols:
-            out.append(line)
-            line = ""
-            if len(out) == lines:
-                out[-1] = out[-1][: cols - 3].rstrip() + "..."
-                return out
-        line = f"{line} {word}" if line else word
-        if i == len(words) - 1:
-            out.append(line)
-    return out or [""]
-
-
 def _centred(rows: list[bytes], width: int, bg: int) -> list[bytes]:
     pad = bytes([bg])
     out = []
@@ -190,7 +173,7 @@ class _Picture:
         self.lay, self.frames = lay, frames
         w = lay.width
         cols = (w - 2 * lay.scale) // (font.CELL_WIDTH * lay.scale)
-        self.title_lines = _wrap(title, cols, lay.lines)
+        self.title_lines = font.wrap(title, cols=cols, lines=lay.lines)
         self.note = note
         self.bars = [_bar_row(w, c) for c in range(3)]
         self.bars_half = [_bar_row(w // 2, c) for c in range(3)]
