@@ -7,7 +7,7 @@ duration, and shows a test pattern: colour bars, the first words of the prompt w
 of the whole prompt, a block sweeping across every two seconds, a frame counter and a progress bar,
 over a one-second beep.
 
-Encoding costs real time (about half a second for an 8 s 720p clip here, seconds for 4k), so the
+Encoding costs real time (under half a second for an 8 s 720p clip here, seconds for 4k), so the
 picture is mostly still (x264 skips unchanged macroblocks cheaply), only the moving bands are
 rewritten in the frame between frames, and finished clips are kept per (size, duration, text) in
 this process. The real service never returns the same bytes twice, so ``tagged`` appends a
@@ -175,8 +175,7 @@ class _Picture:
         cols = (w - 2 * lay.scale) // (font.CELL_WIDTH * lay.scale)
         self.title_lines = font.wrap(title, cols=cols, lines=lay.lines)
         self.note = note
-        self.bars = [_bar_row(w, c) for c in range(3)]
-        self.bars_half = [_bar_row(w // 2, c) for c in range(3)]
+        self.bars = [_bar_row(w, 0), _bar_row(w // 2, 1), _bar_row(w // 2, 2)]  # Y, Cb, Cr
         self.block = _yuv(_BLOCK)
 
     def still(self) -> list[list[bytes]]:
@@ -187,7 +186,7 @@ class _Picture:
         y_rows[t0:t1] = self._title_rows()
         planes = [y_rows]
         for c in (1, 2):
-            rows = [self.bars_half[c]] * (lay.height // 2)
+            rows = [self.bars[c]] * (lay.height // 2)
             rows[t0 // 2 : lay.progress[1] // 2] = [bytes([_NEUTRAL]) * (w // 2)] * (
                 (lay.progress[1] - t0) // 2
             )
