@@ -7,7 +7,7 @@ duration, and shows a test pattern: colour bars, the first words of the prompt w
 of the whole prompt, a block sweeping across every two seconds, a frame counter and a progress bar,
 over a one-second beep.
 
-Encoding costs real time (under half a second for an 8 s 720p clip here, seconds for 4k), so the
+Encoding costs real time (about half a second for an 8 s 720p clip here, seconds for 4k), so the
 picture is mostly still (x264 skips unchanged macroblocks cheaply), only the moving bands are
 rewritten in the frame between frames, and finished clips are kept per (size, duration, text) in
 this process. The real service never returns the same bytes twice, so ``tagged`` appends a
