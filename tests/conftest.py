@@ -141,7 +141,8 @@ prompt: {prompt}
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(api_key=API_KEY, latency=0.3) as server:
+    """Stand-in clips: the CLI tests download hundreds of videos; test_video.py plays real ones."""
+    with Simulator(api_key=API_KEY, latency=0.3, video="standin") as server:
         yield server
 
 

@@ -26,7 +26,7 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(32)).decode()
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(latency=LATENCY, redirect_host="127.0.0.2") as s:
+    with Simulator(latency=LATENCY, redirect_host="127.0.0.2", video="standin") as s:
         yield s
 
 

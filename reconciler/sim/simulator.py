@@ -27,7 +27,13 @@ from .service import RecordedRequest, Service, accepted_body, operation_body
 
 
 class Simulator(Service):
-    """The emulated service: start() it, point the client at base_url, inspect what it saw."""
+    """The emulated service: start() it, point the client at base_url, inspect what it saw.
+
+    Its videos are real, playable H.264 + AAC clips (``video="real"``, the default; video.py)
+    unless ``video="standin"`` or a ``video_size`` asks for stand-ins: files of exactly that many
+    bytes (48 KiB by default) with the right container metadata around undecodable media, made in
+    microseconds, for tests that download many videos or need a file of a given size.
+    """
 
     def __init__(
         self,
@@ -37,7 +43,8 @@ class Simulator(Service):
         host: str = "127.0.0.1",
         port: int = 0,
         redirect_host: str | None = None,
-        video_size: int = 48 * 1024,
+        video: str | None = None,
+        video_size: int | None = None,
         name_form: str = "models",
         done_shape: str = "wrapped",
         omit_done: bool = False,
@@ -47,6 +54,7 @@ class Simulator(Service):
     ) -> None:
         super().__init__(
             latency=latency,
+            video=video,
             video_size=video_size,
             name_form=name_form,
             done_shape=done_shape,
@@ -82,6 +90,7 @@ class Simulator(Service):
     def stop(self) -> None:
         servers, self._servers = self._servers, []
         shut_down(servers)
+        self._stop_encoding()
 
     def __enter__(self) -> Simulator:
         return self.start()
