@@ -216,6 +216,13 @@ class Simulator(Service):
         if fault and fault.kind == "drop_after_accept":
             h.drop()
             return
+        if fault and fault.kind == "gateway_error":
+            status = fault.status or 504
+            h.send_json(status, google_error(status, "upstream request timeout"))
+            return
+        if fault and fault.kind == "echo_headers":
+            h.send_json(200, {"echo": {k.lower(): v for k, v in h.headers.items()}})
+            return
         if fault and fault.kind == "stall":
             time.sleep(fault.latency or 0.0)
         h.send_json(200, accepted_body(op))
