@@ -9,8 +9,7 @@ these numbers. Nothing here does I/O or imports another module of the package.
 from __future__ import annotations
 
 import re
-
-MODELS = ("veo-3.1-generate-preview", "veo-3.1-fast-generate-preview")
+from dataclasses import dataclass
 
 ASPECT_RATIOS = ("16:9", "9:16")
 DEFAULT_ASPECT_RATIO = "16:9"
@@ -30,10 +29,65 @@ FPS = 24
 
 PERSON_GENERATION = ("allow_all", "allow_adult")
 
-# Video-to-video (extension): 720p, 8 s (or unset); the result is the source plus about 7 s.
+# Features a model may have, named for the request fields they allow (veo-api.md).
+FEATURES = ("image", "lastFrame", "referenceImages", "video")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What one model id accepts and costs: list prices (USD per second of video, per
+    resolution), resolutions, durations, and features."""
+
+    price: dict[str, float]
+    resolutions: tuple[str, ...] = tuple(RESOLUTIONS)
+    durations: tuple[int, ...] = DURATIONS
+    features: frozenset[str] = frozenset(FEATURES)
+
+
+# The built-in model catalog. Google's own API retired the preview ids on 2026-10-22; resellers
+# keep or remap ids on their own schedule, so reconcile.yaml's `models:` may add or override any
+# entry: model ids are data, not code.
+_STANDARD = {"720p": 0.40, "1080p": 0.40, "4k": 0.60}
+_FAST = {"720p": 0.10, "1080p": 0.12, "4k": 0.30}
+CATALOG: dict[str, ModelFacts] = {
+    "veo-3.1-generate-preview": ModelFacts(_STANDARD),
+    "veo-3.1-fast-generate-preview": ModelFacts(_FAST),
+    "veo-3.1-generate-001": ModelFacts(_STANDARD),
+    "veo-3.1-fast-generate-001": ModelFacts(_FAST),
+    "veo-3.1-lite-generate-001": ModelFacts(
+        {"720p": 0.05, "1080p": 0.08},
+        resolutions=("720p", "1080p"),
+        features=frozenset({"image", "lastFrame", "video"}),
+    ),
+}
+# The two ids the first releases knew (and the simulator serves by default).
+MODELS = ("veo-3.1-generate-preview", "veo-3.1-fast-generate-preview")
+
+
+# Video-to-video (extension): 720p, 8 s (or unset); the result is the source plus about 7 s,
+# from a source of at most 141 s, at most 20 extensions deep (148 s in all).
 EXTENSION_RESOLUTION = "720p"
 EXTENSION_SECONDS = 7.0
 MAX_EXTENDED_SECONDS = 148.0
+MAX_SOURCE_SECONDS = 141.0
+MAX_EXTENSIONS = 20
+
+# Durations that must be 8 s: extensions, reference images, 1080p and 4k.
+EIGHT_SECONDS = 8
+
+# Reference images: 1 to 3, each an "asset" (Gemini API) or a "style" (Vertex only).
+MAX_REFERENCE_IMAGES = 3
+REFERENCE_TYPES = ("asset", "style")
+SEED_MAX = 2**32 - 1
+
+# personGeneration allowed per mode (Google's docs, late 2026): text-to-video and extension
+# allow_all only; image-to-video, first/last frame and reference images allow_adult only.
+PERSON_GENERATION_BY_MODE = {
+    "text": ("allow_all",),
+    "video": ("allow_all",),
+    "image": ("allow_adult",),
+    "referenceImages": ("allow_adult",),
+}
 
 # The provider keeps a generated file about 2 days after it finished (or was last used as a source).
 REMOTE_FILE_SECONDS = 2 * 24 * 3600
@@ -46,8 +100,7 @@ MAX_PROMPT_CHARS = 4096  # about 1,024 tokens, the documented prompt limit
 # USD per second of generated video (Gemini API list prices, 2026-09; see veo-api.md).
 # Resellers charge differently, which is why reconcile.yaml may override any entry.
 DEFAULT_PRICES: dict[str, dict[str, float]] = {
-    "veo-3.1-generate-preview": {"720p": 0.40, "1080p": 0.40, "4k": 0.60},
-    "veo-3.1-fast-generate-preview": {"720p": 0.10, "1080p": 0.12, "4k": 0.30},
+    model: dict(facts.price) for model, facts in CATALOG.items()
 }
 
 # A generated file's id, in any of its URI forms (with or without /upload/, on any host).
