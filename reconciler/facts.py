@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 ASPECT_RATIOS = ("16:9", "9:16")
 DEFAULT_ASPECT_RATIO = "16:9"
@@ -31,6 +32,19 @@ PERSON_GENERATION = ("allow_all", "allow_adult")
 
 # Features a model may have, named for the request fields they allow (veo-api.md).
 FEATURES = ("image", "lastFrame", "referenceImages", "video")
+
+# The same values as types, for the pydantic models of specs and reconcile.yaml; spelled out
+# because a type checker reads a Literal only from literals. The asserts tie them to the tuples,
+# order included: pydantic's "use one of …" lists them in this order.
+AspectRatio = Literal["16:9", "9:16"]
+Resolution = Literal["720p", "1080p", "4k"]
+Duration = Literal[4, 6, 8]
+PersonGeneration = Literal["allow_all", "allow_adult"]
+Feature = Literal["image", "lastFrame", "referenceImages", "video"]
+ReferenceType = Literal["asset", "style"]
+assert get_args(AspectRatio) == ASPECT_RATIOS and get_args(Resolution) == tuple(RESOLUTIONS)
+assert get_args(Duration) == DURATIONS and get_args(PersonGeneration) == PERSON_GENERATION
+assert get_args(Feature) == FEATURES
 
 
 @dataclass(frozen=True)
@@ -78,13 +92,15 @@ EIGHT_SECONDS = 8
 # Reference images: 1 to 3, each an "asset" (Gemini API) or a "style" (Vertex only).
 MAX_REFERENCE_IMAGES = 3
 REFERENCE_TYPES = ("asset", "style")
+assert get_args(ReferenceType) == REFERENCE_TYPES
 SEED_MAX = 2**32 - 1
 
-# personGeneration allowed per mode (Google's docs, late 2026): text-to-video and extension
-# allow_all only; image-to-video, first/last frame and reference images allow_adult only.
+# personGeneration allowed per mode (Google's docs, late 2026): image-to-video, first/last frame
+# and reference images take allow_adult only. Text-to-video and extension take allow_all, and in
+# the EU, UK, CH and MENA allow_adult only: both are accepted there, the region decides.
 PERSON_GENERATION_BY_MODE = {
-    "text": ("allow_all",),
-    "video": ("allow_all",),
+    "text": ("allow_all", "allow_adult"),
+    "video": ("allow_all", "allow_adult"),
     "image": ("allow_adult",),
     "referenceImages": ("allow_adult",),
 }
