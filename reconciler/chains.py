@@ -61,7 +61,7 @@ def resolve(specs: list[Desired]) -> tuple[list[Desired], list[Problem]]:
                     f"({parent.parameters.get('aspectRatio')}, {where})")  # fmt: skip
             return None
         if parent.depth + 1 > MAX_EXTENSIONS:
-            problem(spec, f"is the {parent.depth + 1}th extension in a row; the API allows "
+            problem(spec, f"is extension number {parent.depth + 1} in a row; the API allows "
                     f"{MAX_EXTENSIONS}")  # fmt: skip
             return None
         if parent.length is not None and parent.length > MAX_SOURCE_SECONDS:
