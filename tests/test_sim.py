@@ -209,7 +209,7 @@ def test_every_video_is_distinct(sim: Simulator, client: httpx.Client) -> None:
         ({"resolution": "1080p", "aspectRatio": "9:16", "durationSeconds": 8}, (1080, 1920), 8),
         ({"resolution": "4k", "durationSeconds": 8.0}, (3840, 2160), 8),
         (
-            {"personGeneration": "allow_adult", "enhancePrompt": False, "negativePrompt": "x"},
+            {"personGeneration": "allow_all", "enhancePrompt": False, "negativePrompt": "x"},
             (1280, 720),
             8,
         ),

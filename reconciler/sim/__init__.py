@@ -15,7 +15,9 @@ endpoints.
 The parts, each importing only those before it (and ``reconciler.facts`` and ``reconciler.mp4``):
 
 - ``faults``: the injectable faults and which endpoint each applies to;
-- ``rules``: what the live API answers 400 to, and what an accepted submission produces;
+- ``images``: what the live API answers 400 to in a request's images (frames, reference images);
+- ``rules``: what else it answers 400 to, per model and mode, and what an accepted submission
+  produces;
 - ``font`` and ``video``: the playable clips, a test pattern labelled with the prompt;
 - ``service``: the state (operations, files, counters, recordings, fault queues), test controls;
 - ``http``: servers, request handler, error envelopes;
