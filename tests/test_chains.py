@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import API_KEY, Repo
 
-from reconciler import chains, sim as simmod
+from reconciler import chains
+from reconciler import sim as simmod
 from reconciler.config import Config
 from reconciler.loader import load_specs
 from reconciler.sim import Simulator
@@ -96,8 +97,12 @@ def sim() -> Iterator[Simulator]:
 
 def chain(repo: Repo, root_prompt: str = "A forest at dawn.") -> None:
     repo.write("specs/base.yaml", f"name: base\nmodel: {MODEL}\nprompt: {root_prompt}\n")
-    repo.write("specs/mid.yaml", f"name: mid\nmodel: {MODEL}\nprompt: Rising.\nvideo: {{from: base}}\n")
-    repo.write("specs/top.yaml", f"name: top\nmodel: {MODEL}\nprompt: Higher.\nvideo: {{from: mid}}\n")
+    repo.write(
+        "specs/mid.yaml", f"name: mid\nmodel: {MODEL}\nprompt: Rising.\nvideo: {{from: base}}\n"
+    )
+    repo.write(
+        "specs/top.yaml", f"name: top\nmodel: {MODEL}\nprompt: Higher.\nvideo: {{from: mid}}\n"
+    )
 
 
 def test_a_three_level_chain_builds_in_order_and_a_root_change_rebuilds_all(
@@ -113,7 +118,9 @@ def test_a_three_level_chain_builds_in_order_and_a_root_change_rebuilds_all(
     assert sim.paid_posts == 3
     posts = [r for r in sim.requests if r.method == "POST"]
     assert [("video" in r.json["instances"][0]) for r in posts] == [False, True, True]
-    base_op, mid_op = (op for op in sim.operations.values() if op.prompt in ("A forest at dawn.", "Rising."))
+    base_op, _mid_op = (
+        op for op in sim.operations.values() if op.prompt in ("A forest at dawn.", "Rising.")
+    )
     assert base_op.file_id in posts[1].json["instances"][0]["video"]["uri"]
     lengths = {name: row for name, row in repo.status().items()}
     assert lengths["top"]["source"] == "mid" and lengths["top"]["uri"] and lengths["top"]["expires"]
@@ -148,7 +155,9 @@ def test_an_expired_source_is_reported_with_its_way_out_and_costs_nothing(
     old = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with sqlite3.connect(repo.path / "state" / "reconciler.db") as conn:
         conn.execute("UPDATE generations SET remote_until = ?", [old])
-    repo.write("specs/mid.yaml", f"name: mid\nmodel: {MODEL}\nprompt: Rising.\nvideo: {{from: base}}\n")
+    repo.write(
+        "specs/mid.yaml", f"name: mid\nmodel: {MODEL}\nprompt: Rising.\nvideo: {{from: base}}\n"
+    )
     plan = repo.run("plan")
     assert "--replace base" in plan.stdout and "blocked" in plan.stdout
     result = repo.apply(env=repo.env(**FAST_ENV))
@@ -167,7 +176,9 @@ def test_the_lock_carries_each_videos_provider_copy(repo: Repo, sim: Simulator) 
 
     fresh = Repo(repo.path.parent / "fresh", sim)
     shutil.copytree(repo.path, fresh.path, ignore=shutil.ignore_patterns("state"))
-    fresh.write("specs/mid.yaml", f"name: mid\nmodel: {MODEL}\nprompt: Rising.\nvideo: {{from: base}}\n")
+    fresh.write(
+        "specs/mid.yaml", f"name: mid\nmodel: {MODEL}\nprompt: Rising.\nvideo: {{from: base}}\n"
+    )
     result = fresh.apply(env=fresh.env(**FAST_ENV))
     assert result.returncode == 0, result.stdout + result.stderr
     assert sim.paid_posts == 2

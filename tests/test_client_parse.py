@@ -376,7 +376,9 @@ def fixture_text(name: str) -> str:
 # What the same answer means differs by call: the per-call tables of ``wire``.
 BY_CALL: dict[str, tuple[Call, int, type[ApiError]]] = {
     "404 to the POST: the model is unknown or retired, final": (
-        Call.SUBMIT, 404, ModelUnavailable,
+        Call.SUBMIT,
+        404,
+        ModelUnavailable,
     ),
     "404 to a poll: the operation is lost, retried": (Call.POLL, 404, OperationLost),
     "404 to a download: retried (final only past the file's expiry)": (

@@ -13,6 +13,7 @@ import pytest
 from conftest import API_KEY, Repo, jpeg_bytes, png_bytes
 
 from reconciler.config import Config, load_config
+from reconciler.facts import ModelFacts
 from reconciler.loader import load_specs
 from reconciler.sim import Simulator
 
@@ -21,10 +22,8 @@ FAST_ENV = {"RECONCILE_RETRY_BASE": "0.05", "RECONCILE_HTTP_TIMEOUT": "5"}
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(
-        api_key=API_KEY, latency=0.1, video="standin",
-        models=[*Config().models, "acme-veo-proxy"],
-    ) as server:  # fmt: skip
+    served = {**Config().models, "acme-veo-proxy": ModelFacts({"720p": 0.2}, ("720p",))}
+    with Simulator(api_key=API_KEY, latency=0.1, video="standin", models=served) as server:
         yield server
 
 

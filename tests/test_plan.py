@@ -382,7 +382,11 @@ PRICES = {
     "standard 720p 6 s": (desired(model=STANDARD, duration=6), Config(), 2.40),
     "standard 1080p 8 s": (desired(model=STANDARD, resolution="1080p"), Config(), 3.20),
     "standard 4k 8 s": (desired(model=STANDARD, resolution="4k"), Config(), 4.80),
-    "custom price from Config": (desired(), Config(models={FAST: ModelFacts({"720p": 0.15})}), 1.20),
+    "custom price from Config": (
+        desired(),
+        Config(models={FAST: ModelFacts({"720p": 0.15})}),
+        1.20,
+    ),
     "no price for the model: unknown": (desired(model=STANDARD), Config(models={}), None),
 }
 

@@ -276,8 +276,8 @@ SURFACE = [
     ("seed null", TEXT, {"seed": None}, 400, f"{SEED_WORDS}, not null."),
     # personGeneration per mode; absent is always fine
     ("text allow_all", TEXT, {"personGeneration": "allow_all"}, 200, None),
-    ("text allow_adult", TEXT, {"personGeneration": "allow_adult"}, 400,
-     f"{NOT_ADULT} Text-to-video takes allow_all, or no personGeneration at all."),
+    # allow_adult is the only value in the EU, UK, CH and MENA: accepted, the region decides.
+    ("text allow_adult", TEXT, {"personGeneration": "allow_adult"}, 200, None),
     ("image allow_adult", IMAGE, {"personGeneration": "allow_adult"}, 200, None),
     ("image allow_all", IMAGE, {"personGeneration": "allow_all"}, 400, NOT_ALL),
     ("frames allow_adult", FRAMES, {"personGeneration": "allow_adult"}, 200, None),
@@ -286,7 +286,7 @@ SURFACE = [
     ("references allow_all", REFS, {"personGeneration": "allow_all"}, 400,
      "Video from reference images takes allow_adult"),
     ("extension allow_all", EXTEND, {"personGeneration": "allow_all"}, 200, None),
-    ("extension allow_adult", EXTEND, {"personGeneration": "allow_adult"}, 400, NOT_ADULT),
+    ("extension allow_adult", EXTEND, {"personGeneration": "allow_adult"}, 200, None),
     ("image unset", IMAGE, {}, 200, None),
     ("extension unset", EXTEND, {}, 200, None),
     ("allow_none anywhere", IMAGE, {"personGeneration": "allow_none"}, 400,
