@@ -186,6 +186,7 @@ class Generation:
     finished_at: str | None = None
     version: int = 0  # bumped by every change: what a plan saw can be compared before a claim
     remote_until: str | None = None  # when the provider's copy goes (renewed when used as a source)
+    spec_json: str | None = None  # the spec as asked (Desired.describe()), for diffs and takes
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Generation:
@@ -277,7 +278,7 @@ def changes(
         out.update(op_failures=0, error=None, error_kind=None, owner=None)
     out.update({column: None for column in move.clears})
     if move.claims and seed is not None:
-        out.update(name=seed.name, cost=seed.cost)
+        out.update(name=seed.name, cost=seed.cost, spec_json=seed.spec_json)
     if move.fresh_budget:
         out["op_failures"] = 0
     if move.spent is not None:
@@ -353,6 +354,7 @@ class Outcome:
     name: str
     state: OutcomeState
     message: str = ""
+    path: str | None = None  # the file written in this run, if one was
 
     @property
     def finished(self) -> bool:

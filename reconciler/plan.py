@@ -7,10 +7,12 @@ plain data, so every planning rule is a plain function tested with parametrized 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from . import diffs
 from .config import Config
 from .facts import REMOTE_FILE_SECONDS
 from .lifecycle import CHANGES, IN_FLIGHT, PAID, ActionKind, Event, Generation, State, remote_expiry
@@ -67,6 +69,7 @@ class Action:
     spec: Desired | None = None
     state: State | None = None  # the generation's state, for display
     version: int | None = None  # the generation row's version when planned (claims compare it)
+    changes: tuple[str, ...] = ()  # a replace: what changed in the spec, field by field
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,17 @@ def _chains(
     return [by_name[a.name] for a in actions]
 
 
+def spec_changes(before: Generation | None, spec: Desired) -> tuple[str, ...]:
+    """What changed since the generation the name's video came from (when its spec is known)."""
+    if before is None or not before.spec_json:
+        return ()
+    try:
+        old = json.loads(before.spec_json)
+    except ValueError:
+        return ()
+    return tuple(diffs.changes(old, spec.describe())) if isinstance(old, dict) else ()
+
+
 def _blocked_by(action: Action, reason: str) -> Action:
     return replace(action, kind=BLOCKED, reason=reason, cost=None, seconds=0)
 
@@ -255,9 +269,11 @@ def _action_for(
             if current_path and (current_key != spec.key or spec.name in opts.replace)
             else CREATE
         )
+        before = generations.get(current_key or "") if current_key != spec.key else None
+        changed = spec_changes(before, spec) if kind is REPLACE else ()
         return Action(
             spec.name, kind, spec.key, reason, cost=estimate(config, spec), seconds=round(spec.seconds),
-            old_path=current_path, spec=spec, state=state,
+            old_path=current_path, spec=spec, state=state, changes=changed,
         )  # fmt: skip
 
     if state in IN_FLIGHT:

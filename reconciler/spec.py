@@ -339,6 +339,25 @@ class Desired:
         """The resolution paid for and checked by verify: always set, defaults filled in."""
         return str(self.parameters["resolution"])
 
+    def describe(self) -> dict[str, Any]:
+        """The spec as a reviewer reads it: the fields as written (defaults filled in), images by
+        path and bytes. What a plan diffs when a replace is proposed; never part of the key."""
+        out: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
+        out.update({k: v for k, v in self.parameters.items() if v is not None})
+        for field_name, image in (("image", self.image), ("lastFrame", self.last_frame)):
+            if image is not None:
+                out[field_name] = {"path": image.path, "sha256": image.sha256}
+        if self.references:
+            out["referenceImages"] = [
+                {"path": r.image.path, "sha256": r.image.sha256, "referenceType": r.type}
+                for r in self.references
+            ]
+        if self.source is not None:
+            out["video"] = {"from": self.source, "key": self.source_key}
+        elif self.video_uri is not None:
+            out["video"] = {"uri": self.video_uri}
+        return out
+
     def canonical(self) -> dict[str, Any]:
         """The key's input: only what decides the video, defaults filled in. Fields added since
         the first release appear only when set, so no existing spec's key moves."""

@@ -96,11 +96,17 @@ def _m4_remote_until(db: sqlite_utils.Database) -> None:
     db.conn.execute("ALTER TABLE generations ADD COLUMN remote_until TEXT")
 
 
+def _m5_spec_json(db: sqlite_utils.Database) -> None:
+    # The spec each generation was asked for, as a reviewer reads it: replaces show a field diff.
+    db.conn.execute("ALTER TABLE generations ADD COLUMN spec_json TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _m1_initial),
     ("0002_row_version", _m2_row_version),
     ("0003_ledger_cost", _m3_ledger_cost),
     ("0004_remote_until", _m4_remote_until),
+    ("0005_spec_json", _m5_spec_json),
 ]
 _OUTPUT_COLUMNS = tuple(f.name for f in fields(Output))
 

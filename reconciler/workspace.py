@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -86,6 +87,7 @@ class Workspace:
         return Generation(
             spec_key=spec.key, name=spec.name, model=spec.model, resolution=spec.resolution,
             duration=spec.duration, cost=planning.estimate(self.config, spec), state=state,
+            spec_json=json.dumps(spec.describe(), sort_keys=True),
         )  # fmt: skip
 
     def spending(self) -> Spending:
