@@ -571,6 +571,51 @@ def resolve(name: str, operation: str | None, abandoned: bool, sim: bool, force:
         )
 
 
+@main.command()
+@friendly
+def init() -> None:
+    """Start an asset repo here: an example spec, reconcile.yaml, Git LFS and lock-merge
+    attributes, state/ ignored, a CI workflow. Existing files are left alone."""
+    repo: Path = click.get_current_context().find_root().obj
+    repo.mkdir(parents=True, exist_ok=True)
+    from .scaffold import init as scaffold
+
+    for rel, written in scaffold(repo):
+        click.echo(f"{'created' if written else 'kept   '} {rel}")
+    click.echo(
+        "Next: `git lfs install`, then `git config merge.reconcile-lock.driver "
+        '"reconcile lock merge --driver %O %A %B"`, then `reconcile plan`.'
+    )
+
+
+@main.command()
+@click.option(
+    "--by",
+    type=click.Choice(["day", "month", "spec", "model"]),
+    default="day",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the lines as JSON.")
+@click.option("--sim", is_flag=True, help="The sandbox of --sim runs.")
+@friendly
+def cost(by: str, as_json: bool, sim: bool) -> None:
+    """What POSTs that may be billed cost, from the ledger (failed and filtered operations are
+    not billed by the provider: this is an upper bound)."""
+    from .costs import report as cost_report
+
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
+    try:
+        lines = cost_report(ws.gens.attempts(), ws.gens.generations(), by)
+    finally:
+        ws.close()
+    if as_json:
+        click.echo(json.dumps([line.__dict__ for line in lines], indent=2))
+        return
+    for line in lines:
+        click.echo(f"{line.group:<40} {money(line.usd):>10}  {line.posts} POST(s)")
+    click.echo(f"{'total':<40} {money(sum(line.usd for line in lines)):>10}")
+
+
 @main.group()
 def lock() -> None:
     """Repair reconcile.lock without paying."""
