@@ -514,21 +514,56 @@ def verify(sim: bool) -> None:
 def gc(dry_run: bool, sim: bool) -> None:
     """Delete cached videos that no current spec, output or lock entry needs."""
     from .audit import collect, delete
+    from .takes import owners
 
     ws = Workspace(_repo(), sandbox=sim, read_only=True)
     try:
         garbage = collect(ws, _load(ws))
         total = sum(g.size for g in garbage)
+        known = owners(ws.gens.attempts())
         for item in garbage:
-            click.echo(
-                f"{'would delete' if dry_run else 'deleted'} {item.sha256[:16]} ({item.size:,} bytes)"
-            )
+            name, at = known.get(item.sha256, ("?", "?"))
+            take = f"{name}'s take of {at}" if name != "?" else "no known take"
+            click.echo(f"{'would delete' if dry_run else 'deleted'} {item.sha256[:16]} "
+                       f"({item.size:,} bytes): {take}")  # fmt: skip
         if not dry_run:
             delete(ws, garbage)
     finally:
         ws.close()
     verb = "would free" if dry_run else "freed"
     click.echo(f"{len(garbage)} cached object(s), {verb} {total:,} bytes.")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the takes as JSON.")
+@click.option("--sim", is_flag=True, help="The sandbox of --sim runs.")
+@friendly
+def takes(name: str, as_json: bool, sim: bool) -> None:
+    """Every video NAME ever had: when, prompt, cost, whether its bytes are still cached. Pin one
+    with `take: <sha256 prefix>` in the spec to show it again, for free."""
+    from . import takes as takes_module
+
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
+    try:
+        out = ws.tree.output(name)
+        found = takes_module.of(
+            name, ws.gens.attempts(), ws.gens.generations(), cached=ws.cache.has,
+            current=out.sha256 if out else None,
+        )  # fmt: skip
+    finally:
+        ws.close()
+    if as_json:
+        click.echo(json.dumps([t.__dict__ for t in found], indent=2))
+        return
+    if not found:
+        raise ReconcileError(f"{name} has no takes recorded here")
+    for t in found:
+        mark = "*" if t.current else " "
+        where = "cached" if t.cached else "gone"
+        prompt = (t.prompt or "")[:60]
+        click.echo(f"{mark} {t.sha256[:16]}  {t.at}  {money(t.cost):>8}  {where:<6}  {prompt}")
+    click.echo('(* the file in place now; `take: "<first 8+ hex>"` in the spec pins one)')
 
 
 @main.command()

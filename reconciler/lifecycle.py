@@ -125,6 +125,8 @@ _S, _E = State, ErrorNote
 _FOLLOWABLE = _s(_S.NEW, _S.PENDING, _S.FAILED, _S.UNKNOWN, _S.MATERIALIZED)
 
 # The lifecycle. Columns: sources, target, what happens to the error, the ledger row appended.
+# DOWNLOADED and the adoptions append the take's bytes (sha256) too: every take a spec ever had
+# stays listed (`reconcile takes NAME`) even after a replace overwrites the generation's row.
 # Every claim appends a "submit" row charging the video's estimated cost (a POST that may be
 # billed); NOT_ACCEPTED and REFUSED append a refund, since their answer proved nothing was taken.
 # ACCEPTED is allowed from unknown too: a claim judged stale elsewhere may still get its answer,
@@ -146,7 +148,7 @@ TRANSITIONS: dict[Event, Transition] = {
     Event.OP_REJECTED:      Transition(_s(_S.RUNNING, _S.SUCCEEDED), _S.FAILED, _E.RECORD, "filtered", stamps=("finished_at",)),
     Event.VANISHED:         Transition(_s(_S.RUNNING), _S.UNKNOWN, _E.RECORD, "unknown"),
     Event.LOCKED_GONE:      Transition(_s(_S.RUNNING), _S.PENDING, _E.MESSAGE, "expired"),
-    Event.DOWNLOADED:       Transition(_s(_S.SUCCEEDED, _S.MATERIALIZED), _S.MATERIALIZED, _E.CLEAR),
+    Event.DOWNLOADED:       Transition(_s(_S.SUCCEEDED, _S.MATERIALIZED), _S.MATERIALIZED, _E.CLEAR, "take"),
     Event.DOWNLOAD_FAILED:  Transition(_s(_S.SUCCEEDED), _S.FAILED, _E.RECORD, "expired", stamps=("finished_at",)),
     Event.REMOTE_GONE:      Transition(_s(_S.MATERIALIZED), _S.MATERIALIZED, clears=("file_id", "video_uri", "remote_until")),
     Event.RENEWED:          Transition(_s(_S.SUCCEEDED, _S.MATERIALIZED), None),

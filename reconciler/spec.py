@@ -113,6 +113,9 @@ class SpecDoc(BaseModel):
     )
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX, strict=True)
     video: VideoRef | None = None
+    # Pin an earlier take (its sha256, or a prefix of at least 8 hex digits, as `reconcile takes`
+    # lists them): the name shows those bytes, for free, whatever the rest of the spec asks.
+    take: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,64}$")
 
     @field_validator("name")
     @classmethod
@@ -260,7 +263,7 @@ def _model_problems(spec: SpecDoc, model: ModelFacts) -> list[tuple[str, str]]:
 
 
 SPEC_FIELDS = tuple(SpecDoc.model_fields)
-FORBIDDEN_DEFAULTS = ("name", "image", "lastFrame", "referenceImages", "video")
+FORBIDDEN_DEFAULTS = ("name", "image", "lastFrame", "referenceImages", "video", "take")
 KNOWN_KEYS = {
     "": SPEC_FIELDS,
     "video": ("uri", "from"),
@@ -321,6 +324,7 @@ class Desired:
     source_key: str | None = None  # that spec's key, once the chain is resolved
     depth: int = 0  # extensions from the chain's first spec (0: not an extension of a spec)
     length: float | None = None  # seconds of the resulting video, when known
+    take: str | None = None  # a pinned earlier take (sha256 prefix): not part of the key
 
     @property
     def seconds(self) -> float:
