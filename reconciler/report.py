@@ -26,9 +26,39 @@ SYMBOLS = {
 }
 
 
+TERMINAL_ROWS = 100  # a terminal shows the rows that matter first, then says how many it left
+
+
 def _console(out: TextIO) -> Console:
     # Off a terminal nothing limits the width: keep one row per line for CI logs and grep.
     return Console(file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 200)
+
+
+def _table(
+    out: TextIO, headers: list[str], rows: list[list[str]], *, rest: str | None = None
+) -> None:
+    """Aligned columns: plain text to a pipe (costs nothing however many rows, one per line for
+    CI logs and grep), a rich table on a terminal with at most ``TERMINAL_ROWS`` rows; ``rest``
+    names what the rows leave out ("9,990 unchanged")."""
+    if not out.isatty():
+        widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+        for row in [headers, *rows]:
+            cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
+            out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+        if rest:
+            out.write(f"({rest})\n")
+        return
+    console = _console(out)
+    table = Table(box=None, show_header=True, pad_edge=False)
+    for index, header in enumerate(headers):
+        table.add_column(header, no_wrap=index < len(headers) - 1, overflow="fold")
+    for row in rows[:TERMINAL_ROWS]:
+        table.add_row(*(_escape(cell) for cell in row))
+    console.print(table)
+    left = len(rows) - TERMINAL_ROWS
+    more = [f"{left:,} more rows (pipe the output to see every row)"] if left > 0 else []
+    if rest or more:
+        console.print(f"({'; '.join([*more, *([rest] if rest else [])])})")
 
 
 def plan_json(plan: Plan, *, spending: Spending | None = None) -> dict[str, Any]:
@@ -89,27 +119,25 @@ def plan_headline(plan: Plan) -> str:
 
 
 def render_plan(plan: Plan, out: TextIO, *, spending: Spending | None = None) -> None:
-    console = _console(out)
     rows = [a for a in plan.actions if a.kind is not ActionKind.NOOP]
+    unchanged = len(plan.actions) - len(rows)
+    lines: list[str] = []
     if rows:
-        table = Table(box=None, show_header=True, pad_edge=False)
-        for column in ("", "name", "action", "cost", "why"):
-            table.add_column(column, no_wrap=column != "why")
-        for a in rows:
-            cost = money(a.cost) if a.kind in PAID else ""
-            table.add_row(SYMBOLS[a.kind], a.name, a.kind, cost, a.reason)
-        console.print(table)
-        console.print()
+        cells = [[SYMBOLS[a.kind], a.name, str(a.kind), money(a.cost) if a.kind in PAID else "",
+                  a.reason] for a in rows]  # fmt: skip
+        rest = f"{unchanged:,} unchanged" if unchanged else None
+        _table(out, ["", "name", "action", "cost", "why"], cells, rest=rest)
+        lines.append("")
     changed = [a for a in rows if a.changes]
     for a in changed:
-        console.print(f"{SYMBOLS[a.kind]} {a.name}:")
-        for line in a.changes:
-            console.print(f"    {_escape(line)}")
+        lines.append(f"{SYMBOLS[a.kind]} {a.name}:")
+        lines.extend(f"    {line}" for line in a.changes)
     if changed:
-        console.print()
-    console.print(plan_headline(plan))
+        lines.append("")
+    lines.append(plan_headline(plan))
     if spending is not None and spending.budgeted:
-        console.print(f"Budget: {spending.describe()}.")
+        lines.append(f"Budget: {spending.describe()}.")
+    out.write("\n".join(lines) + "\n")
 
 
 def plan_markdown(plan: Plan, *, spending: Spending | None = None) -> str:
@@ -201,22 +229,22 @@ def render_status(
     daemon: str | None = None,
     spending: Spending | None = None,
 ) -> None:
-    console = _console(out)
+    lines = []
     if not rows:
-        console.print("No specs found under specs/.")
+        lines.append("No specs found under specs/.")
     else:
-        table = Table(box=None, pad_edge=False)
-        for column in ("name", "state", "path", "sha256"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("error", overflow="fold")
-        for r in rows:
-            sha = (r["sha256"] or "")[:16]
-            table.add_row(r["name"], r["state"], r["path"] or "", sha, _escape(r["error"] or ""))
-        console.print(table)
+        # On a terminal the rows that need someone come first; a pipe gets every row in order.
+        if out.isatty():
+            rows = sorted(rows, key=lambda r: r["state"] == "materialized")
+        cells = [[r["name"], str(r["state"]), r["path"] or "", (r["sha256"] or "")[:16],
+                  r["error"] or ""] for r in rows]  # fmt: skip
+        _table(out, ["name", "state", "path", "sha256", "error"], cells)
     if spending is not None:
-        console.print(f"Spent on POSTs that may be billed: {spending.describe()}.")
+        lines.append(f"Spent on POSTs that may be billed: {spending.describe()}.")
     if daemon:
-        console.print(daemon)
+        lines.append(daemon)
+    if lines:
+        out.write("\n".join(lines) + "\n")
 
 
 def render_saved(data: dict[str, Any], out: TextIO, *, markdown: bool = False) -> None:
