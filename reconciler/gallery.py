@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import quote
@@ -185,10 +185,14 @@ def _e(value: object) -> str:
 
 
 def _when(iso: str) -> str:
+    """An ISO time as a reviewer reads it, in UTC (the state's times are UTC already)."""
     try:
-        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
+        moment = datetime.fromisoformat(iso)
     except ValueError:
         return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _media(card: Card) -> str:

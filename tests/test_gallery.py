@@ -221,6 +221,20 @@ def test_hrefs_are_relative_to_the_page(
     assert href(tmp_path / target, tmp_path / page_dir) == expected
 
 
+@pytest.mark.parametrize(
+    ("iso", "shown"),
+    [
+        ("2026-11-02T10:20:30Z", "2026-11-02 10:20 UTC"),
+        ("2026-11-02T12:20:30+02:00", "2026-11-02 10:20 UTC"),
+        ("yesterday", "yesterday"),
+    ],
+)
+def test_generated_times_read_in_utc(iso: str, shown: str) -> None:
+    """The time a video was generated shows in UTC; a time that does not parse shows as is."""
+    doc = page([card("hero", generated=iso)])
+    assert doc.one("time").all_text == shown and doc.one("time").attrs["datetime"] == iso
+
+
 def test_an_extensions_poster_comes_from_what_it_generated() -> None:
     """An extension's poster is from its own last seconds, not from its source's part."""
     assert poster_time(card("hero")) is None
