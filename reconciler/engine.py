@@ -30,6 +30,7 @@ class Summary:
     stopped: bool = False
     estimate: float = 0.0  # what the plan said its POSTs would cost
     spent: float = 0.0  # what this run's POSTs that may be billed cost (refunds deducted)
+    polls: int = 0  # polls sent in this run
 
     @property
     def written(self) -> list[str]:
@@ -80,6 +81,7 @@ class Engine:
         opts = options or Options()
         self.ctx.fatal = None
         self.ctx.submitted = set()
+        self.ctx.polls = 0
         slots = asyncio.Semaphore(self.concurrency)
         client = self.client() if plan.changes else None
         tasks = [
@@ -116,6 +118,7 @@ class Engine:
         summary.stopped = self.stop.requested
         summary.estimate = plan.cost
         summary.spent = self.ctx.run_limit.spent
+        summary.polls = self.ctx.polls
         return summary
 
     async def _settle_on_stop(self, tasks: list[asyncio.Task[Outcome]]) -> None:

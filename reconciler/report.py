@@ -190,6 +190,7 @@ def summary_json(summary: Summary) -> dict[str, Any]:
         "stopped": summary.stopped,
         "estimate_usd": round(summary.estimate, 4),
         "spent_usd": round(summary.spent, 4),
+        "polls": summary.polls,
         "written": summary.written,
         "outcomes": [o.__dict__ for o in summary.outcomes],
     }
@@ -214,6 +215,9 @@ def render_summary(summary: Summary, out: TextIO) -> None:
             f"Spent {money(summary.spent)} on POSTs that may be billed "
             f"(estimated {money(summary.estimate)})."
         )
+    operations = sum(1 for o in summary.outcomes if o.path)
+    if summary.polls and operations:
+        console.print(f"{summary.polls} polls for {operations} video(s) written.")
     if summary.stopped and not summary.fatal:
         console.print(
             "Stopped early; operations still running remotely are resumed by the next apply."
