@@ -535,6 +535,41 @@ def gc(dry_run: bool, sim: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for index.html and its posters [default: state/gallery, with --sim "
+    "state/sim/gallery].",
+)
+@click.option(
+    "--copy-videos",
+    is_flag=True,
+    help="Copy the videos into the folder too, so it stands alone (a CI artifact).",
+)
+@click.option("--sim", is_flag=True, help="Show the sandbox of --sim runs.")
+@friendly
+def gallery(out: Path | None, copy_videos: bool, sim: bool) -> None:
+    """Write a static review page: one card per spec, with its video, a poster frame, its prompt,
+    model, cost and state (and why, for a spec without a video)."""
+    from .gallery import build
+
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
+    try:
+        result = ws.load()
+        page = build(ws, result.specs, out=out, copy_videos=copy_videos,
+                     invalid_files=bool(result.problems))  # fmt: skip
+    finally:
+        ws.close()
+    for problem in result.problems:
+        click.echo(f"warning: {problem}", err=True)
+    playable = sum(1 for c in page.cards if c.video)
+    posters = sum(1 for c in page.cards if c.poster)
+    click.echo(f"Gallery: {len(page.cards)} cards, {playable} with a video "
+               f"(posters: {page.decoded} decoded, {posters - page.decoded} reused).")  # fmt: skip
+    click.echo(f"Open {page.index.as_uri()}")
+
+
+@main.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the takes as JSON.")
 @click.option("--sim", is_flag=True, help="The sandbox of --sim runs.")
