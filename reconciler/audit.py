@@ -6,6 +6,7 @@ Both work from the same records the planner uses, and neither calls the API.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from .facts import frame_size
 from .lifecycle import State
 from .lockfile import LockEntry
 from .mp4 import probe
-from .objects import sha256_file
+from .objects import is_regular, sha256_file
 from .spec import Desired
 from .store import Output, as_seen
 from .workspace import Workspace
@@ -88,6 +89,9 @@ def _file_state(
             "the file and its cached copy are gone; `apply` downloads it again or, "
             "if the provider deleted it too, plans a paid regeneration",
         )
+    if not stat.S_ISREG(st.st_mode):
+        # A device, a FIFO or a folder: reading it could hang or never end; say so instead.
+        return "modified", "not a regular file (a device, FIFO or folder); `apply` replaces it"
     if placed and (st.st_size, st.st_mtime_ns) == (placed.size, placed.mtime_ns):
         return State.MATERIALIZED, None
     if sha256_file(ws.repo / path)[0] != sha:
@@ -126,8 +130,11 @@ def verify(ws: Workspace, specs: list[Desired]) -> list[Finding]:
         if current.spec_key != spec.key:
             finding.problems.append("made from an older version of the spec (run apply)")
         target = ws.repo / path
-        if not target.is_file():
+        if not target.exists():
             finding.problems.append("file missing")
+            continue
+        if not is_regular(target):
+            finding.problems.append("not a regular file (a device, FIFO or folder)")
             continue
         if sha256_file(target)[0] != sha:
             finding.problems.append("bytes differ from the recorded sha256")

@@ -27,6 +27,8 @@ from .engine import Engine, Summary
 from .errors import CostLimitExceeded, ReconcileError
 from .lifecycle import PAID, ActionKind
 from .loader import load_specs
+from .lockfile import LOCK_FILE
+from .money import Spending, money, run_limit
 from .pacing import Tuning
 from .plan import Options, Plan
 from .shutdown import handling_signals, name_of
@@ -62,7 +64,23 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group, with every usage error exiting 1, as Terraform's do: exit 2 means
+    "changes" to `plan --detailed-exitcode`, and a typo must never read as drift."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--repo",
     type=click.Path(file_okay=False, path_type=Path),
@@ -81,6 +99,12 @@ def _repo() -> Path:
     repo: Path = click.get_current_context().find_root().obj
     if not repo.is_dir():
         raise ReconcileError(f"{repo}: no such folder (pass the asset repo with --repo)")
+    if not (repo / "specs").is_dir():
+        # Not "no changes": a wrong --repo (or a missing specs/) would otherwise read as a repo
+        # whose specs were all deleted.
+        raise ReconcileError(
+            f"{repo}: no specs/ folder here: pass the asset repo with --repo (or create specs/)"
+        )
     return repo
 
 
@@ -151,12 +175,13 @@ def plan(as_json: bool, detailed_exitcode: bool, sim: bool, **kw: Any) -> None:
     try:
         specs = _load(ws)
         the_plan = ws.plan(specs, _make_options(specs, **kw))
+        spending = ws.spending()
     finally:
         ws.close()
     if as_json:
-        click.echo(json.dumps(report.plan_json(the_plan), indent=2))
+        click.echo(json.dumps(report.plan_json(the_plan, spending=spending), indent=2))
     else:
-        report.render_plan(the_plan, sys.stdout)
+        report.render_plan(the_plan, sys.stdout, spending=spending)
     # A blocked spec is drift too: the videos do not match the specs until someone acts.
     if detailed_exitcode and (the_plan.changes or the_plan.blocked):
         sys.exit(2)
@@ -164,7 +189,12 @@ def plan(as_json: bool, detailed_exitcode: bool, sim: bool, **kw: Any) -> None:
 
 @main.command()
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--max-cost", type=float, metavar="USD", help="Refuse before any POST above this.")
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    metavar="USD",
+    help="Refuse a plan above this, and stop paying once the run's POSTs reach it.",
+)
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Operations in flight (default 4).")
 @click.option("--poll-interval", type=click.FloatRange(0.05), help="Seconds between polls.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the outcome as JSON.")
@@ -186,22 +216,26 @@ def apply(
     with _api(sim) as api:
         ws = Workspace(repo, sandbox=sim)
         try:
+            if max_cost is not None and not math.isfinite(max_cost):
+                raise ReconcileError(f"--max-cost {max_cost} is not a number of dollars")
             engine = Engine(ws, api=api, tuning=tuning, reporter=progress)
+            engine.ctx.run_limit = run_limit(max_cost, ws.config.budget_per_run)
             specs = _load(ws)
             options = _make_options(specs, **kw)
             ws.recover(progress)
             ws.import_lock(specs, progress)
             the_plan = ws.plan(specs, options)
+            spending = ws.spending()
             out = sys.stderr if as_json else sys.stdout
-            report.render_plan(the_plan, out)
-            _guard(the_plan, max_cost=max_cost, api=api, yes=yes)
+            report.render_plan(the_plan, out, spending=spending)
+            _guard(the_plan, max_cost=max_cost, spending=spending, api=api, yes=yes)
             with progress.live([a.name for a in the_plan.changes]):
                 summary = _run(engine, the_plan, options)
         finally:
             ws.close()
     if as_json:
-        click.echo(json.dumps({"plan": report.plan_json(the_plan), **report.summary_json(summary)},
-                              indent=2))  # fmt: skip
+        plan_json = report.plan_json(the_plan, spending=spending)
+        click.echo(json.dumps({"plan": plan_json, **report.summary_json(summary)}, indent=2))
     else:
         report.render_summary(summary, sys.stdout)
     if summary.stopped and engine.stop.signal:
@@ -237,11 +271,16 @@ def _api(sim: bool) -> Iterator[ApiSettings | None]:
     yield settings if settings.api_key else None
 
 
-def _guard(the_plan: Plan, *, max_cost: float | None, api: ApiSettings | None, yes: bool) -> None:
-    """Everything that must hold before the first POST."""
+def _guard(
+    the_plan: Plan,
+    *,
+    max_cost: float | None,
+    spending: Spending,
+    api: ApiSettings | None,
+    yes: bool,
+) -> None:
+    """Everything that must hold before the first POST: cost, budget, a key, approval."""
     paid = the_plan.paid
-    if max_cost is not None and not math.isfinite(max_cost):
-        raise ReconcileError(f"--max-cost {max_cost} is not a number of dollars")
     if max_cost is not None and paid:
         if not the_plan.cost_known:
             unknown = ", ".join(a.name for a in paid if a.cost is None)
@@ -251,16 +290,28 @@ def _guard(the_plan: Plan, *, max_cost: float | None, api: ApiSettings | None, y
             )
         if the_plan.cost > max_cost + 1e-9:
             raise CostLimitExceeded(
-                f"the plan costs {report.money(the_plan.cost)}, more than --max-cost "
-                f"{report.money(max_cost)}; nothing was submitted"
+                f"the plan costs {money(the_plan.cost)}, more than --max-cost "
+                f"{money(max_cost)}; nothing was submitted"
             )
+    refusal = spending.refusal(the_plan.cost, known=the_plan.cost_known) if paid else None
+    if refusal:
+        raise CostLimitExceeded(
+            f"the plan exceeds the budget in reconcile.yaml: {refusal}; nothing was submitted"
+        )
     if api is None and any(a.kind in PAID or a.kind is ActionKind.RESUME for a in the_plan.actions):
         raise ReconcileError(
             f"{API_KEY_ENV} is not set: export your GPTProto API key, "
             "or try the whole loop with `reconcile apply --sim`"
         )
-    confirm = the_plan.changes and not yes and sys.stdin.isatty()
-    if confirm and not click.confirm("Apply these changes?", default=False, err=True):
+    if not the_plan.changes or yes:
+        return
+    if not sys.stdin.isatty():
+        # As Terraform: a run nobody can confirm never pays by default.
+        raise ReconcileError(
+            "apply needs approval, and stdin is not a terminal: review `reconcile plan`, then "
+            "run `reconcile apply --yes` (as CI does); nothing was submitted"
+        )
+    if not click.confirm("Apply these changes?", default=False, err=True):
         raise ReconcileError("cancelled; nothing was submitted")
 
 
@@ -291,6 +342,13 @@ def _run(engine: Engine, the_plan: Plan, options: Options) -> Summary:
     help="Seconds between full reconciles when nothing changes.",
 )
 @click.option(
+    "--settle",
+    type=click.FloatRange(0.0),
+    default=3.0,
+    show_default=True,
+    help="Seconds a spec file must stay unchanged before its video is paid for (0: at once).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -302,7 +360,12 @@ def _run(engine: Engine, the_plan: Plan, options: Options) -> Summary:
 )
 @friendly
 def watch(
-    concurrency: int | None, poll_interval: float | None, resync: float, log_format: str, sim: bool
+    concurrency: int | None,
+    poll_interval: float | None,
+    resync: float,
+    settle: float,
+    log_format: str,
+    sim: bool,
 ) -> None:
     """Run as a daemon: reconcile whenever specs change, and every --resync seconds."""
     from .daemon import Daemon, DaemonSettings
@@ -313,7 +376,9 @@ def watch(
         ws = Workspace(_repo(), sandbox=sim)
         try:
             engine = Engine(ws, api=api, tuning=tuning, reporter=progress)
-            code = asyncio.run(Daemon(engine, DaemonSettings(resync=resync)).run())
+            engine.ctx.run_limit = run_limit(None, ws.config.budget_per_run)
+            settings = DaemonSettings(resync=resync, settle=settle)
+            code = asyncio.run(Daemon(engine, settings).run())
         finally:
             ws.close()
     sys.exit(code)
@@ -332,6 +397,7 @@ def status(as_json: bool, sim: bool) -> None:
         result = ws.load()
         rows = status_rows(ws, result.specs, invalid_files=bool(result.problems))
         daemon = describe(ws.tree.meta(META_KEY))
+        spending = ws.spending()
     finally:
         ws.close()
     if as_json:
@@ -339,7 +405,7 @@ def status(as_json: bool, sim: bool) -> None:
         if daemon:
             click.echo(daemon, err=True)
     else:
-        report.render_status(rows, sys.stdout, daemon=daemon)
+        report.render_status(rows, sys.stdout, daemon=daemon, spending=spending)
     for problem in result.problems:
         click.echo(f"warning: {problem}", err=True)
 
@@ -393,13 +459,20 @@ def gc(dry_run: bool, sim: bool) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--operation", required=True, help="The operation name the provider gave for it.")
+@click.option("--operation", help="The operation name the provider gave for it.")
+@click.option(
+    "--abandoned",
+    is_flag=True,
+    help="The process submitting it is gone (another host, a wedged run): record it as unknown.",
+)
 @click.option("--sim", is_flag=True, help="Resolve in the sandbox of --sim runs.")
 @click.option("--force", is_flag=True, help="Replace an operation already recorded for it.")
 @friendly
-def resolve(name: str, operation: str, sim: bool, force: bool) -> None:
-    """Adopt an operation for a spec whose submission outcome is unknown."""
-    if "operations/" not in operation:
+def resolve(name: str, operation: str | None, abandoned: bool, sim: bool, force: bool) -> None:
+    """Settle a spec whose submission is unknown (--operation) or stuck elsewhere (--abandoned)."""
+    if (operation is None) == (not abandoned):
+        raise ReconcileError("give --operation OP (the job was found) or --abandoned, not both")
+    if operation is not None and "operations/" not in operation:
         raise ReconcileError(
             f"--operation {operation!r} is not an operation name "
             "(models/MODEL/operations/ID or operations/ID)"
@@ -409,10 +482,74 @@ def resolve(name: str, operation: str, sim: bool, force: bool) -> None:
         specs = {s.name: s for s in _load(ws)}
         if name not in specs:
             raise ReconcileError(f"no spec named {name!r}")
-        ws.resolve(specs[name], operation, force=force)
+        if operation is None:
+            ws.abandon(specs[name])
+        else:
+            ws.resolve(specs[name], operation, force=force)
     finally:
         ws.close()
-    click.echo(f"{name}: adopted {operation}; `reconcile apply` polls it instead of submitting.")
+    if operation is None:
+        click.echo(f"{name}: recorded as unknown; `reconcile resolve {name} --operation OP` "
+                   "adopts its job if found, `apply --resubmit-unknown` pays for a new one.")  # fmt: skip
+    else:
+        click.echo(
+            f"{name}: adopted {operation}; `reconcile apply` polls it instead of submitting."
+        )
+
+
+@main.group()
+def lock() -> None:
+    """Repair reconcile.lock without paying."""
+
+
+@lock.command("merge")
+@click.option(
+    "--driver",
+    nargs=3,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="BASE OURS THEIRS",
+    help="Run as git's merge driver for reconcile.lock (%O %A %B): the result goes to OURS.",
+)
+@click.option("--sim", is_flag=True, help="Merge the sandbox's lock of --sim runs.")
+@friendly
+def lock_merge(driver: tuple[Path, Path, Path] | None, sim: bool) -> None:
+    """Resolve a merge conflict in reconcile.lock: keep both sides' entries, and for a spec both
+    changed, the take whose file is here (else the one of the spec as it is, else the newer)."""
+    from .repairs import merge_lock
+
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
+    try:
+        specs = ws.load().specs  # keys of the specs that parse; a broken spec must not block this
+        if driver:
+            notes = merge_lock(ws, specs, ours=driver[1], theirs=driver[2])
+        else:
+            notes = merge_lock(ws, specs)
+    finally:
+        ws.close()
+    for note in notes:
+        click.echo(note)
+    click.echo(f"{LOCK_FILE} merged; `reconcile plan` shows what it means.")
+
+
+@main.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--sim", is_flag=True, help="Adopt in the sandbox of --sim runs.")
+@friendly
+def adopt(names: tuple[str, ...], sim: bool) -> None:
+    """Take existing videos (OUTPUTDIR/NAME.<hash>.mp4) as their specs' current takes, when the
+    lock and the state know nothing of them (a lost lock). Your word that they match the specs."""
+    from .repairs import adopt as adopt_videos
+
+    ws = Workspace(_repo(), sandbox=sim)
+    try:
+        specs = _load(ws)
+        _check_names(specs, names, "adopt")
+        said = adopt_videos(ws, specs, set(names) if names else None)
+        ws.write_lock()
+    finally:
+        ws.close()
+    for line in said:
+        click.echo(line)
 
 
 @main.command()

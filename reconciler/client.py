@@ -14,6 +14,7 @@ Two habits that keep the promises:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -23,6 +24,7 @@ from . import __version__
 from .config import ApiSettings
 from .errors import ApiError
 from .wire import (
+    SUBMIT_RETRYING_5XX,
     Call,
     Failure,
     OpResult,
@@ -40,8 +42,15 @@ DOWNLOAD_CHUNK = 1024 * 1024
 class VeoClient:
     """Submit, poll and download against one configured API."""
 
-    def __init__(self, settings: ApiSettings, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        *,
+        timeout: float = 60.0,
+        resubmit_after_server_error: bool = False,
+    ) -> None:
         self.settings = settings
+        self._submit_table = SUBMIT_RETRYING_5XX if resubmit_after_server_error else None
         headers = {"user-agent": f"reconciler/{__version__}"}
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=15.0), headers=headers, follow_redirects=False
@@ -67,10 +76,16 @@ class VeoClient:
         return {}
 
     def _answer_error(self, call: Call, response: httpx.Response, subject: str = "") -> ApiError:
+        table = self._submit_table if call is Call.SUBMIT else None
         return answer_error(
             call, response.status_code, response.text, response.headers,
-            secret=self.settings.api_key, subject=subject,
+            secret=self.settings.api_key, subject=subject, table=table,
         )  # fmt: skip
+
+    def _redact(self, text: str) -> str:
+        """Whatever a server echoes (request headers included) never carries the key onwards."""
+        key = self.settings.api_key
+        return text.replace(key, "***") if key else text
 
     async def submit(self, model: str, body: dict[str, Any]) -> str:
         """The paid call. Returns the operation name; raises AmbiguousError if the answer was lost."""
@@ -93,11 +108,11 @@ class VeoClient:
         if response.status_code >= 300:
             raise self._answer_error(Call.SUBMIT, response)
         try:
-            return operation_name(response.json())
+            return self._redact(operation_name(response.json()))
         except ValueError as exc:
             detail = (
                 "the provider accepted the request but its answer had no operation name "
-                f"({response.text[:200]!r})"
+                f"({self._redact(response.text)[:200]!r})"
             )
             raise transport_error(Call.SUBMIT, Failure.UNREADABLE, detail) from exc
 
@@ -117,7 +132,13 @@ class VeoClient:
         except ValueError as exc:
             detail = "the operation answer was not JSON"
             raise transport_error(Call.POLL, Failure.UNREADABLE, detail) from exc
-        return parse_operation(data)
+        result = parse_operation(data)
+        if result.video_uri is not None:
+            result = replace(result, video_uri=self._redact(result.video_uri))
+        if result.error is not None:
+            result.error.args = (self._redact(str(result.error)),)
+            result.error.reason = self._redact(result.error.reason)
+        return result
 
     def download_url(self, video_uri: str, file_id: str | None) -> str:
         """Download by file id from the configured base; the returned URI's host is not trusted."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -30,7 +30,7 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    submitPerMinute: float | None = Field(default=None, gt=0)
+    submitPerMinute: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     concurrency: int | None = Field(default=None, ge=1, le=64)
 
 
@@ -41,6 +41,23 @@ class Retries(BaseModel):
 
     # A failed operation is not billed; resubmitting it twice in total is what DESIGN.md allows.
     operationFailed: int = Field(default=2, ge=0, le=10)
+    # A 5xx answer to a POST whose body was sent is ambiguous through a gateway: the upstream may
+    # have accepted (and billed) the job. Off: the spec becomes unknown. On: it is resubmitted,
+    # which may pay twice for one video; only for a provider known to answer 5xx before accepting.
+    resubmitAfterServerError: bool = False
+
+
+USD = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class Budget(BaseModel):
+    """``budget:``: USD caps on what POSTs that may be billed cost, per run and per UTC day/month."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    perRun: USD | None = None
+    perDay: USD | None = None
+    perMonth: USD | None = None
 
 
 class ConfigFile(BaseModel):
@@ -50,11 +67,12 @@ class ConfigFile(BaseModel):
 
     defaults: dict[str, Any] = Field(default_factory=dict)
     outputDir: str = "videos"
-    pricing: dict[str, dict[str, float]] = Field(default_factory=dict)
+    pricing: dict[str, dict[str, USD]] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     retries: Retries = Field(default_factory=Retries)
+    budget: Budget = Field(default_factory=Budget)
 
-    @field_validator("defaults", "pricing", "limits", "retries", mode="before")
+    @field_validator("defaults", "pricing", "limits", "retries", "budget", mode="before")
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         # `defaults:` with only comments under it is an empty section, not an error.
@@ -66,6 +84,12 @@ class ConfigFile(BaseModel):
         path = PurePosixPath(value)
         if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
             raise ValueError("must be a relative folder inside the repo, without '..'")
+        if not path.parts:
+            raise ValueError(
+                f"{value!r} is the repo itself: outputs need a folder of their own, such as videos"
+            )
+        if not value.isprintable():
+            raise ValueError("holds a control character (such as NUL): give a plain folder name")
         if path.parts[0] in ("state", "specs", ".git"):
             raise ValueError(f"must not be inside {path.parts[0]}/")
         return str(path)
@@ -76,6 +100,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "": tuple(ConfigFile.model_fields),
     "limits": tuple(Limits.model_fields),
     "retries": tuple(Retries.model_fields),
+    "budget": tuple(Budget.model_fields),
 }
 
 
@@ -89,6 +114,10 @@ class Config:
     submit_per_minute: float | None = None
     concurrency: int | None = None
     operation_failed_retries: int = 2
+    resubmit_after_server_error: bool = False
+    budget_per_run: float | None = None
+    budget_per_day: float | None = None
+    budget_per_month: float | None = None
     # dotted key path in reconcile.yaml -> line, so later checks (the defaults) can point at it
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -126,6 +155,10 @@ def load_config(repo: Path) -> Config:
         submit_per_minute=parsed.limits.submitPerMinute,
         concurrency=parsed.limits.concurrency,
         operation_failed_retries=parsed.retries.operationFailed,
+        resubmit_after_server_error=parsed.retries.resubmitAfterServerError,
+        budget_per_run=parsed.budget.perRun,
+        budget_per_day=parsed.budget.perDay,
+        budget_per_month=parsed.budget.perMonth,
         lines=dict(doc.key_lines),
     )
 

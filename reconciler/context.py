@@ -17,6 +17,7 @@ from .client import VeoClient
 from .errors import FatalError, TransientError
 from .events import Reporter
 from .lifecycle import Event, Generation, OutcomeState
+from .money import RunLimit, Window, windows
 from .pacing import Pacer, Tuning
 from .shutdown import StopFlag
 from .spec import Desired
@@ -44,6 +45,12 @@ class Context:
     fatal: FatalError | None = None  # a 401/403: no more claims until cleared
     # watch: whether a name still wants this key, checked before paying and before placing.
     still_wanted: Callable[[str, str], bool] = lambda _name, _key: True
+    run_limit: RunLimit = field(default_factory=RunLimit)  # what this run may still spend
+
+    def budget(self) -> list[Window]:
+        """The day and month budgets in force now (reconcile.yaml's ``budget``)."""
+        config = self.ws.config
+        return windows(per_day=config.budget_per_day, per_month=config.budget_per_month)
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking state or file call on a thread, off the event loop."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .client import VeoClient
 from .engine import Engine
-from .errors import ReconcileError
+from .errors import ReconcileError, StateError
 from .lifecycle import CHANGES, PAID, ActionKind, Outcome, State
 from .loader import LoadResult
 from .owners import now_iso, owner_alive
@@ -43,6 +43,9 @@ class DaemonSettings:
     resync: float = 300.0  # seconds between full reconciles without any event
     debounce: float = 0.1
     heartbeat: float = 15.0
+    # A spec file (and its image) must be unchanged this long before its video is paid for:
+    # editors autosave while someone types, and a half-typed prompt must not become a video.
+    settle: float = 3.0
 
 
 class Daemon:
@@ -56,6 +59,8 @@ class Daemon:
         self.reported: dict[str, str] = {}  # what was last said about a file or spec, said once
         self.wanted: dict[str, str] = {}  # name -> spec key currently desired
         self.paused_at = 0.0  # when a 401/403 paused submits
+        self.settling_until: float | None = None  # wall-clock time the next settled spec is due
+        self.exit_code = 0
         self.started = now_iso()
         engine.stop_on_fatal = False
         engine.ctx.still_wanted = lambda name, key: self.wanted.get(name) == key
@@ -81,20 +86,33 @@ class Daemon:
                         images = await self.reconcile(reason, client)
                         watcher.refresh(images)
                         reason = await self._next_wake(watcher, wake)
+                except StateError as exc:
+                    await self._state_lost(exc)
                 finally:
                     await self._shutdown(client)
         finally:
             heartbeat.cancel()
             watcher.stop()
-        return 0
+        return self.exit_code
+
+    async def _state_lost(self, exc: StateError) -> None:
+        """state/ was deleted or replaced under the daemon: keep what is in flight for the next
+        start (the rescue journal), say so, and stop with an error so a supervisor restarts it."""
+        kept = await asyncio.to_thread(self.ws.rescue_in_flight)
+        self.report.condition(f"{exc}; stopping (operations kept for the next start: {kept})")
+        self.exit_code = 1
+        self.engine.stop.request()
 
     async def _next_wake(self, watcher: Watcher, wake: asyncio.Event) -> str:
         """Sleep until files change, SIGHUP, a stop request, or the resync timer."""
         changed = asyncio.ensure_future(watcher.changed())
         hup = asyncio.ensure_future(wake.wait())
         stop = asyncio.ensure_future(self.engine.stop.wait())
+        timeout = self.settings.resync
+        if self.settling_until is not None:
+            timeout = max(0.0, min(timeout, self.settling_until - time.time()))
         done, pending = await asyncio.wait(
-            {changed, hup, stop}, timeout=self.settings.resync, return_when=asyncio.FIRST_COMPLETED
+            {changed, hup, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         for task in pending:
             task.cancel()
@@ -113,6 +131,8 @@ class Daemon:
             return "SIGHUP"
         if stop in done:
             return "stop"
+        if self.settling_until is not None and time.time() >= self.settling_until:
+            return "settled"
         return "resync"
 
     def _on_stop(self, signum: int) -> None:
@@ -148,6 +168,7 @@ class Daemon:
     async def reconcile(self, reason: str, client: VeoClient | None) -> set[Path]:
         """Plan and start tasks for whatever is not under way yet; returns the images to watch."""
         self._reload_config()
+        await asyncio.to_thread(self.ws.gens.check)
         specs, unseen = self._load(await asyncio.to_thread(self.ws.load))
         self.wanted = {s.name: s.key for s in specs}
         try:
@@ -156,6 +177,7 @@ class Daemon:
             self._say("plan", f"cannot plan: {exc}", level="error")
             return set()
         started = 0
+        self.settling_until = None
         for action in the_plan.actions:
             if action.kind is ActionKind.BLOCKED:
                 self._say(f"blocked:{action.name}:{action.key}", action.reason, name=action.name,
@@ -170,6 +192,8 @@ class Daemon:
             task_key = f"{action.name}:{action.key or 'remove'}"
             if task_key in self.active:
                 continue
+            if action.kind in PAID and action.spec is not None and not self._settled(action.spec):
+                continue
             task = asyncio.create_task(self._carry(action, client))
             self.active[task_key] = task
             task.add_done_callback(functools.partial(self._forget, task_key))
@@ -180,6 +204,26 @@ class Daemon:
         self.report.reconciled(f"reconciled ({reason}): {len(specs)} specs, {started} started, "
                                f"{len(self.active)} in progress")  # fmt: skip
         return {self.ws.repo / s.image.path for s in specs if s.image}
+
+    def _settled(self, spec: Desired) -> bool:
+        """Whether the spec's file and image have been still for the settle period; if not, the
+        next wake-up is set for when they will have been (a save meanwhile restarts the wait)."""
+        paths = [self.ws.repo / spec.file] + (
+            [self.ws.repo / spec.image.path] if spec.image else []
+        )
+        changed = 0.0
+        for path in paths:
+            with contextlib.suppress(OSError):
+                changed = max(changed, path.stat().st_mtime)
+        now = time.time()
+        due = min(changed, now) + self.settings.settle  # a future mtime counts as "just now"
+        if due <= now:
+            self.reported.pop(f"settle:{spec.name}", None)
+            return True
+        self.settling_until = min(self.settling_until or due, due)
+        self._say(f"settle:{spec.name}", f"waiting for {spec.file} to stay unchanged for "
+                  f"{self.settings.settle:g}s before paying for it", name=spec.name)  # fmt: skip
+        return False
 
     def _plan(self, specs: list[Desired], unseen: bool) -> Plan:
         self.ws.import_lock(specs, self.report)
@@ -255,8 +299,13 @@ class Daemon:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat)
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.to_thread(lambda: self.ws.tree.set_meta(META_KEY, self._meta()))
+            except StateError as exc:
+                await self._state_lost(exc)
+                return
+            except Exception:  # a busy db: the next beat tries again
+                continue
 
     async def _shutdown(self, client: VeoClient | None) -> None:
         await settle(self.active.values(), self.engine.tuning.stop_grace)
@@ -268,7 +317,8 @@ class Daemon:
         with contextlib.suppress(ReconcileError):
             await asyncio.to_thread(self.ws.write_lock)
         stopped = self._meta(state="stopped", stopped=now_iso())
-        await asyncio.to_thread(self.ws.tree.set_meta, META_KEY, stopped)
+        with contextlib.suppress(ReconcileError):
+            await asyncio.to_thread(self.ws.tree.set_meta, META_KEY, stopped)
         if client is not None:
             await client.aclose()
 

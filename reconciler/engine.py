@@ -62,7 +62,12 @@ class Engine:
         self.stop_on_fatal = True
 
     def client(self) -> VeoClient | None:
-        return VeoClient(self.api, timeout=self.tuning.http_timeout) if self.api else None
+        if self.api is None:
+            return None
+        return VeoClient(
+            self.api, timeout=self.tuning.http_timeout,
+            resubmit_after_server_error=self.ws.config.resubmit_after_server_error,
+        )  # fmt: skip
 
     async def apply(self, plan: Plan, *, options: Options | None = None) -> Summary:
         """Execute a plan. Raises nothing for API trouble: every outcome lands in the summary."""

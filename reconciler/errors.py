@@ -11,16 +11,19 @@ failure, stop the run, or park a generation as ``unknown`` from the class alone.
     ├── StateError                   the state db, lock file or outputs are unusable
     ├── CostLimitExceeded            the plan costs more than --max-cost
     └── ApiError                     anything the provider said (or failed to say)
-        ├── TransientError           5xx, nothing sent, a cut download: retry after a delay
+        ├── TransientError           nothing accepted, or any HTTP error of a poll or download: retry
         │   ├── RateLimited          429: retry, and slow every submission down
-        │   └── OperationLost        a poll's 404: retried; if it lasts, the spec becomes unknown
+        │   ├── ServerError          5xx: retried (a POST only on the user's word: it may be billed)
+        │   ├── OperationLost        a poll's 404: retried; if it lasts, the spec becomes unknown
+        │   └── FileMissing          a download's 404: retried; final only past the file's expiry
         ├── PermanentError           400, content policy, filtered, failed operation: final for the spec
         │   ├── ContentPolicyError
         │   ├── FilteredError
         │   ├── OperationFailed      done with an error; not billed, retried at most N times
-        │   └── FileExpired          the provider deleted the video before it was downloaded
+        │   └── FileExpired          the provider's copy is gone for good (past its ~2 days)
         ├── FatalError               401, 403: stop the whole run, nothing else is marked failed
-        └── AmbiguousError           the POST may have been accepted: never resubmit by itself
+        └── AmbiguousError           the POST may have been accepted (no answer, or a 5xx from the
+                                     gateway): never resubmit by itself
 
 Which HTTP answer or transport failure means which class is decided once, at the HTTP edge, from
 one table per call (``wire.ANSWERS``, ``wire.TRANSPORT``): the engine only ever sees these classes,
@@ -66,7 +69,7 @@ class StateError(ReconcileError):
 
 
 class CostLimitExceeded(ReconcileError):
-    """The plan would cost more than the user allowed; raised before any POST."""
+    """The plan, or the next POST, would cost more than the user allowed; raised before the POST."""
 
 
 class ApiError(ReconcileError):
@@ -96,6 +99,12 @@ class TransientError(ApiError):
         self.retry_after = retry_after
 
 
+class ServerError(TransientError):
+    """A 5xx answer. On a poll or download, a retry like any other; on the POST, retried only
+    when the user opted in (``retries.resubmitAfterServerError``), and then never refunded: a
+    gateway's 5xx can come after the upstream accepted and billed the job."""
+
+
 class RateLimited(TransientError):
     """429: the account's rate or quota is exhausted; every submission slows down, not just one."""
 
@@ -103,6 +112,11 @@ class RateLimited(TransientError):
 class OperationLost(TransientError):
     """A poll answered 404: perhaps a lagging replica, perhaps an expired or vanished job.
     Retried like any transient error; if it persists the spec becomes unknown, never failed."""
+
+
+class FileMissing(TransientError):
+    """A download answered 404: the provider may lag, or the file may have expired. Retried; only
+    once the file is past its expiry is it final (``FileExpired``)."""
 
 
 class PermanentError(ApiError):

@@ -14,11 +14,19 @@ class Reporter:
 
     # -- one spec key's generation ----------------------------------------------------------
 
-    def submitting(self, name: str, *, model: str, resolution: str, duration: int) -> None:
-        """A paid POST is about to be sent for ``name`` (its claim is committed)."""
+    def submitting(
+        self, name: str, *, model: str, resolution: str, duration: int, cost: float | None
+    ) -> None:
+        """A paid POST is about to be sent for ``name`` (its claim, and its charge, committed)."""
+
+    def held(self, name: str, message: str) -> None:
+        """A paid POST was held back for this run: a money limit, a stop, a long rate hold."""
 
     def accepted(self, name: str, operation: str) -> None:
         """The provider answered with an operation name, and it is committed."""
+
+    def rescued(self, name: str, operation: str, message: str) -> None:
+        """A paid job's operation name could not be recorded in the state: it was kept aside."""
 
     def polling(self, name: str, operation: str) -> None:
         """Waiting for the operation to finish."""

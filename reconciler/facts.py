@@ -35,6 +35,9 @@ EXTENSION_RESOLUTION = "720p"
 EXTENSION_SECONDS = 7.0
 MAX_EXTENDED_SECONDS = 148.0
 
+# The provider keeps a generated file about 2 days after it finished (or was last used as a source).
+REMOTE_FILE_SECONDS = 2 * 24 * 3600
+
 IMAGE_MIME_TYPES = ("image/png", "image/jpeg")
 IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the API's inline request limit

@@ -8,10 +8,15 @@ copying) runs on a thread, so one key's slow disk never delays another key's pol
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 from . import failpoints, outputs
 from .client import VeoClient
 from .context import Context, Deferred, KeyWork
 from .errors import (
+    FileExpired,
+    FileMissing,
     OperationFailed,
     OperationLost,
     PermanentError,
@@ -27,6 +32,7 @@ from .lifecycle import (
     State,
     Step,
     next_step,
+    remote_expiry,
 )
 from .pacing import with_retries
 from .plan import Action, Options, claims_for
@@ -36,6 +42,16 @@ from .submit import Submission
 from .wire import OpResult
 
 FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to be claimed
+
+
+def claimed_elsewhere(gen: Generation, waited: float) -> str:
+    """Whose claim a follower gave up waiting on, and the ways to take it over."""
+    return (
+        f"being submitted by {gen.owner} (claimed {gen.submitted_at}); waited {waited:.0f}s. If "
+        f"that process is gone, `reconcile resolve {gen.name} --abandoned` records the "
+        "submission as unknown, then `reconcile resolve --operation` or "
+        "`apply --resubmit-unknown`"
+    )
 
 
 async def place(ctx: Context, spec: Desired, sha: str) -> Outcome:
@@ -76,6 +92,7 @@ async def generate(ctx: Context, client: VeoClient, action: Action, opts: Option
 class _KeyTask(KeyWork):
     async def run(self, intent: Intent) -> Outcome:
         name, ctx = self.spec.name, self.ctx
+        following = 0.0  # when this task started waiting on another process's claim
         while True:
             gen = await self.get()
             sha = gen.sha256 if gen else None
@@ -92,9 +109,14 @@ class _KeyTask(KeyWork):
                 assert gen is not None
                 if ctx.ws.gens.is_stale(gen):
                     await ctx.db(ctx.ws.gens.recover_stale)  # its owner died mid-submit
-                elif not await ctx.stop.pause(ctx.tuning.poll_interval):
-                    return Outcome(name, OutcomeState.SUBMITTING,
-                                   "being submitted by another process")  # fmt: skip
+                    continue
+                # Measured on this machine's clock: another host's claim time may be skewed.
+                following = following or time.monotonic()
+                waited = time.monotonic() - following
+                if waited >= ctx.tuning.follow_limit:
+                    return Outcome(name, OutcomeState.SUBMITTING, claimed_elsewhere(gen, waited))
+                if not await ctx.stop.pause(ctx.tuning.poll_interval):
+                    return Outcome(name, OutcomeState.SUBMITTING, claimed_elsewhere(gen, waited))
             elif step is Step.POLL:
                 assert gen is not None
                 ended = await self.poll(gen, intent)
@@ -135,7 +157,8 @@ class _KeyTask(KeyWork):
         """Poll to the end and record it; an Outcome when this task is done for the run."""
         ctx, name = self.ctx, self.spec.name
         operation = gen.operation or ""
-        result = await self._poll_until_done(operation)
+        # A running row that already names bytes follows a lock's finished take (FETCH_LOCKED).
+        result = await self._poll_until_done(operation, locked=gen.sha256 is not None)
         if result is None:
             now = await self.get()
             if now is not None and now.state is not State.RUNNING and not ctx.stop.requested:
@@ -150,15 +173,17 @@ class _KeyTask(KeyWork):
             elif state is not None:
                 return Outcome(name, OutcomeState(state), str(result.error))
             return None
+        # A lock's take keeps the time it was generated, so the lock stays byte-identical.
+        kept = {"finished_at": gen.finished_at} if gen.sha256 and gen.finished_at else {}
         finished = await self.move(
             Event.FINISHED, expect_operation=operation,
-            video_uri=result.video_uri or "", file_id=result.file_id or "",
+            video_uri=result.video_uri or "", file_id=result.file_id or "", **kept,
         )  # fmt: skip
         if finished is not None:
             failpoints.hit("after_succeeded")
         return None
 
-    async def _poll_until_done(self, operation: str) -> OpResult | None:
+    async def _poll_until_done(self, operation: str, *, locked: bool) -> OpResult | None:
         """Poll on the schedule; None when stopping or when polling keeps failing this run."""
         ctx, spec = self.ctx, self.spec
         self.report.polling(spec.name, operation)
@@ -174,6 +199,14 @@ class _KeyTask(KeyWork):
             except Stopping:
                 return None
             except OperationLost as exc:
+                if locked:
+                    # A take the lock says finished: nothing is unknown, it is just gone, and the
+                    # next plan shows its regeneration with its cost.
+                    message = f"{exc}: the locked video is gone from the provider too"
+                    if await self.move(Event.LOCKED_GONE, expect_operation=operation,
+                                       message=message):  # fmt: skip
+                        self.report.retrying(spec.name, f"{message}; the next plan pays for it")
+                    return None
                 message = (
                     f"{exc} on every poll: the job expired or vanished, and it may have been "
                     f"billed; if it reappears `reconcile resolve {spec.name} --operation "
@@ -186,8 +219,6 @@ class _KeyTask(KeyWork):
                 self.report.retrying(spec.name, f"polling keeps failing ({exc}); will resume "
                                      "next run")  # fmt: skip
                 return None
-            except PermanentError as exc:
-                return OpResult(done=True, error=exc)
             if result.done:
                 return result
             if not await ctx.stop.pause(ctx.tuning.poll_interval):
@@ -235,17 +266,31 @@ class _KeyTask(KeyWork):
             sha, size = await with_retries(
                 once, ctx.tuning.poll_backoff, sleep=ctx.stop.sleep, on_retry=self.retrying
             )
-        except PermanentError as exc:
+        except FileMissing as exc:
+            expiry = remote_expiry(gen)
+            if expiry is None or expiry > datetime.now(UTC):
+                # A paid job's video is never given up on an HTTP error alone: a 404 within
+                # the file's lifetime may be a lagging replica. The row stays resumable.
+                until = f" (until about {expiry:%Y-%m-%d %H:%M} UTC)" if expiry else ""
+                raise TransientError(
+                    f"{exc}; the provider keeps videos about 2 days{until}: the next run "
+                    "tries again"
+                ) from None
             if gen.state is State.MATERIALIZED and gen.file_id:
                 # Its cached copy was lost before, and now the provider's too.
                 await self.move(Event.REMOTE_GONE, expect_file_id=gen.file_id)
-                raise PermanentError(
+                raise FileExpired(
                     "its cached copy is gone and the provider deleted its file (404): the next "
-                    "plan shows a paid regeneration", status=404, reason="expired",
+                    "plan shows a paid regeneration", status=404,
                 ) from None  # fmt: skip
+            message = (
+                f"the provider deleted the video before it was downloaded (404, past its "
+                f"{expiry:%Y-%m-%d %H:%M} UTC expiry); `reconcile apply --retry-failed` pays for "
+                "a new one"
+            )
             await self.move(Event.DOWNLOAD_FAILED, expect_operation=gen.operation,
-                             message=str(exc), kind=exc.kind)  # fmt: skip
-            raise
+                            message=message, kind=FileExpired.kind)  # fmt: skip
+            raise FileExpired(message, status=404) from None
         done = await self.move(Event.DOWNLOADED, expect_file_id=gen.file_id, sha256=sha,
                                 bytes=size)  # fmt: skip
         if done is not None:

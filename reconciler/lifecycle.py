@@ -25,8 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from .facts import REMOTE_FILE_SECONDS
 
 
 class State(StrEnum):
@@ -57,7 +60,8 @@ class Event(StrEnum):
     REGENERATE = "regenerate"  # the plan found the bytes lost everywhere
     # What the POST's answer (or its absence) proved.
     ACCEPTED = "accepted"
-    NOT_ACCEPTED = "not_accepted"
+    NOT_ACCEPTED = "not_accepted"  # the answer proved nothing was accepted: refunded
+    SERVER_ERROR = "server_error"  # a 5xx retried on the user's word: maybe billed, not refunded
     REFUSED = "refused"
     AMBIGUOUS = "ambiguous"  # dropped, timed out, cancelled, or its sender died
     # The operation.
@@ -65,6 +69,7 @@ class Event(StrEnum):
     OP_FAILED = "op_failed"  # done with an error: not billed, resubmitted while the budget lasts
     OP_REJECTED = "op_rejected"  # done without a video for good (filtered), or the poll refused
     VANISHED = "vanished"  # polls keep answering 404
+    LOCKED_GONE = "locked_gone"  # ...for a lock's finished take: it is gone, nothing is unknown
     # The bytes.
     DOWNLOADED = "downloaded"
     DOWNLOAD_FAILED = "download_failed"
@@ -72,7 +77,8 @@ class Event(StrEnum):
     # Operations that exist already: the user's word, or a lock file.
     ADOPT = "adopt"  # reconcile resolve
     FORCE_ADOPT = "force_adopt"  # reconcile resolve --force
-    IMPORT = "import"  # a fresh clone's verified lock entry
+    IMPORT = "import"  # a lock's take whose bytes are here (a fresh clone, a pull)
+    FETCH_LOCKED = "fetch_locked"  # a lock's take whose bytes are only with the provider
 
 
 class ErrorNote(StrEnum):
@@ -91,7 +97,8 @@ class Transition:
     error: ErrorNote = ErrorNote.KEEP
     ledger: str | None = None  # outcome of the ledger row it appends (None: no row)
     spent: State | None = None  # the target once the retry budget is spent
-    claims: bool = False  # write-ahead: this process owns the row until the answer
+    claims: bool = False  # write-ahead: this process owns the row until the answer; a charge
+    refunds: bool = False  # the answer proved nothing was accepted: the claim's charge is undone
     fresh_budget: bool = False  # the user's word: operation failures so far are forgiven
     replaces: bool = False  # the whole row is rewritten from the given seed
     clears: tuple[str, ...] = ()  # columns reset to NULL
@@ -102,7 +109,7 @@ def _claim(*sources: State, user: bool = False) -> Transition:
     """A write-ahead claim: owned by this process, a clean slate for the new operation;
     ``user``: taken on the user's word, which forgives the operation failures counted so far."""
     return Transition(
-        frozenset(sources), State.SUBMITTING, claims=True, fresh_budget=user,
+        frozenset(sources), State.SUBMITTING, ledger="submit", claims=True, fresh_budget=user,
         clears=("operation", "video_uri", "file_id"), stamps=("submitted_at",),
     )  # fmt: skip
 
@@ -112,8 +119,13 @@ def _s(*states: State) -> frozenset[State]:
 
 
 _S, _E = State, ErrorNote
+# What a lock's take may replace: anything settled (a pulled lock wins over stale local state),
+# never a generation in flight.
+_FOLLOWABLE = _s(_S.NEW, _S.PENDING, _S.FAILED, _S.UNKNOWN, _S.MATERIALIZED)
 
 # The lifecycle. Columns: sources, target, what happens to the error, the ledger row appended.
+# Every claim appends a "submit" row charging the video's estimated cost (a POST that may be
+# billed); NOT_ACCEPTED and REFUSED append a refund, since their answer proved nothing was taken.
 # ACCEPTED is allowed from unknown too: a claim judged stale elsewhere may still get its answer,
 # and a known operation name is always worth more than "unknown".
 # fmt: off
@@ -124,19 +136,22 @@ TRANSITIONS: dict[Event, Transition] = {
     Event.REPLACE:          _claim(_S.MATERIALIZED, _S.FAILED, _S.UNKNOWN, user=True),
     Event.REGENERATE:       _claim(_S.MATERIALIZED, user=True),
     Event.ACCEPTED:         Transition(_s(_S.SUBMITTING, _S.UNKNOWN), _S.RUNNING, _E.KEEP, "accepted", clears=("error",)),
-    Event.NOT_ACCEPTED:     Transition(_s(_S.SUBMITTING), _S.PENDING, _E.MESSAGE, "transient"),
-    Event.REFUSED:          Transition(_s(_S.SUBMITTING), _S.FAILED, _E.RECORD, "rejected"),
+    Event.NOT_ACCEPTED:     Transition(_s(_S.SUBMITTING), _S.PENDING, _E.MESSAGE, "transient", refunds=True),
+    Event.SERVER_ERROR:     Transition(_s(_S.SUBMITTING), _S.PENDING, _E.MESSAGE, "server_error"),
+    Event.REFUSED:          Transition(_s(_S.SUBMITTING), _S.FAILED, _E.RECORD, "rejected", refunds=True),
     Event.AMBIGUOUS:        Transition(_s(_S.SUBMITTING), _S.UNKNOWN, _E.RECORD, "unknown"),
     Event.FINISHED:         Transition(_s(_S.RUNNING), _S.SUCCEEDED, _E.CLEAR, stamps=("finished_at",)),
     Event.OP_FAILED:        Transition(_s(_S.RUNNING, _S.SUCCEEDED), _S.PENDING, _E.RECORD, "operation_failed", spent=_S.FAILED, stamps=("finished_at",)),
     Event.OP_REJECTED:      Transition(_s(_S.RUNNING, _S.SUCCEEDED), _S.FAILED, _E.RECORD, "filtered", stamps=("finished_at",)),
     Event.VANISHED:         Transition(_s(_S.RUNNING), _S.UNKNOWN, _E.RECORD, "unknown"),
+    Event.LOCKED_GONE:      Transition(_s(_S.RUNNING), _S.PENDING, _E.MESSAGE, "expired"),
     Event.DOWNLOADED:       Transition(_s(_S.SUCCEEDED, _S.MATERIALIZED), _S.MATERIALIZED, _E.CLEAR),
     Event.DOWNLOAD_FAILED:  Transition(_s(_S.SUCCEEDED), _S.FAILED, _E.RECORD, "expired", stamps=("finished_at",)),
     Event.REMOTE_GONE:      Transition(_s(_S.MATERIALIZED), _S.MATERIALIZED, clears=("file_id", "video_uri")),
     Event.ADOPT:            Transition(_s(_S.NEW, _S.PENDING, _S.UNKNOWN, _S.FAILED), _S.RUNNING, _E.CLEAR, "adopted", replaces=True),
     Event.FORCE_ADOPT:      Transition(ALL_STATES, _S.RUNNING, _E.CLEAR, "adopted", replaces=True),
-    Event.IMPORT:           Transition(_s(_S.NEW, _S.PENDING), _S.MATERIALIZED, _E.CLEAR, "adopted", replaces=True),
+    Event.IMPORT:           Transition(_FOLLOWABLE, _S.MATERIALIZED, _E.CLEAR, "adopted", replaces=True),
+    Event.FETCH_LOCKED:     Transition(_FOLLOWABLE, _S.RUNNING, _E.CLEAR, "adopted", replaces=True),
 }
 # fmt: on
 CLAIMS = frozenset(e for e, t in TRANSITIONS.items() if t.claims)
@@ -177,6 +192,18 @@ class Generation:
 
 
 COLUMNS = tuple(f.name for f in fields(Generation))
+
+
+def remote_expiry(gen: Generation) -> datetime | None:
+    """When the provider's copy of a finished video is gone: about 2 days after it finished
+    (veo-api.md); None while unknown (not finished, or no time recorded)."""
+    if not gen.finished_at:
+        return None
+    try:
+        finished = datetime.strptime(gen.finished_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return finished + timedelta(seconds=REMOTE_FILE_SECONDS)
 
 
 class IllegalTransition(Exception):
@@ -232,7 +259,7 @@ def changes(
         out.update(op_failures=0, error=None, error_kind=None, owner=None)
     out.update({column: None for column in move.clears})
     if move.claims and seed is not None:
-        out["name"] = seed.name
+        out.update(name=seed.name, cost=seed.cost)
     if move.fresh_budget:
         out["op_failures"] = 0
     if move.spent is not None:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 import yaml
 
 from .errors import StateError
-from .objects import atomic_write_text
+from .objects import atomic_write_text, is_regular
 
 LOCK_FILE = "reconcile.lock"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 VERSION = 1
 HEADER = (
     "# reconcile.lock: written by `reconcile apply`; commit it together with the videos.\n"
@@ -55,30 +57,57 @@ def render(entries: list[LockEntry]) -> str:
     return "".join(lines)
 
 
-def write(path: Path, entries: list[LockEntry]) -> None:
+def write(path: Path, entries: list[LockEntry]) -> str:
+    """Write the lock unless it already says exactly this; returns the text."""
     text = render(entries)
     if path.exists() and path.read_text(encoding="utf-8", errors="replace") == text:
-        return  # untouched: keeps mtimes (and make-style tools) quiet
+        return text  # untouched: keeps mtimes (and make-style tools) quiet
     atomic_write_text(path, text, failpoint="mid_lock")
+    return text
+
+
+FIX = "fix it, or delete it and let `reconcile apply` rewrite it from the state db"
+CONFLICT_FIX = (
+    "run `reconcile lock merge` to keep both sides (each name's take checked against the files "
+    "present)"
+)
 
 
 def read(path: Path) -> dict[str, LockEntry]:
-    """Entries by name; a missing lock is empty, a damaged one is an error that says what to do.
+    """Entries by name; a missing lock is empty, a damaged one is an error that says what to do."""
+    text = read_text(path)
+    if text is None:
+        return {}
+    if conflicted(text):
+        raise StateError(f"{LOCK_FILE} has unresolved merge conflicts: {CONFLICT_FIX}")
+    return parse(text)
+
+
+def read_text(path: Path) -> str | None:
+    """The lock's text (None when there is none); never opens a device or a FIFO."""
+    if path.exists() and not is_regular(path):
+        raise StateError(f"{LOCK_FILE} is not a regular file (a device, FIFO or folder): {FIX}")
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"{LOCK_FILE} cannot be read ({exc.strerror}): {FIX}") from None
+
+
+def conflicted(text: str) -> bool:
+    return any(line.startswith(("<<<<<<<", ">>>>>>>")) for line in text.splitlines())
+
+
+def parse(text: str) -> dict[str, LockEntry]:
+    """Entries by name from a lock's text.
 
     Paths are checked as strictly as spec names: a lock is committed text that anyone can edit,
     and nothing in it may point the tool at a file outside the output folder's naming scheme.
     """
-    fix = "fix it, or delete it and let `reconcile apply` rewrite it from the state db"
+    fix = FIX
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise StateError(f"{LOCK_FILE} cannot be read ({exc.strerror}): {fix}") from None
-    if any(line.startswith(("<<<<<<<", ">>>>>>>")) for line in text.splitlines()):
-        raise StateError(f"{LOCK_FILE} has unresolved merge conflicts: {fix}")
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         raise StateError(f"{LOCK_FILE} is not valid YAML ({exc}): {fix}") from None
     if not isinstance(data, dict) or data.get("version") != VERSION:
@@ -105,6 +134,49 @@ def read(path: Path) -> dict[str, LockEntry]:
             )
         entries[entry.name] = entry
     return entries
+
+
+def sides(text: str) -> tuple[str, str]:
+    """Both sides of a conflicted lock, as whole texts (git's merge and diff3 styles alike)."""
+    ours: list[str] = []
+    theirs: list[str] = []
+    where = "both"
+    for line in text.splitlines(keepends=True):
+        if line.startswith("<<<<<<<"):
+            where = "ours"
+        elif line.startswith("|||||||"):
+            where = "base"
+        elif line.startswith("=======") and where in ("ours", "base"):
+            where = "theirs"
+        elif line.startswith(">>>>>>>"):
+            where = "both"
+        else:
+            if where in ("both", "ours"):
+                ours.append(line)
+            if where in ("both", "theirs"):
+                theirs.append(line)
+    return "".join(ours), "".join(theirs)
+
+
+Choose = Callable[[LockEntry, LockEntry], tuple[LockEntry, str]]
+
+
+def merge(
+    ours: dict[str, LockEntry], theirs: dict[str, LockEntry], choose: Choose
+) -> tuple[list[LockEntry], list[str]]:
+    """The union of two locks; where both name a different take, ``choose`` picks one and says
+    why. Returns the entries and one note per choice made."""
+    merged: list[LockEntry] = []
+    notes: list[str] = []
+    for name in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(name), theirs.get(name)
+        if a is None or b is None or a == b:
+            merged.append(a or theirs[name])
+            continue
+        kept, why = choose(a, b)
+        merged.append(kept)
+        notes.append(f"{name}: kept {kept.sha256[:16]} ({why})")
+    return merged, notes
 
 
 def _sane_path(entry: LockEntry) -> bool:

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,18 @@ from . import failpoints
 from .owners import pid_alive
 
 CHUNK = 1024 * 1024
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Files are created through mkstemp (mode 0600) and renamed into place: they get the mode an
+# ordinary write would have given them, so videos and the lock stay readable by the team and a
+# web server. Read once, at import, before any thread could race the two umask calls.
+FILE_MODE = 0o666 & ~_read_umask()
 FICLONE = 0x40049409  # linux/fs.h: share extents between files (btrfs, xfs, overlay on those)
 
 
@@ -45,6 +58,7 @@ def atomic_file(target: Path, *, failpoint: str | None = None) -> Iterator[Binar
         dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
     )
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -87,6 +101,15 @@ def atomic_write_text(target: Path, text: str, *, failpoint: str | None = None) 
         fh.write(text.encode("utf-8"))
 
 
+def is_regular(path: Path) -> bool:
+    """A regular file (through symlinks): never a device, a FIFO or a folder, which would hang
+    or fail a read. Everything the tool reads from an asset repo's outputs is checked so."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def sha256_file(path: Path) -> tuple[str, int]:
     """Hash a file in chunks: memory stays flat whatever its size."""
     digest = hashlib.sha256()
@@ -123,6 +146,7 @@ class ObjectCache:
         Split in steps so the engine can run each on a thread while a download streams in."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".incoming.{os.getpid()}.", suffix=".tmp")
+        os.fchmod(fd, FILE_MODE)
         return Incoming(self, os.fdopen(fd, "wb"), Path(tmp))
 
     @contextmanager

@@ -126,6 +126,9 @@ class Tuning:
     concurrency: int | None = None  # None: reconcile.yaml's limits.concurrency, else 4
     poll_interval: float = 10.0
     stop_grace: float = 1.0  # seconds between a stop request and cancelling what is left
+    # How long a task waits on another process's claim before saying whose it is and moving on:
+    # a POST's answer takes seconds, so a claim this old belongs to a wedged or unreachable owner.
+    follow_limit: float = 300.0
     http_timeout: float = 60.0
     submit_backoff: Backoff = field(default_factory=Backoff)
     poll_backoff: Backoff = field(default_factory=lambda: Backoff(base=2.0, cap=60.0, attempts=10))
@@ -141,6 +144,8 @@ class Tuning:
             tuning.poll_backoff = Backoff(base=seconds, cap=60.0, attempts=10)
         if timeout := env.get("RECONCILE_HTTP_TIMEOUT"):
             tuning.http_timeout = _seconds(timeout, "RECONCILE_HTTP_TIMEOUT")
+        if limit := env.get("RECONCILE_FOLLOW_LIMIT"):
+            tuning.follow_limit = _seconds(limit, "RECONCILE_FOLLOW_LIMIT")
         return tuning
 
     def concurrency_for(self, configured: int | None) -> int:

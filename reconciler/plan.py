@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from .config import Config
+from .facts import REMOTE_FILE_SECONDS
 from .lifecycle import CHANGES, IN_FLIGHT, PAID, ActionKind, Event, Generation, State
+from .lockfile import LOCK_FILE as LOCK
 from .lockfile import LockEntry
 from .spec import Desired
 from .store import Output
@@ -33,6 +36,10 @@ class Observed:
 
     verified: dict[str, str] = field(default_factory=dict)  # repo-relative path -> sha256
     cached: frozenset[str] = frozenset()  # sha256 of objects present in state/objects
+    # reconcile.lock changed since this tree last wrote it (a pull, a checkout, a fresh clone):
+    # where it names another take of a spec's key than the state does, the lock wins.
+    lock_foreign: bool = False
+    now: datetime | None = None  # to tell whether a locked take's provider copy has expired
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,36 @@ def _pay_once(actions: list[Action]) -> list[Action]:
     return result
 
 
+def pulled(
+    spec: Desired, gen: Generation | None, lock: dict[str, LockEntry], observed: Observed
+) -> LockEntry | None:
+    """The lock entry this tree must follow for ``spec``: a lock from outside (git) that names a
+    take of the spec's key this tree does not have. None when the state is to be trusted."""
+    entry = lock.get(spec.name)
+    if not observed.lock_foreign or entry is None or entry.spec_key != spec.key:
+        return None
+    if gen is not None and (gen.state in IN_FLIGHT or gen.sha256 == entry.sha256):
+        return None
+    return entry
+
+
+def at_hand(entry: LockEntry, observed: Observed) -> bool:
+    """The entry's bytes are here: its file verifies, or the cache holds them."""
+    return observed.verified.get(entry.path) == entry.sha256 or entry.sha256 in observed.cached
+
+
+def fetchable(entry: LockEntry, now: datetime | None) -> bool:
+    """The provider may still hold the entry's video: it names an operation, and was generated
+    less than the provider's keeping time ago."""
+    if not entry.operation or not entry.generated or now is None:
+        return False
+    try:
+        generated = datetime.strptime(entry.generated, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    return now < generated + timedelta(seconds=REMOTE_FILE_SECONDS)
+
+
 def known_bytes(
     spec: Desired, gen: Generation | None, lock: dict[str, LockEntry], observed: Observed
 ) -> str | None:
@@ -185,13 +222,29 @@ def _action_for(
         )  # fmt: skip
 
     if state in IN_FLIGHT:
-        verb = "poll operation" if state != SUBMITTING else "being submitted by another process"
+        verb = (
+            "poll operation"
+            if state != SUBMITTING
+            else f"being submitted by another process ({gen.owner if gen else '?'})"
+        )
         return Action(
             spec.name, RESUME, spec.key, verb, spec=spec, state=state, old_path=current_path
         )
     if spec.name in opts.replace:
         return paid("--replace asked for a new generation")
-    sha = known_bytes(spec, gen, lock, observed)
+    entry = pulled(spec, gen, lock, observed)
+    if entry is not None and not at_hand(entry, observed):
+        if fetchable(entry, observed.now):
+            return Action(spec.name, RESUME, spec.key, f"{LOCK} names a video missing here: "
+                          "download it again from the provider (free)", spec=spec, state=state,
+                          old_path=current_path)  # fmt: skip
+        if gen is not None and gen.state == MATERIALIZED:
+            return Action(spec.name, BLOCKED, spec.key, f"{LOCK} names take {entry.sha256[:16]}, "
+                          "which is in no file, cache or provider copy here: restore its video "
+                          f"from git, or `--replace {spec.name}` pays for a new one", spec=spec,
+                          state=state, old_path=current_path)  # fmt: skip
+        return paid(f"regenerate: the video {LOCK} names is in no file, cache or provider copy")
+    sha = entry.sha256 if entry is not None else known_bytes(spec, gen, lock, observed)
     if sha is not None:
         path = output_path(config, spec.name, sha)
         if observed.verified.get(path) == sha and current_path == path:
@@ -200,6 +253,8 @@ def _action_for(
         on_disk = any(v == sha for v in observed.verified.values())
         if sha in observed.cached or on_disk:
             reason = "restore from cache" if current_key != spec.key else "file missing or changed"
+            if entry is not None:
+                reason = f"follow {LOCK}: it names another take of this spec"
             return Action(spec.name, MATERIALIZE, spec.key, reason, path=path, sha256=sha,
                           old_path=current_path if current_path != path else None, spec=spec,
                           state=MATERIALIZED)  # fmt: skip

@@ -20,6 +20,7 @@ from .engine import Summary
 from .events import Reporter
 from .lifecycle import PAID, ActionKind, OutcomeState
 from .lockfile import LOCK_FILE
+from .money import Spending, money
 from .plan import Action, Plan
 
 SYMBOLS = {
@@ -38,17 +39,30 @@ def _console(out: TextIO) -> Console:
     return Console(file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 200)
 
 
-def money(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:,.2f}"
-
-
-def plan_json(plan: Plan) -> dict[str, Any]:
-    return {
+def plan_json(plan: Plan, *, spending: Spending | None = None) -> dict[str, Any]:
+    out = {
         "changes": bool(plan.changes),
         "cost_usd": round(plan.cost, 4),
         "cost_known": plan.cost_known,
         "video_seconds": plan.seconds,
         "actions": [action_json(a) for a in plan.actions],
+    }
+    if spending is not None:
+        out["spending"] = spending_json(spending)
+    return out
+
+
+def spending_json(spending: Spending) -> dict[str, Any]:
+    """What the ledger says was spent, and the budget (null where none is set)."""
+    return {
+        "today_usd": round(spending.today, 4),
+        "this_month_usd": round(spending.month, 4),
+        "budget": {
+            "per_run_usd": spending.per_run,
+            "per_day_usd": spending.per_day,
+            "per_month_usd": spending.per_month,
+        },
+        "left_usd": None if spending.left() is None else round(spending.left() or 0.0, 4),
     }
 
 
@@ -81,7 +95,7 @@ def plan_headline(plan: Plan) -> str:
     return f"Plan: {', '.join(parts)}. Estimated cost: {cost} for {plan.seconds} s of video."
 
 
-def render_plan(plan: Plan, out: TextIO) -> None:
+def render_plan(plan: Plan, out: TextIO, *, spending: Spending | None = None) -> None:
     console = _console(out)
     rows = [a for a in plan.actions if a.kind is not ActionKind.NOOP]
     if rows:
@@ -94,6 +108,8 @@ def render_plan(plan: Plan, out: TextIO) -> None:
         console.print(table)
         console.print()
     console.print(plan_headline(plan))
+    if spending is not None and spending.budgeted:
+        console.print(f"Budget: {spending.describe()}.")
 
 
 PHASE_DONE = {"materialized": "[green]✓[/]", "removed": "[green]-[/]", "failed": "[red]✗[/]",
@@ -118,12 +134,20 @@ class Progress(Reporter):
 
     # -- the events ------------------------------------------------------------------------------
 
-    def submitting(self, name: str, *, model: str, resolution: str, duration: int) -> None:
-        self._line("submit", f"submitting ({model}, {resolution}, {duration}s)", name=name,
-                   phase="submitting")  # fmt: skip
+    def submitting(
+        self, name: str, *, model: str, resolution: str, duration: int, cost: float | None
+    ) -> None:
+        self._line("submit", f"submitting ({model}, {resolution}, {duration}s, {money(cost)})",
+                   name=name, phase="submitting", cost=cost)  # fmt: skip
+
+    def held(self, name: str, message: str) -> None:
+        self._line("held", message, name=name, level="warning", phase="pending")
 
     def accepted(self, name: str, operation: str) -> None:
         self._line("submitted", "accepted", name=name, operation=operation, phase="running")
+
+    def rescued(self, name: str, operation: str, message: str) -> None:
+        self._line("rescued", message, name=name, level="error", operation=operation)
 
     def polling(self, name: str, operation: str) -> None:
         self._line("poll", "waiting for the operation", name=name, operation=operation,
@@ -216,6 +240,7 @@ class Progress(Reporter):
         level: str = "info",
         operation: str | None = None,
         phase: str | None = None,
+        cost: float | None = None,
     ) -> None:
         if self._live is not None and name in self._rows:
             row = self._rows[name]
@@ -227,7 +252,7 @@ class Progress(Reporter):
                 self._live.console.print(f"[{style}]{name}: {_escape(message)}[/]")
             return
         if self.json_lines:
-            record = {
+            record: dict[str, object] = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "level": level,
                 "event": kind,
@@ -235,6 +260,8 @@ class Progress(Reporter):
                 "operation": operation,
                 "message": message,
             }
+            if kind == "submit":
+                record["cost_usd"] = cost  # what this POST may cost, as estimated
             self.out.write(json.dumps(record) + "\n")
             self.out.flush()
             return
@@ -282,7 +309,13 @@ def render_summary(summary: Summary, out: TextIO) -> None:
         console.print(f"Stopped: {_escape(summary.fatal)}")
 
 
-def render_status(rows: list[dict[str, Any]], out: TextIO, *, daemon: str | None = None) -> None:
+def render_status(
+    rows: list[dict[str, Any]],
+    out: TextIO,
+    *,
+    daemon: str | None = None,
+    spending: Spending | None = None,
+) -> None:
     console = _console(out)
     if not rows:
         console.print("No specs found under specs/.")
@@ -295,5 +328,7 @@ def render_status(rows: list[dict[str, Any]], out: TextIO, *, daemon: str | None
             sha = (r["sha256"] or "")[:16]
             table.add_row(r["name"], r["state"], r["path"] or "", sha, _escape(r["error"] or ""))
         console.print(table)
+    if spending is not None:
+        console.print(f"Spent on POSTs that may be billed: {spending.describe()}.")
     if daemon:
         console.print(daemon)

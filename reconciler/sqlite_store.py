@@ -16,10 +16,11 @@ blocking calls on, serialized by a lock (sqlite serializes writers anyway).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -30,6 +31,7 @@ import sqlite_utils
 from . import lifecycle
 from .errors import StateError
 from .lifecycle import Event, Generation, State
+from .money import Window, over
 from .owners import now_iso, this_owner
 from .store import Output, stale_claim, stale_message
 
@@ -83,9 +85,16 @@ def _m2_row_version(db: sqlite_utils.Database) -> None:
     db.conn.execute("ALTER TABLE generations ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
 
 
+def _m3_ledger_cost(db: sqlite_utils.Database) -> None:
+    # What each ledger row charges (a claim: the video's estimate) or refunds (negative).
+    db.conn.execute("ALTER TABLE attempts ADD COLUMN cost REAL")
+    db.conn.execute("CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _m1_initial),
     ("0002_row_version", _m2_row_version),
+    ("0003_ledger_cost", _m3_ledger_cost),
 ]
 _OUTPUT_COLUMNS = tuple(f.name for f in fields(Output))
 
@@ -115,6 +124,8 @@ class SqliteStore:
         self.db = sqlite_utils.Database(conn)
         self.owner = this_owner()
         self._lock = threading.RLock()
+        self._depth = 0  # open write transactions of this store (nested ones join the outer)
+        self._identity = _identity(path) if target != ":memory:" else None
         self._migrate()
 
     def close(self) -> None:
@@ -123,10 +134,20 @@ class SqliteStore:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        """One write transaction, taken up front so concurrent writers queue instead of failing.
+        Nested (a write inside ``exclusive``), it joins the open one."""
         with self._lock:
             conn = self.db.conn
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield conn
+                finally:
+                    self._depth -= 1
+                return
+            self.check()
             conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield conn
             except BaseException:
@@ -134,8 +155,19 @@ class SqliteStore:
                 raise
             else:
                 conn.execute("COMMIT")
+            finally:
+                self._depth = 0
 
     exclusive = tx
+
+    def check(self) -> None:
+        """Refuse to write into a db file that was deleted or replaced under this process: sqlite
+        would go on writing to the unlinked file, and everything written would be lost."""
+        if self._identity is not None and _identity(self.path) != self._identity:
+            raise StateError(
+                f"{self.path} was deleted or replaced while this process was running; "
+                "what it had in flight is kept in the rescue journal for the next run"
+            )
 
     def _migrate(self) -> None:
         with self.tx() as conn:
@@ -188,6 +220,7 @@ class SqliteStore:
         message: str | None = None,
         kind: str | None = None,
         status: int | None = None,
+        windows: Sequence[Window] = (),
         **values: Any,
     ) -> Generation | None:
         events = (event,) if isinstance(event, Event) else tuple(event)
@@ -208,9 +241,16 @@ class SqliteStore:
                 values=values,
             )  # fmt: skip
             move = lifecycle.TRANSITIONS[chosen]
+            charge = _charge(move, change, current)
+            if move.claims and windows:
+                for window in windows:
+                    refusal = over(window, self._spent(conn, window.since), charge)
+                    if refusal is not None:
+                        raise refusal
             now = now_iso()
             change["updated_at"] = now
-            change.update({column: now for column in move.stamps})
+            for column in move.stamps:
+                change.setdefault(column, now)  # a time given by the caller is kept
             if move.claims:
                 change.update(owner=self.owner, claimed_at=time.time())
             if current is None:
@@ -231,10 +271,20 @@ class SqliteStore:
                 operation = change.get("operation") or (current.operation if current else None)
                 conn.execute(
                     "INSERT INTO attempts (spec_key, name, at, outcome, operation, status, "
-                    "message, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [key, name, now, kind or move.ledger, operation, status, message, self.owner],
-                )
+                    "message, owner, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [key, name, now, kind or move.ledger, operation, status, message, self.owner,
+                     charge],
+                )  # fmt: skip
         return self.get(key)
+
+    def spent(self, since: str) -> float:
+        with self._lock:
+            return self._spent(self.db.conn, since)
+
+    @staticmethod
+    def _spent(conn: sqlite3.Connection, since: str) -> float:
+        row = conn.execute("SELECT SUM(cost) FROM attempts WHERE at >= ?", [since]).fetchone()
+        return float(row[0] or 0.0)
 
     def is_stale(self, gen: Generation) -> bool:
         return stale_claim(gen.owner, gen.claimed_at)
@@ -281,6 +331,14 @@ class SqliteStore:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _expected(
     current: Generation | None, version: int | None, operation: str | None, file_id: str | None
 ) -> bool:
@@ -292,6 +350,19 @@ def _expected(
         and (operation is None or current.operation == operation)
         and (file_id is None or current.file_id == file_id)
     )
+
+
+def _charge(
+    move: lifecycle.Transition, change: dict[str, Any], current: Generation | None
+) -> float | None:
+    """What a transition's ledger row charges: a claim its video's estimate, a refund minus the
+    row's last charge; nothing for any other event."""
+    if move.claims:
+        cost = change.get("cost", current.cost if current else None)
+        return float(cost) if cost is not None else None
+    if move.refunds and current is not None and current.cost is not None:
+        return -float(current.cost)
+    return None
 
 
 def _output(row: dict[str, Any]) -> Output:

@@ -14,12 +14,13 @@ Each method's docstring states the guarantee an implementation must give. The li
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .lifecycle import Event, Generation, State
+from .money import Window
 from .owners import owner_alive
 
 # A submit that has not settled after this long belongs to a dead or wedged process, whatever host.
@@ -66,6 +67,7 @@ class GenerationStore(Protocol):
         message: str | None = None,
         kind: str | None = None,
         status: int | None = None,
+        windows: Sequence[Window] = (),
         **values: Any,
     ) -> Generation | None:
         """Apply one lifecycle event as one atomic compare-and-swap; None if it does not apply.
@@ -78,7 +80,16 @@ class GenerationStore(Protocol):
         store's owner and the time; append the ledger row the table names (``kind`` overrides
         its outcome, with ``status`` and ``message``). Any check failing changes nothing.
         Two processes claiming one key: exactly one gets the row back.
+
+        The ledger row of a claim charges the video's ``cost``; a refunding event (an answer that
+        proved nothing was accepted) charges minus the row's cost. A charge that would take the
+        ledger's sum since a window's start above its limit raises ``CostLimitExceeded``, checked
+        in the same transaction, and nothing is written.
         """
+        ...
+
+    def spent(self, since: str) -> float:
+        """The ledger's sum of charges since ``since`` (an ISO time), committed."""
         ...
 
     def is_stale(self, gen: Generation) -> bool:
@@ -92,6 +103,10 @@ class GenerationStore(Protocol):
 
     def attempts(self, key: str | None = None) -> list[dict[str, Any]]:
         """The ledger, oldest first: rows are only ever appended."""
+        ...
+
+    def check(self) -> None:
+        """Raise StateError when writes could no longer last (the db was deleted or replaced)."""
         ...
 
     def close(self) -> None: ...
@@ -119,6 +134,10 @@ class TreeStore(Protocol):
     def exclusive(self) -> AbstractContextManager[Any]:
         """Hold this tree's write lock: of two writers of the lock file, the later one to take it
         is also the one that reads the latest state."""
+        ...
+
+    def check(self) -> None:
+        """Raise StateError when writes could no longer last (the db was deleted or replaced)."""
         ...
 
     def close(self) -> None: ...

@@ -10,6 +10,7 @@ meaning becomes its lifecycle event.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 from . import failpoints
@@ -17,12 +18,16 @@ from .context import Deferred, KeyWork
 from .errors import (
     AmbiguousError,
     ApiError,
+    CostLimitExceeded,
     FatalError,
     PermanentError,
     RateLimited,
+    ReconcileError,
+    ServerError,
+    StateError,
     TransientError,
 )
-from .lifecycle import Event, Generation, Intent, OutcomeState
+from .lifecycle import TRANSITIONS, Event, Generation, Intent, OutcomeState
 
 MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead
 
@@ -41,24 +46,16 @@ class Submission(KeyWork):
             if ctx.stop.requested or ctx.fatal is not None:
                 why = "the account was refused" if ctx.fatal else "stopping"
                 raise Deferred(f"not submitted: {why}")
-            failpoints.hit("before_claim")
-            first = attempt == 0
-            claimed = await self.move(
-                intent.claims if first else frozenset({Event.SUBMIT}),
-                seed=ctx.ws.seed(spec),
-                expect_version=intent.expect_version if first else None,
-            )
+            claimed = await self._claim(intent, first=attempt == 0)
             if claimed is None:
                 return None
-            failpoints.hit("after_claim")
-            ctx.submitted.add(self.key)
-            if first:
-                self.report.submitting(spec.name, model=spec.model, resolution=spec.resolution,
-                                       duration=spec.duration)  # fmt: skip
             try:
                 operation = await self._post(body)
             except TransientError as exc:
-                await self._not_accepted(exc, Event.NOT_ACCEPTED, kind="transient")
+                if isinstance(exc, ServerError):  # retried on the user's word; maybe billed
+                    await self._not_accepted(exc, Event.SERVER_ERROR, kind="server_error")
+                else:
+                    await self._not_accepted(exc, Event.NOT_ACCEPTED, kind="transient")
                 if isinstance(exc, RateLimited):
                     wait = ctx.pacer.rate_limited(exc.retry_after, backoff.delay(attempt))
                 else:
@@ -87,6 +84,38 @@ class Submission(KeyWork):
             self.report.accepted(spec.name, operation)
             return await self.get()
         return await self.get()
+
+    async def _claim(self, intent: Intent, *, first: bool) -> Generation | None:
+        """The write-ahead claim, charged to the run's limit and, in the same transaction, to the
+        day and month budgets; raises Deferred when a limit would be passed."""
+        ctx, spec = self.ctx, self.spec
+        seed = ctx.ws.seed(spec)
+        try:
+            ctx.run_limit.charge(seed.cost, name=spec.name)
+        except CostLimitExceeded as exc:
+            self.report.held(spec.name, f"not submitted: {exc}")
+            raise Deferred(f"not submitted: {exc}") from None
+        failpoints.hit("before_claim")
+        try:
+            claimed = await self.move(
+                intent.claims if first else frozenset({Event.SUBMIT}),
+                seed=seed,
+                expect_version=intent.expect_version if first else None,
+                windows=ctx.budget(),
+            )
+        except CostLimitExceeded as exc:
+            ctx.run_limit.refund(seed.cost)
+            self.report.held(spec.name, f"not submitted: {exc}")
+            raise Deferred(f"not submitted: {exc}") from None
+        if claimed is None:
+            ctx.run_limit.refund(seed.cost)
+            return None
+        failpoints.hit("after_claim")
+        ctx.submitted.add(self.key)
+        if first:
+            self.report.submitting(spec.name, model=spec.model, resolution=spec.resolution,
+                                   duration=spec.duration, cost=seed.cost)  # fmt: skip
+        return claimed
 
     async def _pace(self) -> None:
         """Wait for the pacer's slot before claiming (a claim must never sit waiting); raises
@@ -117,9 +146,32 @@ class Submission(KeyWork):
                              "billed")  # fmt: skip
             raise
         failpoints.hit("after_post")
-        await self.move(Event.ACCEPTED, operation=operation)
+        try:
+            recorded = await self.move(Event.ACCEPTED, operation=operation)
+        except (ReconcileError, sqlite3.Error, OSError) as exc:
+            await self._rescue(operation, str(exc))
+            raise StateError(
+                f"the state db could not record operation {operation}: {exc}"
+            ) from None
+        if recorded is None:
+            # Someone else moved the row meanwhile: this paid job must still not be forgotten.
+            await self._rescue(operation, "the row was taken over by another process")
         failpoints.hit("after_running")
         return operation
 
+    async def _rescue(self, operation: str, why: str) -> None:
+        """The provider accepted a paid job and the db did not record it: keep and say its name."""
+        kept = await self.ctx.db(self.ctx.ws.rescue, self.spec, operation)
+        where = f"kept in {self.ctx.ws.rescue_path}" if kept else "nowhere else: note it"
+        self.report.rescued(
+            self.spec.name, operation,
+            f"accepted as {operation}, but the state could not record it ({why}); {where}. The "
+            f"next apply adopts it, or `reconcile resolve {self.spec.name} --operation "
+            f"{operation}`",
+        )  # fmt: skip
+
     async def _not_accepted(self, exc: ApiError, event: Event, *, kind: str) -> None:
-        await self.move(event, message=str(exc), kind=kind, status=exc.status)
+        """Release the claim; refund its charge if the answer proved nothing was accepted."""
+        gen = await self.move(event, message=str(exc), kind=kind, status=exc.status)
+        if gen is not None and TRANSITIONS[event].refunds:
+            self.ctx.run_limit.refund(gen.cost)

@@ -24,12 +24,13 @@ from .errors import (
     ApiError,
     ContentPolicyError,
     FatalError,
-    FileExpired,
+    FileMissing,
     FilteredError,
     OperationFailed,
     OperationLost,
     PermanentError,
     RateLimited,
+    ServerError,
     TransientError,
 )
 from .facts import video_identity
@@ -93,7 +94,20 @@ def _rate(a: Answer) -> ApiError:
 
 
 def _server(a: Answer) -> ApiError:
-    return TransientError(f"server error ({a.said})", status=a.status, reason=a.message)
+    return ServerError(f"server error ({a.said})", status=a.status, reason=a.message)
+
+
+def _timeout(a: Answer) -> ApiError:
+    # 408: the server gave up waiting for the request itself, so nothing was accepted.
+    return TransientError(f"request timeout ({a.said})", status=a.status, reason=a.message)
+
+
+def _gateway(a: Answer) -> ApiError:
+    return AmbiguousError(
+        f"server error ({a.said}) after the request was sent; a gateway can answer so after "
+        "the upstream accepted the job: it may exist and be billed",
+        status=a.status, reason=a.message,
+    )  # fmt: skip
 
 
 def _rejected(a: Answer) -> ApiError:
@@ -106,30 +120,37 @@ def _lost(a: Answer) -> ApiError:
     )
 
 
-def _expired(a: Answer) -> ApiError:
-    return FileExpired(
-        "the provider deleted the video before it was downloaded (404); "
-        "`reconcile apply --retry-failed` pays for a new one",
-        status=404, reason="expired",
-    )  # fmt: skip
+def _missing(a: Answer) -> ApiError:
+    return FileMissing(
+        f"the provider does not have the video {a.subject} (404)", status=404, reason="not found"
+    )
+
+
+def _unexpected(a: Answer) -> ApiError:
+    return TransientError(
+        f"unexpected answer ({a.said}); the job is unaffected", status=a.status, reason=a.message
+    )
 
 
 # What an HTTP error answer means, per call. Keys are tried in order: the exact status, then
 # "policy" (a 400 or 503 whose words speak of policy or safety), then "5xx", then "other".
+# Only the POST can be refused for good: a poll or a download of a paid job is never final on an
+# HTTP error (only the operation's own `done` + `error`, or a filtered result, is).
 ANSWERS: dict[Call, dict[int | str, Decide]] = {
     Call.SUBMIT: {
-        401: _key, 403: _forbidden, 429: _rate, "policy": _policy, 408: _server,
-        "5xx": _server, "other": _rejected,
+        401: _key, 403: _forbidden, 429: _rate, "policy": _policy, 408: _timeout,
+        "5xx": _gateway, "other": _rejected,
     },
     Call.POLL: {
-        401: _key, 403: _forbidden, 404: _lost, 429: _rate, "policy": _policy, 408: _server,
-        "5xx": _server, "other": _rejected,
+        401: _key, 403: _forbidden, 404: _lost, 429: _rate, "5xx": _server, "other": _unexpected,
     },
     Call.DOWNLOAD: {
-        401: _key, 403: _forbidden, 404: _expired, 429: _rate, "policy": _policy, 408: _server,
-        "5xx": _server, "other": _rejected,
+        401: _key, 403: _forbidden, 404: _missing, 429: _rate, "5xx": _server,
+        "other": _unexpected,
     },
 }  # fmt: skip
+# reconcile.yaml's retries.resubmitAfterServerError: the user accepts the risk of paying twice.
+SUBMIT_RETRYING_5XX: dict[int | str, Decide] = {**ANSWERS[Call.SUBMIT], "5xx": _server}
 
 
 class Failure(StrEnum):
@@ -181,6 +202,7 @@ def answer_error(
     *,
     secret: str | None = None,
     subject: str = "",
+    table: dict[int | str, Decide] | None = None,
 ) -> ApiError:
     """Map an HTTP error answer (either envelope, or none) onto the error tree, for ``call``.
 
@@ -198,7 +220,7 @@ def answer_error(
         pass
     retry = retry_after_seconds(_header(headers, "retry-after"))
     answer = Answer(call, status, message, retry, subject)
-    table = ANSWERS[call]
+    table = table or ANSWERS[call]
     policy = status in (400, 503) and POLICY_WORDS.search(message) is not None
     for key in (status, "policy" if policy else None, "5xx" if status >= 500 else None, "other"):
         if key is not None and key in table:

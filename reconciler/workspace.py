@@ -10,12 +10,15 @@ All of it is blocking I/O; the engine calls it on a thread.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import stat
 import threading
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
-from . import failpoints, lockfile
+from . import failpoints, lockfile, rescue
 from . import plan as planning
 from .config import Config, load_config
 from .errors import ReconcileError
@@ -23,7 +26,8 @@ from .events import Reporter
 from .lifecycle import Event, Generation, State
 from .loader import LoadResult, load_specs
 from .lockfile import LockEntry
-from .objects import ObjectCache, sha256_file, sweep_temp
+from .money import Spending, windows
+from .objects import ObjectCache, atomic_write_text, is_regular, sha256_file, sweep_temp
 from .owners import now_iso
 from .plan import Observed, Options, Plan
 from .spec import Desired
@@ -32,6 +36,7 @@ from .store import GenerationStore, Output, TreeStore, as_seen
 
 STATE_DIR = "state"
 DB_FILE = "reconciler.db"
+LOCK_META = "lock_sha256"  # what this tree last wrote to reconcile.lock
 
 
 class Workspace:
@@ -47,10 +52,13 @@ class Workspace:
             state_dir = state_dir / "sim"
             self.lock_path = state_dir / lockfile.LOCK_FILE
         store = SqliteStore(state_dir / DB_FILE, create=not read_only)
+        if not read_only:
+            _ignore_state(self.repo / STATE_DIR)
         self.gens: GenerationStore = store
         self.tree: TreeStore = store
         self.cache = ObjectCache(state_dir / "objects")
         self.files = threading.RLock()  # output files change one operation at a time
+        self.rescue_path = state_dir / rescue.RESCUE_FILE
 
     def close(self) -> None:
         self.gens.close()
@@ -79,6 +87,16 @@ class Workspace:
             duration=spec.duration, cost=planning.estimate(self.config, spec), state=state,
         )  # fmt: skip
 
+    def spending(self) -> Spending:
+        """The ledger's charges today and this month (UTC), beside reconcile.yaml's budget."""
+        day, month = (w.since for w in windows(per_day=0.0, per_month=0.0))
+        config = self.config
+        return Spending(
+            today=self.gens.spent(day), month=self.gens.spent(month),
+            per_run=config.budget_per_run, per_day=config.budget_per_day,
+            per_month=config.budget_per_month,
+        )  # fmt: skip
+
     # -- observe and plan ------------------------------------------------------------------------
 
     def observe(self, specs: list[Desired], lock: dict[str, LockEntry]) -> Observed:
@@ -100,13 +118,18 @@ class Workspace:
                 st = path.stat()
             except OSError:
                 continue
+            if not stat.S_ISREG(st.st_mode):
+                continue  # a device, a FIFO or a folder is never opened (status reports it)
             row = known.get(rel)
             if row and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
                 verified[rel] = row.sha256
             else:
                 verified[rel] = sha256_file(path)[0]
         cached = frozenset(s for s in shas if self.cache.has(s))
-        return Observed(verified=verified, cached=cached)
+        return Observed(
+            verified=verified, cached=cached, lock_foreign=bool(lock) and self.lock_is_foreign(),
+            now=datetime.now(UTC),
+        )  # fmt: skip
 
     def plan(self, specs: list[Desired], options: Options | None = None) -> Plan:
         lock = lockfile.read(self.lock_path)
@@ -126,37 +149,133 @@ class Workspace:
             sweep_temp(folder)
         for gen in self.gens.recover_stale():
             reporter.unknown(gen.name, gen.error or "unknown", recovered=True)
+        rescue.drain(self.rescue_path, lambda entry: not self._adopt_rescued(entry, reporter))
+
+    def _adopt_rescued(self, entry: rescue.Rescued, reporter: Reporter) -> bool:
+        """Record an operation the db could not keep when it was accepted; True once it is
+        recorded (or moot), so it leaves the journal."""
+        gen = self.gens.get(entry.spec_key)
+        if gen is not None and gen.operation == entry.operation:
+            return True
+        if gen is not None and gen.state in (State.RUNNING, State.SUCCEEDED, State.MATERIALIZED):
+            reporter.unknown(entry.name, f"operation {entry.operation} was accepted (and may be "
+                             "billed) but another one is in use for it; it is left unused",
+                             recovered=True)  # fmt: skip
+            return True
+        seed = Generation(
+            spec_key=entry.spec_key, name=entry.name, model=entry.model,
+            resolution=entry.resolution, duration=entry.duration, cost=entry.cost,
+            state=State.RUNNING,
+        )  # fmt: skip
+        adopted = self.gens.transition(
+            entry.spec_key, (Event.ACCEPTED, Event.ADOPT), seed=seed, operation=entry.operation
+        )
+        if adopted is not None:
+            reporter.accepted(entry.name, entry.operation)
+        return adopted is not None
+
+    def rescue_in_flight(self) -> int:
+        """Copy every operation in flight into the rescue journal (the db is going away under
+        this process: what it can still read is all that is left). Returns how many."""
+        kept = 0
+        for gen in self.gens.generations().values():
+            if gen.state in (State.RUNNING, State.SUCCEEDED) and gen.operation:
+                entry = rescue.Rescued(
+                    spec_key=gen.spec_key, name=gen.name, operation=gen.operation, at=now_iso(),
+                    model=gen.model, resolution=gen.resolution, duration=gen.duration,
+                    cost=gen.cost,
+                )  # fmt: skip
+                with contextlib.suppress(OSError):
+                    rescue.append(self.rescue_path, entry)
+                    kept += 1
+        return kept
+
+    def rescue(self, spec: Desired, operation: str) -> bool:
+        """Keep an accepted operation's name beside the db that failed to record it; False when
+        even that fails (the caller prints it, the last place left)."""
+        entry = rescue.Rescued(
+            spec_key=spec.key, name=spec.name, operation=operation, at=now_iso(),
+            model=spec.model, resolution=spec.resolution, duration=spec.duration,
+            cost=planning.estimate(self.config, spec),
+        )  # fmt: skip
+        try:
+            rescue.append(self.rescue_path, entry)
+        except OSError:
+            return False
+        return True
+
+    def lock_is_foreign(self) -> bool:
+        """Whether reconcile.lock differs from what this tree last wrote: a pull, a checkout or
+        a fresh clone put it there, and where it names another take of a key, it wins."""
+        try:
+            text = self.lock_path.read_bytes()
+        except OSError:
+            return False
+        return hashlib.sha256(text).hexdigest() != self.tree.meta(LOCK_META)
 
     def import_lock(self, specs: list[Desired], reporter: Reporter) -> None:
-        """A fresh clone: adopt every verified output of the lock into the state, free of charge."""
+        """Take the lock's word into the state, free of charge: a fresh clone's verified outputs,
+        and, from a lock that changed outside (git), the takes it names that this tree lacks."""
         lock = lockfile.read(self.lock_path)
         if not lock:
             return
-        gens = self.gens.generations()
+        foreign = self.lock_is_foreign()
         by_name = {s.name: s for s in specs}
-        for name, entry in lock.items():
+        for name, entry in sorted(lock.items()):
             spec = by_name.get(name)
             if spec is None or spec.key != entry.spec_key:
                 continue
-            gen = gens.get(entry.spec_key)
-            if gen is not None and gen.state is not State.PENDING:
-                continue
-            path = self.repo / entry.path
-            if not path.is_file():
-                continue
-            # Copying into the cache hashes the file: one read verifies it against the lock. A file
-            # that does not match stays cached under its own hash, harmless, and is not adopted.
-            sha, size = self.cache.add_file(path)
-            if sha != entry.sha256:
-                continue
-            row = replace(self.seed(spec, state=State.MATERIALIZED), sha256=sha, bytes=size)
-            adopted = self.gens.transition(
-                spec.key, Event.IMPORT, seed=row, operation=entry.operation or ""
+            gen = self.gens.get(entry.spec_key)  # re-read: names may share a key
+            follow = foreign and planning.pulled(
+                spec, gen, lock, planning.Observed(lock_foreign=True)
             )
+            if gen is not None and gen.state is not State.PENDING and not follow:
+                if gen.sha256 == entry.sha256 and self.tree.output(name) is None:
+                    self._adopt_file(spec, entry)  # another name of the same video
+                continue
+            if self._adopt_file(spec, entry, event=Event.IMPORT):
+                reporter.adopted(name, entry.path)
+            elif foreign and self._fetch_locked(spec, entry):
+                reporter.adopted(name, f"{entry.operation} (to download again)")
+
+    def _adopt_file(self, spec: Desired, entry: LockEntry, *, event: Event | None = None) -> bool:
+        """Record the entry's take for the spec if its bytes are here (its file verifies, or the
+        cache holds them); with ``event``, rewrite the generation row to that take first."""
+        path = self.repo / entry.path
+        size = entry.bytes
+        if is_regular(path):
+            # Copying into the cache hashes the file: one read verifies it against the lock. A
+            # file that does not match stays cached under its own hash, harmless, not adopted.
+            sha, size = self.cache.add_file(path)
+            on_disk = sha == entry.sha256
+        else:
+            on_disk = False
+        if not on_disk and not self.cache.has(entry.sha256):
+            return False
+        if event is not None:
+            row = replace(self.seed(spec, state=State.MATERIALIZED), sha256=entry.sha256,
+                          bytes=size)  # fmt: skip
+            adopted = self.gens.transition(
+                spec.key, event, seed=row, operation=entry.operation or "",
+                finished_at=entry.generated,
+            )  # fmt: skip
             if adopted is None:
-                continue  # another process has a generation for it now: that one wins
-            self.record_output(spec, sha, size, entry.path)
-            reporter.adopted(name, entry.path)
+                return False  # another process has a generation for it now: that one wins
+        if on_disk:
+            self.record_output(spec, entry.sha256, size, entry.path)
+        return True
+
+    def _fetch_locked(self, spec: Desired, entry: LockEntry) -> bool:
+        """The lock's take is nowhere here but the provider may still hold it: follow its
+        operation (poll, then download: no POST)."""
+        if not planning.fetchable(entry, datetime.now(UTC)):
+            return False
+        row = replace(self.seed(spec, state=State.RUNNING), sha256=entry.sha256)
+        fetched = self.gens.transition(
+            spec.key, Event.FETCH_LOCKED, seed=row, operation=entry.operation,
+            finished_at=entry.generated,
+        )  # fmt: skip
+        return fetched is not None
 
     def record_output(self, spec: Desired, sha: str, size: int, rel: str) -> None:
         """Record the file a name now has, then retire the file it had before (if another)."""
@@ -191,7 +310,20 @@ class Workspace:
                 for out in self.tree.outputs().values()
                 for gen in [gens.get(out.spec_key)]
             ]  # fmt: skip
-            lockfile.write(self.lock_path, entries)
+            text = lockfile.write(self.lock_path, entries)
+            self.tree.set_meta(LOCK_META, hashlib.sha256(text.encode()).hexdigest())
+
+    def abandon(self, spec: Desired) -> None:
+        """The user's word that a claim's owner is gone (another host, a skewed clock): the
+        submission becomes unknown, with the usual ways out."""
+        gen = self.gens.get(spec.key)
+        if gen is None or gen.state is not State.SUBMITTING:
+            state = gen.state if gen else State.NEW
+            raise ReconcileError(f"{spec.name} is {state}, not being submitted: nothing to abandon")
+        message = f"abandoned on the user's word (claimed by {gen.owner}); the job may exist"
+        if self.gens.transition(spec.key, Event.AMBIGUOUS, expect_version=gen.version,
+                                message=message) is None:  # fmt: skip
+            raise ReconcileError(f"{spec.name} changed meanwhile; look at `reconcile status`")
 
     def resolve(self, spec: Desired, operation: str, *, force: bool = False) -> None:
         """Adopt an operation the user found for a spec (the way out of ``unknown``).
@@ -209,3 +341,11 @@ class Workspace:
                 + (f" with operation {current.operation}" if current.operation else "")
                 + "; resolve is for unknown submissions (add --force to replace it anyway)"
             )
+
+
+def _ignore_state(folder: Path) -> None:
+    """state/ is never committed, in any asset repo: it holds this machine's db and cache."""
+    ignore = folder / ".gitignore"
+    if not ignore.exists():
+        with contextlib.suppress(OSError):
+            atomic_write_text(ignore, "# reconciler's local state: never commit it\n*\n")

@@ -110,7 +110,15 @@ def load_documents(path: Path, rel: str) -> tuple[list[Document], list[Problem]]
             line = node.start_mark.line + 1
             key_lines: dict[str, int] = {}
             problems.extend(_walk(node, "", key_lines, rel, set()))
-            data = loader.construct_document(node)
+            try:
+                data = loader.construct_document(node)
+            except (ValueError, TypeError, OverflowError) as exc:
+                # A well-formed value its tag cannot make: a date like 2023-02-30, `!!int eight`,
+                # an integer of thousands of digits. Said against the value, never a traceback.
+                problems.append(_unconstructible(node, exc, rel))
+                loader.constructed_objects.clear()
+                loader.recursive_objects.clear()
+                continue
             if data is not None:
                 docs.append(Document(data, line, key_lines))
     except yaml.MarkedYAMLError as exc:
@@ -133,6 +141,49 @@ def load_documents(path: Path, rel: str) -> tuple[list[Document], list[Problem]]
     if problems:
         return [], problems
     return docs, []
+
+
+def _unconstructible(document: yaml.Node, exc: Exception, rel: str) -> Problem:
+    """Find the scalar that failed to construct and say what it is and how to keep it as text."""
+    found = _bad_scalar(document)
+    if found is None:
+        return Problem(rel, f"a value cannot be read: {exc}", line=document.start_mark.line + 1)
+    node, error = found
+    kind = node.tag.rsplit(":", 1)[-1]
+    shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+    reason = str(error).split(":")[0]
+    return Problem(
+        rel,
+        f"{shown!r} is not a valid {kind} ({reason}); quote it if it is meant as text",
+        line=node.start_mark.line + 1,
+    )
+
+
+def _bad_scalar(node: yaml.Node) -> tuple[yaml.ScalarNode, Exception] | None:
+    stack = [node]
+    seen: set[int] = set()
+    probe = yaml.SafeLoader("")
+    try:
+        while stack:
+            current = stack.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            if isinstance(current, yaml.ScalarNode):
+                try:
+                    probe.construct_object(current)
+                except (ValueError, TypeError, OverflowError) as exc:
+                    return current, exc
+                except yaml.YAMLError:
+                    continue
+            elif isinstance(current, yaml.SequenceNode):
+                stack.extend(reversed(current.value))
+            elif isinstance(current, yaml.MappingNode):
+                for key, value in reversed(current.value):
+                    stack.extend((value, key))
+    finally:
+        probe.dispose()
+    return None
 
 
 def _walk(

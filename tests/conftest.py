@@ -247,14 +247,27 @@ HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 @pytest.fixture(autouse=True)
 def leaves_the_process_as_it_found_it() -> Iterator[None]:
     """In-process runs share this process: each test must give back its signal handlers, its
-    working directory and its environment as it found them."""
+    working directory and its environment as it found them. What one leaks is put back before
+    the test is failed for it, so the next test in this worker starts clean."""
     handlers = {sig: signal.getsignal(sig) for sig in HANDLED}
     cwd = os.getcwd()
     environ = environment()
     yield
-    assert {sig: signal.getsignal(sig) for sig in HANDLED} == handlers
-    assert os.getcwd() == cwd
-    assert environment() == environ
+    leaked = {sig.name: now for sig in HANDLED if (now := signal.getsignal(sig)) != handlers[sig]}
+    for sig in leaked:
+        signal.signal(signal.Signals[sig], handlers[signal.Signals[sig]])
+    moved = os.getcwd()
+    os.chdir(cwd)
+    changed = sorted(k for k in environ.keys() | environment().keys()
+                     if environ.get(k) != os.environ.get(k))  # fmt: skip
+    for key in changed:
+        if key in environ:
+            os.environ[key] = environ[key]
+        else:
+            del os.environ[key]
+    assert not leaked, f"signal handlers left behind: {leaked}"
+    assert moved == cwd, f"working directory left at {moved}"
+    assert not changed, f"environment variables changed: {changed}"
 
 
 def environment() -> dict[str, str]:

@@ -22,6 +22,7 @@ from reconciler.audit import status_rows
 from reconciler.config import ApiSettings
 from reconciler.engine import Engine, Summary
 from reconciler.events import Reporter
+from reconciler.money import run_limit
 from reconciler.pacing import Tuning
 from reconciler.plan import Options, Plan
 from reconciler.workspace import Workspace
@@ -86,6 +87,7 @@ class Apply:
                 tuning=tuning(repo, poll=poll, concurrency=concurrency, **env),
                 reporter=self.events,
             )
+            self.engine.ctx.run_limit = run_limit(None, self.ws.config.budget_per_run)
             loaded = self.ws.load()
             loaded.raise_for_problems()
             self.ws.recover(self.events)
@@ -122,7 +124,8 @@ def read_status_and_plan(repo: Repo) -> None:
     try:
         loaded = ws.load()
         json.dumps(status_rows(ws, loaded.specs, invalid_files=bool(loaded.problems)))
-        json.dumps(report.plan_json(ws.plan(loaded.specs, Options())))
+        spending = ws.spending()
+        json.dumps(report.plan_json(ws.plan(loaded.specs, Options()), spending=spending))
     finally:
         ws.close()
 

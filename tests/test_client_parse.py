@@ -21,16 +21,18 @@ from reconciler.errors import (
     ApiError,
     ContentPolicyError,
     FatalError,
-    FileExpired,
+    FileMissing,
     FilteredError,
     OperationFailed,
     OperationLost,
     PermanentError,
     RateLimited,
+    ServerError,
     TransientError,
 )
 from reconciler.pacing import Backoff, with_retries
 from reconciler.wire import (
+    SUBMIT_RETRYING_5XX,
     Call,
     Failure,
     OpResult,
@@ -281,27 +283,27 @@ ERROR_CASES: dict[str, tuple[int, str, dict[str, str], type[ApiError], str]] = {
         500,
         '{"error": {"code": 500, "message": "Internal error", "status": "INTERNAL"}}',
         {},
-        TransientError,
+        AmbiguousError,
         "Internal error",
     ),
     "503 unavailable": (
         503,
         '{"error": {"code": 503, "message": "The service is currently unavailable.", "status": "UNAVAILABLE"}}',
         {},
-        TransientError,
+        AmbiguousError,
         "unavailable",
     ),
     "502 HTML page (not JSON)": (
         502,
         "<html><body>502 Bad Gateway</body></html>",
         {},
-        TransientError,
+        AmbiguousError,
         "Bad Gateway",
     ),
     "400 plain text (not JSON)": (400, "bad request, sorry", {}, PermanentError, "sorry"),
     "400 JSON that is not an object": (400, '["odd"]', {}, PermanentError, "odd"),
     "400 error as a string": (400, '{"error": "nope"}', {}, PermanentError, "nope"),
-    "500 empty body": (500, "", {}, TransientError, "HTTP 500"),
+    "500 empty body": (500, "", {}, AmbiguousError, "HTTP 500"),
 }
 
 
@@ -374,10 +376,23 @@ def fixture_text(name: str) -> str:
 BY_CALL: dict[str, tuple[Call, int, type[ApiError]]] = {
     "404 to the POST: the model is unknown, final": (Call.SUBMIT, 404, PermanentError),
     "404 to a poll: the operation is lost, retried": (Call.POLL, 404, OperationLost),
-    "404 to a download: the file expired, final": (Call.DOWNLOAD, 404, FileExpired),
+    "404 to a download: retried (final only past the file's expiry)": (
+        Call.DOWNLOAD,
+        404,
+        FileMissing,
+    ),
     "429 to a poll: rate limited, retried": (Call.POLL, 429, RateLimited),
-    "503 to a download: retried": (Call.DOWNLOAD, 503, TransientError),
-    "302 to a poll without a location: final": (Call.POLL, 302, PermanentError),
+    "503 to a poll: retried": (Call.POLL, 503, ServerError),
+    "503 to a download: retried": (Call.DOWNLOAD, 503, ServerError),
+    "408 to the POST: nothing accepted, retried": (Call.SUBMIT, 408, TransientError),
+    "503 to the POST: ambiguous, the gateway may have passed it on": (
+        Call.SUBMIT,
+        503,
+        AmbiguousError,
+    ),
+    "302 to a poll without a location: retried, never final": (Call.POLL, 302, TransientError),
+    "400 to a poll: retried, never final": (Call.POLL, 400, TransientError),
+    "410 to a download: retried": (Call.DOWNLOAD, 410, TransientError),
     "401 to a download: the key, fatal": (Call.DOWNLOAD, 401, FatalError),
 }
 
@@ -388,6 +403,23 @@ def test_answers_are_read_per_call(call: Call, status: int, cls: type[ApiError])
     error = answer_error(call, status, '{"error": {"message": "x"}}', {}, subject="op-1")
     assert type(error) is cls
     assert error.status == status
+
+
+@pytest.mark.parametrize("call", [Call.POLL, Call.DOWNLOAD])
+def test_policy_words_on_a_poll_or_download_are_not_final(call: Call) -> None:
+    """Only the POST can be refused on policy grounds: a poll or download of a paid job that is
+    answered 400 'blocked by safety' is retried, never recorded as a final refusal."""
+    error = answer_error(call, 400, '{"error": {"message": "blocked by safety"}}', {})
+    assert type(error) is TransientError
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"), [(500, ServerError), (503, ServerError), (429, RateLimited)]
+)
+def test_a_user_may_opt_into_retrying_5xx_on_the_post(status: int, cls: type[ApiError]) -> None:
+    """With retries.resubmitAfterServerError, a POST's 5xx is retried (the risk is the user's)."""
+    error = answer_error(Call.SUBMIT, status, "{}", {}, table=SUBMIT_RETRYING_5XX)
+    assert type(error) is cls
 
 
 # A failure without an answer: only the POST can leave a paid job behind.

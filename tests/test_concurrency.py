@@ -15,6 +15,7 @@ from engines import Apply, Recorder, api, race, read_status_and_plan, tuning, un
 from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.engine import Engine, Summary
 from reconciler.lifecycle import ActionKind
+from reconciler.money import run_limit
 from reconciler.sim import op_error
 from reconciler.workspace import Workspace
 
@@ -186,7 +187,10 @@ def test_apply_racing_a_daemon_in_the_same_loop_pays_once(repo: Repo) -> None:
         ws = Workspace(repo.path)
         try:
             engine = Engine(ws, api=api(repo), tuning=tuning(repo), reporter=events)
-            daemon = asyncio.ensure_future(Daemon(engine, DaemonSettings(resync=60)).run())
+            engine.ctx.run_limit = run_limit(None, ws.config.budget_per_run)
+            # settle=0: the daemon pays as soon as it plans, so the two really race.
+            settings = DaemonSettings(resync=60, settle=0)
+            daemon = asyncio.ensure_future(Daemon(engine, settings).run())
             await until(lambda: any("reconciled (start)" in line for line in events.lines))
             for i in range(8):
                 repo.write(f"specs/r{i}.yaml", f"name: r{i}\nmodel: veo-3.1-fast-generate-preview\n"

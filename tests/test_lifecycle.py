@@ -36,6 +36,9 @@ def row(state: State = S.PENDING, **values: object) -> Generation:
     return replace(gen, **values)  # type: ignore[arg-type]
 
 
+# A lock's take may replace anything settled, never a generation in flight.
+FOLLOWABLE = frozenset({S.NEW, S.PENDING, S.FAILED, S.UNKNOWN, S.MATERIALIZED})
+
 # event -> (the states it may start from, the state it leads to)
 EXPECTED: dict[Event, tuple[frozenset[State], State]] = {
     Event.SUBMIT: (frozenset({S.NEW, S.PENDING}), S.SUBMITTING),
@@ -45,18 +48,21 @@ EXPECTED: dict[Event, tuple[frozenset[State], State]] = {
     Event.REGENERATE: (frozenset({S.MATERIALIZED}), S.SUBMITTING),
     Event.ACCEPTED: (frozenset({S.SUBMITTING, S.UNKNOWN}), S.RUNNING),
     Event.NOT_ACCEPTED: (frozenset({S.SUBMITTING}), S.PENDING),
+    Event.SERVER_ERROR: (frozenset({S.SUBMITTING}), S.PENDING),
     Event.REFUSED: (frozenset({S.SUBMITTING}), S.FAILED),
     Event.AMBIGUOUS: (frozenset({S.SUBMITTING}), S.UNKNOWN),
     Event.FINISHED: (frozenset({S.RUNNING}), S.SUCCEEDED),
     Event.OP_FAILED: (frozenset({S.RUNNING, S.SUCCEEDED}), S.PENDING),
     Event.OP_REJECTED: (frozenset({S.RUNNING, S.SUCCEEDED}), S.FAILED),
     Event.VANISHED: (frozenset({S.RUNNING}), S.UNKNOWN),
+    Event.LOCKED_GONE: (frozenset({S.RUNNING}), S.PENDING),
     Event.DOWNLOADED: (frozenset({S.SUCCEEDED, S.MATERIALIZED}), S.MATERIALIZED),
     Event.DOWNLOAD_FAILED: (frozenset({S.SUCCEEDED}), S.FAILED),
     Event.REMOTE_GONE: (frozenset({S.MATERIALIZED}), S.MATERIALIZED),
     Event.ADOPT: (frozenset({S.NEW, S.PENDING, S.UNKNOWN, S.FAILED}), S.RUNNING),
     Event.FORCE_ADOPT: (ALL_STATES, S.RUNNING),
-    Event.IMPORT: (frozenset({S.NEW, S.PENDING}), S.MATERIALIZED),
+    Event.IMPORT: (FOLLOWABLE, S.MATERIALIZED),
+    Event.FETCH_LOCKED: (FOLLOWABLE, S.RUNNING),
 }
 
 
@@ -151,7 +157,9 @@ def test_a_final_outcome_without_a_kind_takes_the_ledger_outcome() -> None:
     assert change["error_kind"] == "unknown"
 
 
-@pytest.mark.parametrize("event", [Event.ADOPT, Event.IMPORT, Event.FORCE_ADOPT])
+@pytest.mark.parametrize(
+    "event", [Event.ADOPT, Event.IMPORT, Event.FORCE_ADOPT, Event.FETCH_LOCKED]
+)
 def test_adoption_rewrites_the_row_from_its_seed(event: Event) -> None:
     """An adopted operation replaces whatever the row held: failures, errors and owner go."""
     current = row(S.PENDING, op_failures=2, error="x", error_kind="y", owner="someone")

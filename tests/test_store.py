@@ -105,7 +105,11 @@ def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
     assert claim(first) is not None
     first.close()
     before = raw(db_path, "SELECT name, applied_at FROM migrations ORDER BY name")
-    assert [name for name, _ in before] == ["0001_initial", "0002_row_version"]
+    assert [name for name, _ in before] == [
+        "0001_initial",
+        "0002_row_version",
+        "0003_ledger_cost",
+    ]
 
     again = Store(db_path)
     try:
@@ -180,7 +184,9 @@ def test_claim_inserts_a_submitting_row_owned_by_this_process(store: Store) -> N
     assert claimed is not None
     assert (claimed.state, claimed.owner) == (SUBMITTING, this_owner())
     assert claimed.claimed_at is not None and claimed.submitted_at is not None
-    assert store.attempts() == []  # a claim is not an outcome
+    # A claim is a charge: the POST it precedes may be billed, answered or not.
+    (charge,) = store.attempts()
+    assert (charge["outcome"], charge["cost"], charge["owner"]) == ("submit", 0.8, this_owner())
 
 
 @pytest.mark.parametrize(
@@ -279,14 +285,21 @@ def test_attempts_one_row_per_outcome_append_only(store: Store) -> None:
 
     rows = store.attempts("k1")
     assert rows[: len(first)] == first
-    assert [r["outcome"] for r in rows] == ["transient", "accepted", "operation_failed", "unknown"]
+    assert [r["outcome"] for r in rows] == [
+        *("submit", "transient"),  # a charge, refunded: the 429 proved nothing was accepted
+        *("submit", "accepted", "operation_failed"),
+        *("submit", "unknown"),  # a charge that stays: the job may exist
+    ]
+    assert [r["cost"] for r in rows] == [0.8, -0.8, 0.8, None, None, 0.8, None]
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
-    assert rows[0]["status"] == 429 and rows[1]["operation"] == "operations/op1"
+    assert rows[1]["status"] == 429 and rows[3]["operation"] == "operations/op1"
     assert all(r["name"] == "hero" and r["owner"] == this_owner() for r in rows)
     assert [r["outcome"] for r in store.attempts()] == [
         *(r["outcome"] for r in rows),
+        "submit",
         "content_policy",
     ]
+    assert store.spent("2000-01-01T00:00:00Z") == pytest.approx(0.8 * 2 + 0.8 - 0.8)
 
 
 @pytest.mark.parametrize(
@@ -437,9 +450,9 @@ def test_recover_stale_turns_a_dead_owners_submit_into_unknown(store: Store, db_
     (recovered,) = store.recover_stale()
     assert (recovered.spec_key, recovered.state, recovered.owner) == ("k1", UNKNOWN, None)
     assert recovered.error is not None and owner in recovered.error
-    assert [r["outcome"] for r in store.attempts("k1")] == ["unknown"]
+    assert [r["outcome"] for r in store.attempts("k1")] == ["submit", "unknown"]
     assert store.recover_stale() == []  # nothing left to recover; no second ledger row
-    assert len(store.attempts("k1")) == 1
+    assert len(store.attempts("k1")) == 2
 
 
 def test_recover_stale_leaves_a_live_owners_submit_alone(store: Store, db_path: Path) -> None:
@@ -449,7 +462,7 @@ def test_recover_stale_leaves_a_live_owners_submit_alone(store: Store, db_path: 
     assert store.recover_stale() == []
     gen = store.get("k1")
     assert gen is not None and (gen.state, gen.owner) == (SUBMITTING, this_owner())
-    assert store.attempts() == []
+    assert [r["outcome"] for r in store.attempts()] == ["submit"]
 
 
 def test_recover_stale_does_not_trust_a_reused_pid(store: Store, db_path: Path) -> None:
