@@ -13,7 +13,7 @@ from typing import Any
 
 from . import lockfile
 from .facts import frame_size
-from .lifecycle import State
+from .lifecycle import Generation, State, remote_expiry
 from .lockfile import LockEntry
 from .mp4 import probe
 from .objects import is_regular, sha256_file
@@ -54,10 +54,12 @@ def status_rows(
         error = gen.error if gen and gen.state in blocking else None
         if state is State.MATERIALIZED:
             state, error = _file_state(ws, path, sha, placed)
+        uri, expires = _remote(gen, locked)
         rows.append({
             "name": spec.name, "state": state, "path": path, "sha256": sha,
             "bytes": gen.bytes if gen else None, "error": error, "spec_key": spec.key,
             "operation": gen.operation if gen else None, "file": spec.file,
+            "uri": uri, "expires": expires, "source": spec.source,
         })  # fmt: skip
     wanted = {s.name for s in specs}
     for name, out in sorted(outputs.items()):
@@ -68,9 +70,20 @@ def status_rows(
                 else "spec removed; `apply` removes the file"
             )
             rows.append({"name": name, "state": "orphaned", "path": out.path, "sha256": out.sha256,
-                         "bytes": out.bytes, "error": why,
-                         "spec_key": out.spec_key, "operation": None, "file": None})  # fmt: skip
+                         "bytes": out.bytes, "error": why, "spec_key": out.spec_key,
+                         "operation": None, "file": None, "uri": None, "expires": None,
+                         "source": None})  # fmt: skip
     return rows
+
+
+def _remote(gen: Generation | None, locked: Output | LockEntry | None) -> tuple[str | None, ...]:
+    """The provider's copy of a spec's video and when it goes: from the state, else the lock."""
+    if gen is not None and gen.video_uri:
+        expiry = remote_expiry(gen)
+        return gen.video_uri, expiry.strftime("%Y-%m-%dT%H:%M:%SZ") if expiry else None
+    if isinstance(locked, LockEntry):
+        return locked.uri, locked.expires
+    return None, None
 
 
 def _file_state(
@@ -151,10 +164,11 @@ def _container_problems(path: Path, spec: Desired) -> list[str]:
     if (info.width, info.height) != expected_size(spec):
         want = "x".join(map(str, expected_size(spec)))
         problems.append(f"{info.width}x{info.height}, expected {want}")
-    # An extension is the source plus about 7 s: only its lower bound is known here.
-    if spec.video_uri is None and abs(info.duration_s - spec.duration) > DURATION_SLACK:
-        problems.append(f"{info.duration_s:.2f} s long, expected {spec.duration} s")
-    if spec.video_uri is not None and info.duration_s < spec.duration - DURATION_SLACK:
+    # An extension is its source plus about 7 s: known for a chain of specs; for a provider URI
+    # only the lower bound is.
+    if spec.length is not None and abs(info.duration_s - spec.length) > DURATION_SLACK:
+        problems.append(f"{info.duration_s:.2f} s long, expected {spec.length:g} s")
+    if spec.length is None and info.duration_s < spec.duration - DURATION_SLACK:
         problems.append(f"{info.duration_s:.2f} s long, shorter than an extension can be")
     return problems
 

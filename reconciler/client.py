@@ -106,7 +106,7 @@ class VeoClient:
             )
             raise transport_error(Call.SUBMIT, Failure.SENT, detail) from exc
         if response.status_code >= 300:
-            raise self._answer_error(Call.SUBMIT, response)
+            raise self._answer_error(Call.SUBMIT, response, subject=model)
         try:
             return self._redact(operation_name(response.json()))
         except ValueError as exc:

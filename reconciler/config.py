@@ -7,7 +7,7 @@ never touch the environment or the file system for settings.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import Problem, ReconcileError, SpecErrors
-from .facts import DEFAULT_PRICES
+from .facts import CATALOG, Duration, Feature, ModelFacts, Resolution
 from .yamlio import load_documents, pydantic_problems
 
 CONFIG_FILE = "reconcile.yaml"
@@ -50,6 +50,18 @@ class Retries(BaseModel):
 USD = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+class ModelDecl(BaseModel):
+    """One entry of ``models:``: a model id the provider serves, declared or overridden. Fields
+    left out keep the built-in entry's (or, for a new id, allow everything but have no price)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price: dict[Resolution, USD] | None = None
+    resolutions: list[Resolution] | None = Field(default=None, min_length=1)
+    durations: list[Duration] | None = Field(default=None, min_length=1)
+    features: list[Feature] | None = None
+
+
 class Budget(BaseModel):
     """``budget:``: USD caps on what POSTs that may be billed cost, per run and per UTC day/month."""
 
@@ -67,12 +79,13 @@ class ConfigFile(BaseModel):
 
     defaults: dict[str, Any] = Field(default_factory=dict)
     outputDir: str = "videos"
+    models: dict[str, ModelDecl] = Field(default_factory=dict)
     pricing: dict[str, dict[str, USD]] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     retries: Retries = Field(default_factory=Retries)
     budget: Budget = Field(default_factory=Budget)
 
-    @field_validator("defaults", "pricing", "limits", "retries", "budget", mode="before")
+    @field_validator("defaults", "models", "pricing", "limits", "retries", "budget", mode="before")
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         # `defaults:` with only comments under it is an empty section, not an error.
@@ -101,6 +114,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "limits": tuple(Limits.model_fields),
     "retries": tuple(Retries.model_fields),
     "budget": tuple(Budget.model_fields),
+    "models.*": tuple(ModelDecl.model_fields),
 }
 
 
@@ -110,7 +124,7 @@ class Config:
 
     defaults: dict[str, Any] = field(default_factory=dict)
     output_dir: str = "videos"
-    prices: dict[str, dict[str, float]] = field(default_factory=lambda: DEFAULT_PRICES)
+    models: dict[str, ModelFacts] = field(default_factory=lambda: dict(CATALOG))
     submit_per_minute: float | None = None
     concurrency: int | None = None
     operation_failed_retries: int = 2
@@ -123,7 +137,8 @@ class Config:
 
     def price_per_second(self, model: str, resolution: str) -> float | None:
         """None for a pair nobody priced, so the plan can say "unknown" rather than guess $0."""
-        return self.prices.get(model, {}).get(resolution)
+        facts = self.models.get(model)
+        return facts.price.get(resolution) if facts else None
 
 
 def load_config(repo: Path) -> Config:
@@ -145,13 +160,10 @@ def load_config(repo: Path) -> Config:
         parsed = ConfigFile.model_validate(doc.data)
     except ValidationError as exc:
         raise SpecErrors(pydantic_problems(exc, CONFIG_FILE, doc, known=KNOWN_KEYS)) from None
-    prices = {model: dict(table) for model, table in DEFAULT_PRICES.items()}
-    for model, table in parsed.pricing.items():
-        prices.setdefault(model, {}).update(table)
     return Config(
         defaults=parsed.defaults,
         output_dir=parsed.outputDir,
-        prices=prices,
+        models=catalog(parsed.models, parsed.pricing),
         submit_per_minute=parsed.limits.submitPerMinute,
         concurrency=parsed.limits.concurrency,
         operation_failed_retries=parsed.retries.operationFailed,
@@ -161,6 +173,26 @@ def load_config(repo: Path) -> Config:
         budget_per_month=parsed.budget.perMonth,
         lines=dict(doc.key_lines),
     )
+
+
+def catalog(
+    declared: dict[str, ModelDecl], pricing: dict[str, dict[str, float]]
+) -> dict[str, ModelFacts]:
+    """The built-in catalog with reconcile.yaml's ``models:`` merged over it, then the older
+    ``pricing:`` table folded in (a price for an id nobody declared declares it)."""
+    models = dict(CATALOG)
+    for model, decl in declared.items():
+        base = models.get(model) or ModelFacts(price={})
+        models[model] = ModelFacts(
+            price={**base.price, **{str(res): usd for res, usd in (decl.price or {}).items()}},
+            resolutions=tuple(decl.resolutions) if decl.resolutions else base.resolutions,
+            durations=tuple(decl.durations) if decl.durations else base.durations,
+            features=frozenset(decl.features) if decl.features is not None else base.features,
+        )
+    for model, table in pricing.items():
+        base = models.get(model) or ModelFacts(price={})
+        models[model] = replace(base, price={**base.price, **table})
+    return models
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,9 @@ class Context:
     # watch: whether a name still wants this key, checked before paying and before placing.
     still_wanted: Callable[[str, str], bool] = lambda _name, _key: True
     run_limit: RunLimit = field(default_factory=RunLimit)  # what this run may still spend
+    # The task working on a name in this run (apply) or daemon, for chains: an extension waits
+    # for its source's task before it is submitted.
+    source_task: Callable[[str], asyncio.Task[Any] | None] = lambda _name: None
 
     def budget(self) -> list[Window]:
         """The day and month budgets in force now (reconcile.yaml's ``budget``)."""
@@ -60,10 +63,13 @@ class Context:
 class KeyWork:
     """One spec key's calls to the provider and its row, for one task."""
 
-    def __init__(self, ctx: Context, client: VeoClient, spec: Desired) -> None:
+    def __init__(
+        self, ctx: Context, client: VeoClient, spec: Desired, *, source_uri: str | None = None
+    ) -> None:
         self.ctx = ctx
         self.client = client
         self.spec = spec
+        self.source_uri = source_uri  # a chain's source: the provider's copy it extends
         self.key = spec.key
         self.report = ctx.reporter
 

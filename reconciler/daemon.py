@@ -64,6 +64,7 @@ class Daemon:
         self.started = now_iso()
         engine.stop_on_fatal = False
         engine.ctx.still_wanted = lambda name, key: self.wanted.get(name) == key
+        engine.ctx.source_task = self._task_of
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -228,6 +229,11 @@ class Daemon:
     def _plan(self, specs: list[Desired], unseen: bool) -> Plan:
         self.ws.import_lock(specs, self.report)
         return self.ws.plan(specs, Options(hold_removals=unseen))
+
+    def _task_of(self, name: str) -> asyncio.Task[Outcome] | None:
+        """The task at work on ``name`` (a chain's source, which its extensions wait for)."""
+        key = self.wanted.get(name)
+        return self.active.get(f"{name}:{key}") if key else None
 
     def _forget(self, task_key: str, _task: asyncio.Task[Outcome]) -> None:
         self.active.pop(task_key, None)

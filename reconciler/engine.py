@@ -14,8 +14,8 @@ from .client import VeoClient
 from .config import ApiSettings
 from .errors import FatalError, ReconcileError, StateError, TransientError
 from .events import Reporter
-from .generate import Context, generate, place
-from .lifecycle import ActionKind, Outcome, OutcomeState
+from .generate import Context, generate, place, wait_for_source
+from .lifecycle import ActionKind, Outcome, OutcomeState, State
 from .outputs import remove
 from .pacing import Pacer, Tuning
 from .plan import Action, Options, Plan
@@ -80,6 +80,8 @@ class Engine:
             asyncio.create_task(self.run_action(action, client, slots, opts), name=action.name)
             for action in plan.actions
         ]
+        by_name = {task.get_name(): task for task in tasks}
+        self.ctx.source_task = by_name.get
         reaper = asyncio.create_task(self._settle_on_stop(tasks))
         try:
             results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -131,15 +133,19 @@ class Engine:
                 self.reporter.removed(action.name, action.path)
                 return outcome
             if action.kind is ActionKind.BLOCKED:
-                state = OutcomeState(action.state) if action.state else OutcomeState.FAILED
+                stuck = action.state in (State.FAILED, State.UNKNOWN)
+                state = OutcomeState(action.state or "") if stuck else OutcomeState.BLOCKED
                 return Outcome(action.name, state, action.reason)
             assert action.spec is not None
             if action.kind is ActionKind.MATERIALIZE:
                 return await place(ctx, action.spec, action.sha256 or "")
             if client is None:
                 raise StateError("no API configured")
+            source = await wait_for_source(ctx, action)  # before a slot: never held waiting
+            if isinstance(source, Outcome):
+                return source
             async with slots:
-                return await generate(ctx, client, action, opts)
+                return await generate(ctx, client, action, opts, source_uri=source)
         except FatalError as exc:
             ctx.fatal = ctx.fatal or exc
             if self.stop_on_fatal:

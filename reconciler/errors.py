@@ -18,6 +18,7 @@ failure, stop the run, or park a generation as ``unknown`` from the class alone.
         │   └── FileMissing          a download's 404: retried; final only past the file's expiry
         ├── PermanentError           400, content policy, filtered, failed operation: final for the spec
         │   ├── ContentPolicyError
+        │   ├── ModelUnavailable     404 to the POST: the model id is unknown or retired
         │   ├── FilteredError
         │   ├── OperationFailed      done with an error; not billed, retried at most N times
         │   └── FileExpired          the provider's copy is gone for good (past its ~2 days)
@@ -123,6 +124,12 @@ class PermanentError(ApiError):
     """Final for this spec key until the spec changes or the user asks for a retry."""
 
     kind = "rejected"
+
+
+class ModelUnavailable(PermanentError):
+    """The provider does not know the model id (never did, or retired it): not billed."""
+
+    kind = "model_unavailable"
 
 
 class ContentPolicyError(PermanentError):

@@ -8,6 +8,7 @@ copying) runs on a thread, so one key's slow disk never delays another key's pol
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -33,6 +34,7 @@ from .lifecycle import (
     Step,
     next_step,
     remote_expiry,
+    remote_until,
 )
 from .pacing import with_retries
 from .plan import Action, Options, claims_for
@@ -64,7 +66,40 @@ async def place(ctx: Context, spec: Desired, sha: str) -> Outcome:
     return outcome
 
 
-async def generate(ctx: Context, client: VeoClient, action: Action, opts: Options) -> Outcome:
+async def wait_for_source(ctx: Context, action: Action) -> str | Outcome | None:
+    """For an extension of another spec that must be paid for: wait for its source's task in
+    this run, then the source's provider URI; an Outcome (blocked, with the reason) when the
+    source did not end with a usable video. None for anything else."""
+    spec = action.spec
+    if spec is None or spec.source is None or action.kind not in PAID:
+        return None
+    task = ctx.source_task(spec.source)
+    if task is not None and not task.done():
+        await asyncio.wait([task])
+    parent = await ctx.db(ctx.ws.gens.get, spec.source_key or "")
+    usable = parent is not None and parent.state in (State.SUCCEEDED, State.MATERIALIZED)
+    if parent is None or not usable or not parent.video_uri:
+        state = parent.state if parent is not None else "not generated"
+        why = f": {parent.error}" if parent is not None and parent.error else ""
+        message = f"its source `{spec.source}` is {state}{why}; this spec waits for it"
+        return Outcome(spec.name, OutcomeState.BLOCKED, message)
+    expiry = remote_expiry(parent)
+    if expiry is not None and expiry <= datetime.now(UTC):
+        return Outcome(spec.name, OutcomeState.BLOCKED, (
+            f"the provider's copy of its source `{spec.source}` expired ({expiry:%Y-%m-%d %H:%M} "
+            f"UTC); `reconcile apply --replace {spec.source}` (paid) makes a new one"
+        ))  # fmt: skip
+    return parent.video_uri
+
+
+async def generate(
+    ctx: Context,
+    client: VeoClient,
+    action: Action,
+    opts: Options,
+    *,
+    source_uri: str | None = None,
+) -> Outcome:
     """Drive one key to bytes in the cache, then place them; every outcome is returned."""
     spec = action.spec
     assert spec is not None
@@ -84,7 +119,7 @@ async def generate(ctx: Context, client: VeoClient, action: Action, opts: Option
         patience=FOLLOW_PENDING_TURNS,
     )
     try:
-        return await _KeyTask(ctx, client, spec).run(intent)
+        return await _KeyTask(ctx, client, spec, source_uri=source_uri).run(intent)
     except Deferred as deferred:
         return Outcome(spec.name, deferred.state, str(deferred))
 
@@ -100,7 +135,9 @@ class _KeyTask(KeyWork):
             step = next_step(gen, cached=cached, intent=intent)
             intent.submit = False  # once passed by (or taken), a submit is never made later
             if step is Step.SUBMIT:
-                gen = await Submission(self.ctx, self.client, self.spec).run(intent)
+                gen = await Submission(
+                    self.ctx, self.client, self.spec, source_uri=self.source_uri
+                ).run(intent)
                 if gen is not None and gen.state is State.PENDING:
                     # This task's own retries are spent for this run.
                     return Outcome(name, OutcomeState.PENDING,
@@ -116,7 +153,8 @@ class _KeyTask(KeyWork):
                 if waited >= ctx.tuning.follow_limit:
                     return Outcome(name, OutcomeState.SUBMITTING, claimed_elsewhere(gen, waited))
                 if not await ctx.stop.pause(ctx.tuning.poll_interval):
-                    return Outcome(name, OutcomeState.SUBMITTING, claimed_elsewhere(gen, waited))
+                    message = f"being submitted by another process ({gen.owner})"
+                    return Outcome(name, OutcomeState.SUBMITTING, message)
             elif step is Step.POLL:
                 assert gen is not None
                 ended = await self.poll(gen, intent)
@@ -174,7 +212,10 @@ class _KeyTask(KeyWork):
                 return Outcome(name, OutcomeState(state), str(result.error))
             return None
         # A lock's take keeps the time it was generated, so the lock stays byte-identical.
-        kept = {"finished_at": gen.finished_at} if gen.sha256 and gen.finished_at else {}
+        if gen.sha256 and gen.finished_at:
+            kept = {"finished_at": gen.finished_at, "remote_until": gen.remote_until}
+        else:
+            kept = {"remote_until": remote_until(datetime.now(UTC))}
         finished = await self.move(
             Event.FINISHED, expect_operation=operation,
             video_uri=result.video_uri or "", file_id=result.file_id or "", **kept,

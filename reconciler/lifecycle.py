@@ -74,6 +74,7 @@ class Event(StrEnum):
     DOWNLOADED = "downloaded"
     DOWNLOAD_FAILED = "download_failed"
     REMOTE_GONE = "remote_gone"  # cached bytes lost and the provider's file too
+    RENEWED = "renewed"  # the provider's copy was used as a source: it is kept 2 more days
     # Operations that exist already: the user's word, or a lock file.
     ADOPT = "adopt"  # reconcile resolve
     FORCE_ADOPT = "force_adopt"  # reconcile resolve --force
@@ -93,7 +94,7 @@ class ErrorNote(StrEnum):
 @dataclass(frozen=True)
 class Transition:
     sources: frozenset[State]
-    target: State
+    target: State | None  # None: the row keeps its state (only its fields change)
     error: ErrorNote = ErrorNote.KEEP
     ledger: str | None = None  # outcome of the ledger row it appends (None: no row)
     spent: State | None = None  # the target once the retry budget is spent
@@ -110,7 +111,7 @@ def _claim(*sources: State, user: bool = False) -> Transition:
     ``user``: taken on the user's word, which forgives the operation failures counted so far."""
     return Transition(
         frozenset(sources), State.SUBMITTING, ledger="submit", claims=True, fresh_budget=user,
-        clears=("operation", "video_uri", "file_id"), stamps=("submitted_at",),
+        clears=("operation", "video_uri", "file_id", "sha256", "bytes"), stamps=("submitted_at",),
     )  # fmt: skip
 
 
@@ -147,7 +148,8 @@ TRANSITIONS: dict[Event, Transition] = {
     Event.LOCKED_GONE:      Transition(_s(_S.RUNNING), _S.PENDING, _E.MESSAGE, "expired"),
     Event.DOWNLOADED:       Transition(_s(_S.SUCCEEDED, _S.MATERIALIZED), _S.MATERIALIZED, _E.CLEAR),
     Event.DOWNLOAD_FAILED:  Transition(_s(_S.SUCCEEDED), _S.FAILED, _E.RECORD, "expired", stamps=("finished_at",)),
-    Event.REMOTE_GONE:      Transition(_s(_S.MATERIALIZED), _S.MATERIALIZED, clears=("file_id", "video_uri")),
+    Event.REMOTE_GONE:      Transition(_s(_S.MATERIALIZED), _S.MATERIALIZED, clears=("file_id", "video_uri", "remote_until")),
+    Event.RENEWED:          Transition(_s(_S.SUCCEEDED, _S.MATERIALIZED), None),
     Event.ADOPT:            Transition(_s(_S.NEW, _S.PENDING, _S.UNKNOWN, _S.FAILED), _S.RUNNING, _E.CLEAR, "adopted", replaces=True),
     Event.FORCE_ADOPT:      Transition(ALL_STATES, _S.RUNNING, _E.CLEAR, "adopted", replaces=True),
     Event.IMPORT:           Transition(_FOLLOWABLE, _S.MATERIALIZED, _E.CLEAR, "adopted", replaces=True),
@@ -183,6 +185,7 @@ class Generation:
     submitted_at: str | None = None
     finished_at: str | None = None
     version: int = 0  # bumped by every change: what a plan saw can be compared before a claim
+    remote_until: str | None = None  # when the provider's copy goes (renewed when used as a source)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Generation:
@@ -195,15 +198,27 @@ COLUMNS = tuple(f.name for f in fields(Generation))
 
 
 def remote_expiry(gen: Generation) -> datetime | None:
-    """When the provider's copy of a finished video is gone: about 2 days after it finished
-    (veo-api.md); None while unknown (not finished, or no time recorded)."""
-    if not gen.finished_at:
+    """When the provider's copy of a finished video is gone: as recorded (renewed each time it
+    was used as a source), else about 2 days after it finished (veo-api.md); None while unknown."""
+    if gen.remote_until:
+        return parse_time(gen.remote_until)
+    finished = parse_time(gen.finished_at)
+    return None if finished is None else finished + timedelta(seconds=REMOTE_FILE_SECONDS)
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """A time as the state and the lock write it (ISO, UTC, to the second); None when it is not."""
+    if not text:
         return None
     try:
-        finished = datetime.strptime(gen.finished_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         return None
-    return finished + timedelta(seconds=REMOTE_FILE_SECONDS)
+
+
+def remote_until(now: datetime) -> str:
+    """The expiry of a provider copy made (or used) at ``now``."""
+    return (now + timedelta(seconds=REMOTE_FILE_SECONDS)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class IllegalTransition(Exception):
@@ -226,6 +241,9 @@ def target(event: Event, current: Generation | None, *, budget: int = 0) -> Stat
     (``retries.operationFailed``); failures are counted across runs until the user's word.
     """
     move = TRANSITIONS[event]
+    if move.target is None:
+        assert current is not None, f"{event} needs a row"
+        return current.state
     if move.spent is None:
         return move.target
     failures = (current.op_failures if current else 0) + 1
@@ -313,6 +331,7 @@ CHANGES = frozenset(
 class OutcomeState(StrEnum):
     """How one name's work ended in a run: a generation state, or one of the run's own."""
 
+    BLOCKED = "blocked"  # a chain's source failed or is blocked: this spec waits for it
     MATERIALIZED = "materialized"
     REMOVED = "removed"
     PENDING = "pending"

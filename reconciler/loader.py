@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import chains
 from .config import CONFIG_FILE, Config
 from .errors import Problem, SpecErrors
 from .facts import DEFAULT_DURATION, IMAGE_MAGIC, MAX_IMAGE_BYTES, MODELS
@@ -28,6 +29,7 @@ from .spec import (
     SPEC_FIELDS,
     Desired,
     ImageInput,
+    Reference,
     SpecDoc,
     rule_problems,
     spec_key,
@@ -107,6 +109,11 @@ def load_specs(repo: Path, config: Config) -> LoadResult:
         if problems:
             result.bad_files.add(rel)
             result.problems.extend(problems)
+    # Chains last: a child's key includes its source's, wherever in specs/ that is defined.
+    result.specs, problems = chains.resolve(result.specs)
+    for problem in problems:
+        result.bad_files.add(problem.file)
+        result.problems.append(problem)
     return result
 
 
@@ -137,10 +144,24 @@ def check_defaults(config: Config) -> list[Problem]:
             if p.field is not None and p.field.split(".")[0] in usable:
                 problems.append(replace(p, field=f"defaults.{p.field}"))
         return problems
-    for name, message in rule_problems(parsed):
+    model = config.models.get(parsed.model) if "model" in usable else None
+    if "model" in usable and model is None:
+        where = lines.get("model", top)
+        message = unknown_model(parsed.model, config)
+        problems.append(Problem(CONFIG_FILE, message, line=where, field="defaults.model"))
+    for name, message in rule_problems(parsed, model):
         where = lines.get(name, top)
         problems.append(Problem(CONFIG_FILE, message, line=where, field=f"defaults.{name}"))
     return problems
+
+
+def unknown_model(model: str, config: Config) -> str:
+    """An id the catalog lacks: the ids it has, and how to declare another."""
+    known = ", ".join(sorted(config.models))
+    return (
+        f"unknown model {model!r}; known: {known}. Declare the id your provider serves under "
+        f"`models:` in {CONFIG_FILE} (price, resolutions, features)"
+    )
 
 
 def _unknown_key(key: str) -> str:
@@ -198,7 +219,13 @@ def _desired(
         raise SpecErrors(
             [p for p in problems if not (p.field and p.field.split(".")[0] in skip)]
         ) from None
-    rules = rule_problems(parsed)
+    model = config.models.get(parsed.model)
+    if model is None:
+        if "model" in skip:
+            raise SpecErrors([])  # the default is wrong, and was said once against reconcile.yaml
+        message = unknown_model(parsed.model, config)
+        raise SpecErrors([Problem(rel, message, line=doc.line_of("model"), field="model")])
+    rules = rule_problems(parsed, model)
     if rules:
         # A rule broken only by defaults already reported stops this spec without repeating it.
         broken = [(name, msg) for name, msg in rules if name not in skip]
@@ -209,9 +236,21 @@ def _desired(
         raise SpecErrors(
             [Problem(rel, msg + note, line=doc.line_of(name), field=name) for name, msg in broken]
         )
-    image = None
+    image = last_frame = None
     if parsed.image is not None:
         image = _image(parsed.image, path, rel, repo, doc.line_of("image"))
+    if parsed.lastFrame is not None:
+        last_frame = _image(
+            parsed.lastFrame, path, rel, repo, doc.line_of("lastFrame"), "lastFrame"
+        )
+    references = tuple(
+        Reference(
+            _image(ref if isinstance(ref, str) else ref.image, path, rel, repo,
+                   doc.line_at(["referenceImages", index]), f"referenceImages.{index}"),
+            "asset" if isinstance(ref, str) else ref.referenceType,
+        )
+        for index, ref in enumerate(parsed.referenceImages or [])
+    )  # fmt: skip
     params = {
         "aspectRatio": parsed.aspectRatio,
         "resolution": parsed.resolution,
@@ -220,6 +259,7 @@ def _desired(
         "personGeneration": parsed.personGeneration,
         # A blank negative prompt is no negative prompt: same key, and nothing sent.
         "negativePrompt": (parsed.negativePrompt or "").strip() or None,
+        "seed": parsed.seed,
     }
     desired = Desired(
         name=parsed.name,
@@ -230,8 +270,12 @@ def _desired(
         parameters=params,
         image=image,
         video_uri=parsed.video.uri if parsed.video else None,
+        last_frame=last_frame,
+        references=references,
+        source=parsed.video.from_ if parsed.video else None,
     )
-    return Desired(**{**desired.__dict__, "key": spec_key(desired)})
+    # An extension of another spec is keyed once its chain is resolved (chains.resolve).
+    return replace(desired, key=spec_key(desired))
 
 
 def _kind(data: Any) -> str:
@@ -245,12 +289,14 @@ def _kind(data: Any) -> str:
     return f"the text {show(data)}"
 
 
-def _image(value: str, spec_path: Path, rel: str, repo: Path, line: int) -> ImageInput:
-    """Read and identify a first-frame image; only files inside the repo, so a spec cannot send
-    any other file on the machine to the API."""
+def _image(
+    value: str, spec_path: Path, rel: str, repo: Path, line: int, field: str = "image"
+) -> ImageInput:
+    """Read and identify an image (first or last frame, a reference); only files inside the repo,
+    so a spec cannot send any other file on the machine to the API."""
 
     def bad(message: str) -> SpecErrors:
-        return SpecErrors([Problem(rel, message, line=line, field="image")])
+        return SpecErrors([Problem(rel, message, line=line, field=field)])
 
     if "\0" in value:
         raise bad(f"{value!r} is not a usable path (it holds a NUL character)")

@@ -25,7 +25,9 @@ HEADER = (
     "# reconcile.lock: written by `reconcile apply`; commit it together with the videos.\n"
     "# It pins each spec to the generation its video came from. Do not edit by hand.\n"
 )
-FIELDS = ("spec_key", "path", "sha256", "bytes", "model", "operation", "generated")
+FIELDS = (
+    "spec_key", "path", "sha256", "bytes", "model", "operation", "generated", "uri", "expires",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class LockEntry:
     model: str
     operation: str | None
     generated: str | None
+    uri: str | None = None  # the provider's copy of the video (a chain's source needs it)
+    expires: str | None = None  # when the provider deletes that copy
 
 
 def render(entries: list[LockEntry]) -> str:
@@ -126,6 +130,7 @@ def parse(text: str) -> dict[str, LockEntry]:
             name=str(name), spec_key=raw["spec_key"], path=raw["path"], sha256=raw["sha256"],
             bytes=size if isinstance(size, int) else 0, model=str(raw.get("model") or ""),
             operation=raw.get("operation"), generated=raw.get("generated"),
+            uri=_text(raw.get("uri")), expires=_text(raw.get("expires")),
         )  # fmt: skip
         if not _sane_path(entry):
             raise StateError(
@@ -177,6 +182,10 @@ def merge(
         merged.append(kept)
         notes.append(f"{name}: kept {kept.sha256[:16]} ({why})")
     return merged, notes
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _sane_path(entry: LockEntry) -> bool:

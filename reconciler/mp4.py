@@ -1,8 +1,11 @@
 """Just enough ISO-BMFF (MP4) to write stand-in videos and read back what a downloaded file holds.
 
-The simulator needs videos that look like Veo's output to every tool that checks the container
-(duration, frame size, an H.264 video track and an AAC audio track), without any codec or a
-download: ``make_mp4`` builds such a file around deterministic pseudo-random media data.
+The simulator's real clips are encoded with PyAV (sim/video.py); ``make_mp4`` writes its
+stand-ins: files that look like Veo's output to every tool that checks the container (duration,
+frame size, an H.264 video track and an AAC audio track) around deterministic pseudo-random media
+data, of exactly the size asked for and in microseconds, with no codec. Tests that download
+hundreds of videos, a benchmark that needs a 256 MiB file, and a machine without PyAV use them.
+
 The reconciler needs to check that a downloaded file really is the video it asked for (right
 duration and size, not a truncated body or an HTML error page), without ffprobe: ``probe`` walks
 the boxes and reads the headers, seeking over the media data so a large file is never loaded.

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from .config import Config
 from .facts import REMOTE_FILE_SECONDS
-from .lifecycle import CHANGES, IN_FLIGHT, PAID, ActionKind, Event, Generation, State
+from .lifecycle import CHANGES, IN_FLIGHT, PAID, ActionKind, Event, Generation, State, remote_expiry
 from .lockfile import LOCK_FILE as LOCK
 from .lockfile import LockEntry
 from .spec import Desired
@@ -99,8 +99,10 @@ class Plan:
 
 
 def estimate(config: Config, spec: Desired) -> float | None:
+    """What a generation of ``spec`` costs: price per second times the seconds generated (an
+    extension generates about 7, whatever its source's length); None when nobody priced it."""
     price = config.price_per_second(spec.model, spec.resolution)
-    return None if price is None else round(price * spec.duration, 4)
+    return None if price is None else round(price * spec.seconds, 4)
 
 
 def make_plan(
@@ -132,7 +134,44 @@ def make_plan(
                                   path=current[name]))  # fmt: skip
             continue
         actions.append(Action(name, REMOVE, None, "spec removed", path=current[name]))
+    actions = _chains(actions, generations, observed.now)
     return Plan(_pay_once(sorted(actions, key=lambda a: a.name)))
+
+
+def _chains(
+    actions: list[Action], generations: dict[str, Generation], now: datetime | None
+) -> list[Action]:
+    """What a chain's source means for each extension of a spec that must be paid for: it says
+    so when its source changed, and waits (blocked, with the reason) while its source is blocked
+    or the provider's copy of the source is gone (the way out is to regenerate the source)."""
+    by_name = {a.name: a for a in actions}
+    ordered = sorted(actions, key=lambda a: a.spec.depth if a.spec else 0)
+    for action in ordered:
+        spec = action.spec
+        if spec is None or spec.source is None or action.kind not in PAID:
+            continue
+        source = by_name.get(spec.source)
+        if source is not None and source.kind in PAID:
+            if action.kind is REPLACE:
+                action = replace(action, reason=f"its source `{spec.source}` changed")
+        elif source is not None and source.kind is BLOCKED:
+            action = _blocked_by(action, f"its source `{spec.source}` is blocked: {source.reason}")
+        else:
+            parent = generations.get(spec.source_key or "")
+            expiry = remote_expiry(parent) if parent is not None else None
+            if parent is not None and expiry is not None and now is not None and expiry <= now:
+                action = _blocked_by(
+                    action,
+                    f"the provider's copy of its source `{spec.source}` expired "
+                    f"({expiry:%Y-%m-%d %H:%M} UTC): it cannot be extended from cached bytes; "
+                    f"`reconcile apply --replace {spec.source}` (paid) makes a new one",
+                )
+        by_name[action.name] = action
+    return [by_name[a.name] for a in actions]
+
+
+def _blocked_by(action: Action, reason: str) -> Action:
+    return replace(action, kind=BLOCKED, reason=reason, cost=None, seconds=0)
 
 
 def _pay_once(actions: list[Action]) -> list[Action]:
@@ -217,7 +256,7 @@ def _action_for(
             else CREATE
         )
         return Action(
-            spec.name, kind, spec.key, reason, cost=estimate(config, spec), seconds=spec.duration,
+            spec.name, kind, spec.key, reason, cost=estimate(config, spec), seconds=round(spec.seconds),
             old_path=current_path, spec=spec, state=state,
         )  # fmt: skip
 

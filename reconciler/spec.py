@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,12 +28,21 @@ from .facts import (
     DEFAULT_DURATION,
     DEFAULT_RESOLUTION,
     DURATIONS,
+    EIGHT_SECONDS,
     EXTENSION_RESOLUTION,
+    EXTENSION_SECONDS,
     MAX_PROMPT_CHARS,
-    MODELS,
-    PERSON_GENERATION,
+    MAX_REFERENCE_IMAGES,
+    PERSON_GENERATION_BY_MODE,
     RESOLUTIONS,
     RESOLUTIONS_NEEDING_8S,
+    SEED_MAX,
+    AspectRatio,
+    Duration,
+    ModelFacts,
+    PersonGeneration,
+    ReferenceType,
+    Resolution,
     video_identity,
 )
 from .yamlio import show
@@ -41,19 +50,6 @@ from .yamlio import show
 KEY_VERSION = 1
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 MAX_NAME_CHARS = 64
-
-# The API's allowed values, spelled out because mypy reads a Literal only from literals. The asserts
-# tie each to its tuple in facts, order included: pydantic's "use one of …" lists them in this order.
-ModelName = Literal["veo-3.1-generate-preview", "veo-3.1-fast-generate-preview"]
-AspectRatio = Literal["16:9", "9:16"]
-Resolution = Literal["720p", "1080p", "4k"]
-Duration = Literal[4, 6, 8]
-PersonGeneration = Literal["allow_all", "allow_adult"]
-assert get_args(ModelName) == MODELS
-assert get_args(AspectRatio) == ASPECT_RATIOS
-assert get_args(Resolution) == tuple(RESOLUTIONS)
-assert get_args(Duration) == DURATIONS
-assert get_args(PersonGeneration) == PERSON_GENERATION
 assert DEFAULT_ASPECT_RATIO in ASPECT_RATIOS and DEFAULT_RESOLUTION in RESOLUTIONS
 assert DEFAULT_DURATION in DURATIONS
 
@@ -77,14 +73,20 @@ class VideoRef(BaseModel):
     def _exactly_one(self) -> VideoRef:
         if (self.uri is None) == (self.from_ is None):
             raise ValueError("give exactly one of 'uri' or 'from'")
-        if self.from_ is not None:
-            raise ValueError(
-                "'from' (chaining onto another spec's output) is not supported yet; "
-                "use 'uri' with the provider's video URI"
-            )
+        if self.from_ is not None and not NAME_RE.match(self.from_):
+            raise ValueError(f"'from' must name another spec, not {show(self.from_)}")
         if self.uri is not None and not self.uri.startswith(("https://", "http://")):
             raise ValueError("'uri' must be an http(s) URI of a video the provider generated")
         return self
+
+
+class ReferenceDoc(BaseModel):
+    """One reference image in its long form: ``{image: PATH, referenceType: asset|style}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str
+    referenceType: ReferenceType = "asset"
 
 
 class SpecDoc(BaseModel):
@@ -93,7 +95,9 @@ class SpecDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    model: ModelName
+    # Any id: models are data (the built-in catalog and reconcile.yaml's `models:`), checked by
+    # the loader against the catalog in force.
+    model: str
     prompt: str
     # mypy sees the facts' defaults as plain str; the asserts above make these casts true.
     aspectRatio: AspectRatio = cast(AspectRatio, DEFAULT_ASPECT_RATIO)
@@ -103,6 +107,11 @@ class SpecDoc(BaseModel):
     enhancePrompt: bool = True
     negativePrompt: str | None = None
     image: str | None = None
+    lastFrame: str | None = None
+    referenceImages: list[str | ReferenceDoc] | None = Field(
+        default=None, min_length=1, max_length=MAX_REFERENCE_IMAGES
+    )
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX, strict=True)
     video: VideoRef | None = None
 
     @field_validator("name")
@@ -134,12 +143,19 @@ class SpecDoc(BaseModel):
             )
         return value
 
-    @field_validator("image")
+    @field_validator("image", "lastFrame")
     @classmethod
     def _path(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty: give the image's path relative to this spec file")
         return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty: give a model id, such as veo-3.1-generate-001")
+        return value.strip()
 
     @field_validator("durationSeconds", mode="before")
     @classmethod
@@ -158,17 +174,39 @@ def slugify(value: str) -> str:
     return slug if NAME_RE.match(slug) else ""
 
 
-def rule_problems(spec: SpecDoc) -> list[tuple[str, str]]:
-    """Rules across fields, as (field, message): the API's table that no single field shows."""
+def mode(spec: SpecDoc) -> str:
+    """Which of the API's modes a spec asks for, as personGeneration's rules name them."""
+    if spec.video is not None:
+        return "video"
+    if spec.referenceImages:
+        return "referenceImages"
+    return "image" if spec.image is not None else "text"
+
+
+def rule_problems(spec: SpecDoc, model: ModelFacts | None = None) -> list[tuple[str, str]]:
+    """Rules across fields, as (field, message): the API's table that no single field shows, and
+    (given the model's catalog entry) what that model accepts."""
     found = []
     if spec.image is not None and spec.video is not None:
         found.append(("video", "'image' and 'video' cannot be used together: pick one mode"))
-    if spec.video is not None:
-        if spec.resolution != EXTENSION_RESOLUTION:
-            message = f"video-to-video (extension) only supports {EXTENSION_RESOLUTION}"
-            found.append(("resolution", message))
-        if spec.durationSeconds not in (None, 8):
-            found.append(("durationSeconds", "video-to-video (extension) needs 8 (or unset)"))
+    if spec.lastFrame is not None and spec.image is None:
+        found.append(("lastFrame", "needs 'image' too: the first and last frames go together"))
+    if spec.referenceImages and spec.video is not None:
+        found.append(("referenceImages", "cannot be used with 'video' (an extension)"))
+    needs_8 = [
+        why
+        for why, applies in (
+            ("video-to-video (extension)", spec.video is not None),
+            ("reference images", bool(spec.referenceImages)),
+        )
+        if applies
+    ]
+    if spec.video is not None and spec.resolution != EXTENSION_RESOLUTION:
+        message = f"video-to-video (extension) only supports {EXTENSION_RESOLUTION}"
+        found.append(("resolution", message))
+    for why in needs_8:
+        if spec.durationSeconds not in (None, EIGHT_SECONDS):
+            found.append(("durationSeconds", f"{why} needs {EIGHT_SECONDS} (or unset)"))
     if spec.resolution in RESOLUTIONS_NEEDING_8S and spec.durationSeconds not in (None, 8):
         found.append(
             (
@@ -177,22 +215,91 @@ def rule_problems(spec: SpecDoc) -> list[tuple[str, str]]:
                 "use 720p for 4 or 6 seconds",
             )
         )
+    allowed = PERSON_GENERATION_BY_MODE[mode(spec)]
+    if spec.personGeneration is not None and spec.personGeneration not in allowed:
+        found.append(
+            (
+                "personGeneration",
+                f"{spec.personGeneration} is not allowed with {_mode_words(spec)}; use "
+                f"{' or '.join(allowed)}, or leave it unset",
+            )
+        )
+    if model is not None:
+        found.extend(_model_problems(spec, model))
+    return found
+
+
+def _mode_words(spec: SpecDoc) -> str:
+    return {
+        "video": "video-to-video (extension)",
+        "referenceImages": "reference images",
+        "image": "an image (first frame)",
+        "text": "text-to-video",
+    }[mode(spec)]
+
+
+def _model_problems(spec: SpecDoc, model: ModelFacts) -> list[tuple[str, str]]:
+    """What this spec asks of its model that the model's catalog entry does not offer."""
+    found = []
+    if spec.resolution not in model.resolutions:
+        offered = ", ".join(model.resolutions)
+        found.append(("resolution", f"{spec.model} offers {offered}, not {spec.resolution}"))
+    duration = spec.durationSeconds or DEFAULT_DURATION
+    if duration not in model.durations:
+        offered = ", ".join(str(d) for d in model.durations)
+        found.append(("durationSeconds", f"{spec.model} offers {offered} s, not {duration}"))
+    for feature, used in (
+        ("image", spec.image is not None),
+        ("lastFrame", spec.lastFrame is not None),
+        ("referenceImages", bool(spec.referenceImages)),
+        ("video", spec.video is not None),
+    ):
+        if used and feature not in model.features:
+            found.append((feature, f"{spec.model} does not take '{feature}'"))
     return found
 
 
 SPEC_FIELDS = tuple(SpecDoc.model_fields)
-FORBIDDEN_DEFAULTS = ("name", "image", "video")
-KNOWN_KEYS = {"": SPEC_FIELDS, "video": ("uri", "from")}
+FORBIDDEN_DEFAULTS = ("name", "image", "lastFrame", "referenceImages", "video")
+KNOWN_KEYS = {
+    "": SPEC_FIELDS,
+    "video": ("uri", "from"),
+    "referenceImages.*": tuple(ReferenceDoc.model_fields),
+}
 
 
 @dataclass(frozen=True)
 class ImageInput:
-    """A first-frame image, identified by its bytes: moving or renaming it changes nothing."""
+    """An image sent with a spec, identified by its bytes: moving or renaming it changes nothing."""
 
     path: str  # relative to the repo root
     sha256: str
     mime_type: str
     size: int
+
+    def identity(self) -> dict[str, str]:
+        return {"sha256": self.sha256, "mimeType": self.mime_type}
+
+    def wire(self, repo: Path, file: str, field: str) -> dict[str, str]:
+        """The API's image object; re-reads the file and refuses it if it changed since the key
+        was made (the key would no longer name what is sent)."""
+        try:
+            data = (repo / self.path).read_bytes()
+        except OSError as exc:
+            message = f"{self.path} can no longer be read ({exc.strerror}); run again"
+            raise SpecErrors([Problem(file, message, field=field)]) from None
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise SpecErrors([Problem(file, "changed while running; run again", field=field)])
+        return {"bytesBase64Encoded": base64.b64encode(data).decode("ascii"),
+                "mimeType": self.mime_type}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference image and how the model is to use it."""
+
+    image: ImageInput
+    type: str = "asset"
 
 
 @dataclass(frozen=True)
@@ -208,6 +315,19 @@ class Desired:
     image: ImageInput | None = None
     video_uri: str | None = None
     key: str = field(default="")
+    last_frame: ImageInput | None = None
+    references: tuple[Reference, ...] = ()
+    source: str | None = None  # video: {from: NAME}: the spec whose output this one extends
+    source_key: str | None = None  # that spec's key, once the chain is resolved
+    depth: int = 0  # extensions from the chain's first spec (0: not an extension of a spec)
+    length: float | None = None  # seconds of the resulting video, when known
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of video generated (and paid for): an extension adds about 7."""
+        if self.video_uri is not None or self.source is not None:
+            return EXTENSION_SECONDS
+        return float(self.duration)
 
     @property
     def duration(self) -> int:
@@ -220,37 +340,48 @@ class Desired:
         return str(self.parameters["resolution"])
 
     def canonical(self) -> dict[str, Any]:
-        """The key's input: only what decides the video, defaults filled in."""
-        return {
+        """The key's input: only what decides the video, defaults filled in. Fields added since
+        the first release appear only when set, so no existing spec's key moves."""
+        video: dict[str, str] | None = None
+        if self.source is not None:
+            video = {"from": self.source_key or f"unresolved:{self.source}"}
+        elif self.video_uri is not None:
+            video = {"file": video_identity(self.video_uri)}
+        out: dict[str, Any] = {
             "v": KEY_VERSION,
             "model": self.model,
             "prompt": self.prompt,
             "parameters": {k: self.parameters.get(k) for k in sorted(_KEY_PARAMETERS)},
-            "image": None
-            if self.image is None
-            else {"sha256": self.image.sha256, "mimeType": self.image.mime_type},
-            "video": None if self.video_uri is None else {"file": video_identity(self.video_uri)},
+            "image": None if self.image is None else self.image.identity(),
+            "video": video,
         }
+        if self.parameters.get("seed") is not None:
+            out["parameters"]["seed"] = self.parameters["seed"]
+        if self.last_frame is not None:
+            out["lastFrame"] = self.last_frame.identity()
+        if self.references:
+            out["referenceImages"] = [
+                {**ref.image.identity(), "referenceType": ref.type} for ref in self.references
+            ]
+        return out
 
-    def request_body(self, repo: Path) -> dict[str, Any]:
-        """The submit body; re-reads the image and refuses it if it changed since the key was made."""
+    def request_body(self, repo: Path, *, source_uri: str | None = None) -> dict[str, Any]:
+        """The submit body; every image is re-read and refused if it changed since the key was
+        made. ``source_uri``: the provider URI of the output this spec extends (a chain)."""
         instance: dict[str, Any] = {"prompt": self.prompt}
         if self.image is not None:
-            try:
-                data = (repo / self.image.path).read_bytes()
-            except OSError as exc:
-                message = f"{self.image.path} can no longer be read ({exc.strerror}); run again"
-                raise SpecErrors([Problem(self.file, message, field="image")]) from None
-            if hashlib.sha256(data).hexdigest() != self.image.sha256:
-                raise SpecErrors(
-                    [Problem(self.file, "changed while running; run again", field="image")]
-                )
-            instance["image"] = {
-                "bytesBase64Encoded": base64.b64encode(data).decode("ascii"),
-                "mimeType": self.image.mime_type,
-            }
-        if self.video_uri is not None:
-            instance["video"] = {"uri": self.video_uri}
+            instance["image"] = self.image.wire(repo, self.file, "image")
+        if self.last_frame is not None:
+            instance["lastFrame"] = self.last_frame.wire(repo, self.file, "lastFrame")
+        if self.references:
+            instance["referenceImages"] = [
+                {"image": ref.image.wire(repo, self.file, "referenceImages"),
+                 "referenceType": ref.type}
+                for ref in self.references
+            ]  # fmt: skip
+        uri = self.video_uri or source_uri
+        if uri is not None:
+            instance["video"] = {"uri": uri}
         params = {k: v for k, v in self.parameters.items() if v is not None}
         return {"instances": [instance], "parameters": params}
 

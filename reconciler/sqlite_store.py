@@ -91,10 +91,16 @@ def _m3_ledger_cost(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at)")
 
 
+def _m4_remote_until(db: sqlite_utils.Database) -> None:
+    # When the provider's copy of a generation's video goes: chains need it as a source.
+    db.conn.execute("ALTER TABLE generations ADD COLUMN remote_until TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _m1_initial),
     ("0002_row_version", _m2_row_version),
     ("0003_ledger_cost", _m3_ledger_cost),
+    ("0004_remote_until", _m4_remote_until),
 ]
 _OUTPUT_COLUMNS = tuple(f.name for f in fields(Output))
 

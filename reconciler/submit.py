@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 from typing import Any
 
 from . import failpoints
@@ -27,7 +28,7 @@ from .errors import (
     StateError,
     TransientError,
 )
-from .lifecycle import TRANSITIONS, Event, Generation, Intent, OutcomeState
+from .lifecycle import TRANSITIONS, Event, Generation, Intent, OutcomeState, remote_until
 
 MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead
 
@@ -37,7 +38,7 @@ class Submission(KeyWork):
         """The only paid call, wrapped in the write-ahead claim. None: claimed by someone else."""
         ctx, spec = self.ctx, self.spec
         # Built before the claim: a bad image must not leave a claim behind.
-        body = await ctx.db(spec.request_body, ctx.ws.repo)
+        body = await ctx.db(spec.request_body, ctx.ws.repo, source_uri=self.source_uri)
         backoff = ctx.tuning.submit_backoff
         for attempt in range(backoff.attempts):
             await self._pace()
@@ -157,6 +158,11 @@ class Submission(KeyWork):
             # Someone else moved the row meanwhile: this paid job must still not be forgotten.
             await self._rescue(operation, "the row was taken over by another process")
         failpoints.hit("after_running")
+        if self.spec.source_key:
+            # Using the source's provider copy renews it: kept about 2 more days from now.
+            until = remote_until(datetime.now(UTC))
+            await self.ctx.db(self.ctx.ws.gens.transition, self.spec.source_key,
+                              Event.RENEWED, remote_until=until)  # fmt: skip
         return operation
 
     async def _rescue(self, operation: str, why: str) -> None:

@@ -26,6 +26,7 @@ from .errors import (
     FatalError,
     FileMissing,
     FilteredError,
+    ModelUnavailable,
     OperationFailed,
     OperationLost,
     PermanentError,
@@ -114,6 +115,17 @@ def _rejected(a: Answer) -> ApiError:
     return PermanentError(f"rejected ({a.said})", status=a.status, reason=a.message)
 
 
+def _model_gone(a: Answer) -> ApiError:
+    # Google retired the preview ids on its own API on 2026-10-22; resellers remap ids on their
+    # own schedule. Final for the spec after one request, and not billed.
+    return ModelUnavailable(
+        f"the provider does not know model {a.subject or '?'} or it is no longer available "
+        f"({a.said}); choose another `model` in the spec, or declare the id your provider "
+        "serves under `models:` in reconcile.yaml",
+        status=a.status, reason=a.message,
+    )  # fmt: skip
+
+
 def _lost(a: Answer) -> ApiError:
     return OperationLost(
         f"the provider does not know operation {a.subject} (404)", status=404, reason="not found"
@@ -138,8 +150,8 @@ def _unexpected(a: Answer) -> ApiError:
 # HTTP error (only the operation's own `done` + `error`, or a filtered result, is).
 ANSWERS: dict[Call, dict[int | str, Decide]] = {
     Call.SUBMIT: {
-        401: _key, 403: _forbidden, 429: _rate, "policy": _policy, 408: _timeout,
-        "5xx": _gateway, "other": _rejected,
+        401: _key, 403: _forbidden, 404: _model_gone, 429: _rate, "policy": _policy,
+        408: _timeout, "5xx": _gateway, "other": _rejected,
     },
     Call.POLL: {
         401: _key, 403: _forbidden, 404: _lost, 429: _rate, "5xx": _server, "other": _unexpected,

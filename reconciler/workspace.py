@@ -23,7 +23,8 @@ from . import plan as planning
 from .config import Config, load_config
 from .errors import ReconcileError
 from .events import Reporter
-from .lifecycle import Event, Generation, State
+from .facts import video_identity
+from .lifecycle import Event, Generation, State, remote_expiry
 from .loader import LoadResult, load_specs
 from .lockfile import LockEntry
 from .money import Spending, windows
@@ -253,11 +254,12 @@ class Workspace:
         if not on_disk and not self.cache.has(entry.sha256):
             return False
         if event is not None:
+            uri, file_id = _remote(entry)
             row = replace(self.seed(spec, state=State.MATERIALIZED), sha256=entry.sha256,
-                          bytes=size)  # fmt: skip
+                          bytes=size, video_uri=uri, file_id=file_id)  # fmt: skip
             adopted = self.gens.transition(
                 spec.key, event, seed=row, operation=entry.operation or "",
-                finished_at=entry.generated,
+                finished_at=entry.generated, remote_until=entry.expires,
             )  # fmt: skip
             if adopted is None:
                 return False  # another process has a generation for it now: that one wins
@@ -306,6 +308,8 @@ class Workspace:
                     bytes=out.bytes, model=gen.model if gen else "",
                     operation=gen.operation if gen else None,
                     generated=(gen.finished_at or out.materialized_at) if gen else out.materialized_at,
+                    uri=gen.video_uri or None if gen else None,
+                    expires=_expires(gen) if gen and gen.video_uri else None,
                 )
                 for out in self.tree.outputs().values()
                 for gen in [gens.get(out.spec_key)]
@@ -341,6 +345,19 @@ class Workspace:
                 + (f" with operation {current.operation}" if current.operation else "")
                 + "; resolve is for unknown submissions (add --force to replace it anyway)"
             )
+
+
+def _remote(entry: LockEntry) -> tuple[str | None, str | None]:
+    """The provider copy a lock entry names: its URI and file id."""
+    if not entry.uri:
+        return None, None
+    file_id = video_identity(entry.uri)
+    return entry.uri, file_id if file_id != entry.uri else None
+
+
+def _expires(gen: Generation) -> str | None:
+    expiry = remote_expiry(gen)
+    return expiry.strftime("%Y-%m-%dT%H:%M:%SZ") if expiry else None
 
 
 def _ignore_state(folder: Path) -> None:

@@ -284,8 +284,12 @@ def pydantic_problems(
 
 
 def _known_at(known: Known, parent: str) -> tuple[str, ...]:
+    """The keys allowed under ``parent``; ``a.*`` stands for any key under ``a`` (a map of names)."""
     if isinstance(known, Mapping):
-        return tuple(known.get(parent, ()))
+        if parent in known:
+            return tuple(known[parent])
+        head, _, _ = parent.rpartition(".")
+        return tuple(known.get(f"{head}.*", ())) if head else ()
     return tuple(known) if parent == "" else ()
 
 

@@ -6,10 +6,10 @@ the simulator received and what landed on disk. The tests come in layers by spee
 1. pure functions and the store on sqlite files (plan, lifecycle, spec key, wire, pacing, store);
 2. engines in one asyncio loop against the simulator over loopback (``engines.py``);
 3. the CLI through click's runner, in this process (``Repo.run``, the default);
-4. real ``python -m reconciler`` processes: failpoints (read once, at import), signals, SIGKILL,
-   several processes racing, the watch daemon. Only these are marked ``slow``, and only a test
-   marked ``slow`` may start one (``Repo.run_process``, ``Repo.spawn``), so ``pytest -m "not
-   slow"`` stays the quick loop.
+4. real ``python -m reconciler`` processes: what is read once, at import (failpoints, the umask),
+   signals, SIGKILL, several processes racing, the watch daemon. These are marked ``slow`` (as is
+   any test over about 2 s), and only a test marked ``slow`` may start one (``Repo.run_process``,
+   ``Repo.spawn``), so ``pytest -m "not slow"`` stays the quick loop.
 """
 
 from __future__ import annotations
@@ -218,7 +218,8 @@ prompt: {prompt}
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(api_key=API_KEY, latency=0.3) as server:
+    """Stand-in clips: the CLI tests download hundreds of videos; test_video.py plays real ones."""
+    with Simulator(api_key=API_KEY, latency=0.3, video="standin") as server:
         yield server
 
 

@@ -23,6 +23,7 @@ from reconciler.errors import (
     FatalError,
     FileMissing,
     FilteredError,
+    ModelUnavailable,
     OperationFailed,
     OperationLost,
     PermanentError,
@@ -269,7 +270,7 @@ ERROR_CASES: dict[str, tuple[int, str, dict[str, str], type[ApiError], str]] = {
         404,
         '{"error": {"code": 404, "message": "models/veo-9 is not found", "status": "NOT_FOUND"}}',
         {},
-        PermanentError,
+        ModelUnavailable,
         "veo-9",
     ),
     "429 Google envelope": (
@@ -374,7 +375,11 @@ def fixture_text(name: str) -> str:
 
 # What the same answer means differs by call: the per-call tables of ``wire``.
 BY_CALL: dict[str, tuple[Call, int, type[ApiError]]] = {
-    "404 to the POST: the model is unknown, final": (Call.SUBMIT, 404, PermanentError),
+    "404 to the POST: the model is unknown or retired, final": (
+        Call.SUBMIT,
+        404,
+        ModelUnavailable,
+    ),
     "404 to a poll: the operation is lost, retried": (Call.POLL, 404, OperationLost),
     "404 to a download: retried (final only past the file's expiry)": (
         Call.DOWNLOAD,

@@ -39,7 +39,7 @@ PROMPTS = {
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
     """A quicker simulator than conftest's: these tests wait on operations many times over."""
-    with Simulator(api_key=API_KEY, latency=0.1) as server:
+    with Simulator(api_key=API_KEY, latency=0.1, video="standin") as server:
         yield server
 
 
@@ -276,7 +276,7 @@ def test_expired_file_fails_until_retry_failed(repo: Repo, sim: Simulator) -> No
 def test_mixed_shapes_and_name_forms_converge(tmp_path: Path) -> None:
     """Both operation-name forms, both done shapes and an absent `done` in one run: all converge."""
     with Simulator(api_key=API_KEY, latency=0.1, name_form="mixed", done_shape="mixed",
-                   omit_done=True) as sim:  # fmt: skip
+                   omit_done=True, video="standin") as sim:  # fmt: skip
         repo = Repo(tmp_path / "mixed", sim)
         names = [f"clip{i}" for i in range(6)]
         for i, name in enumerate(names):

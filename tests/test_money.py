@@ -299,3 +299,32 @@ def test_the_json_log_of_watch_carries_each_posts_cost(repo: Repo, sim: Simulato
         _, err = proc.communicate(timeout=10)
     submits = [json.loads(line) for line in err.splitlines() if '"event": "submit"' in line]
     assert submits and submits[0]["cost_usd"] == pytest.approx(1.6)
+
+
+@pytest.mark.slow
+def test_watch_pays_only_for_a_spec_that_settled(repo: Repo, sim: Simulator) -> None:
+    """Saves a second apart (an editor autosaving while someone types) pay for nothing: only the
+    version that then stays unchanged for the default settle period becomes a video."""
+    import subprocess
+    import sys
+
+    write_spec(repo, prompt="A light")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "watch", "--poll-interval", "0.1"],
+        cwd=repo.path, env=repo.env(**FAST_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        for prompt in ("A lighthouse", "A lighthouse at", "A lighthouse at dusk."):
+            time.sleep(1.0)
+            write_spec(repo, prompt=prompt)
+        assert sim.post_requests == 0
+        deadline = time.monotonic() + 30
+        while repo.status()["hero"]["state"] != "materialized":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert sim.paid_posts == 1
+    assert sim.posts_for("A lighthouse at dusk.") == 1

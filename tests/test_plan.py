@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from reconciler.config import Config, load_config
+from reconciler.facts import ModelFacts
 from reconciler.lifecycle import ActionKind, Generation, State
 from reconciler.lockfile import LockEntry
 from reconciler.plan import Action, Observed, Options, Plan, make_plan, output_path
@@ -381,8 +382,12 @@ PRICES = {
     "standard 720p 6 s": (desired(model=STANDARD, duration=6), Config(), 2.40),
     "standard 1080p 8 s": (desired(model=STANDARD, resolution="1080p"), Config(), 3.20),
     "standard 4k 8 s": (desired(model=STANDARD, resolution="4k"), Config(), 4.80),
-    "custom price from Config": (desired(), Config(prices={FAST: {"720p": 0.15}}), 1.20),
-    "no price for the model: unknown": (desired(model=STANDARD), Config(prices={}), None),
+    "custom price from Config": (
+        desired(),
+        Config(models={FAST: ModelFacts({"720p": 0.15})}),
+        1.20,
+    ),
+    "no price for the model: unknown": (desired(model=STANDARD), Config(models={}), None),
 }
 
 

@@ -26,7 +26,7 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(32)).decode()
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(latency=LATENCY, redirect_host="127.0.0.2") as s:
+    with Simulator(latency=LATENCY, redirect_host="127.0.0.2", video="standin") as s:
         yield s
 
 
@@ -209,7 +209,7 @@ def test_every_video_is_distinct(sim: Simulator, client: httpx.Client) -> None:
         ({"resolution": "1080p", "aspectRatio": "9:16", "durationSeconds": 8}, (1080, 1920), 8),
         ({"resolution": "4k", "durationSeconds": 8.0}, (3840, 2160), 8),
         (
-            {"personGeneration": "allow_adult", "enhancePrompt": False, "negativePrompt": "x"},
+            {"personGeneration": "allow_all", "enhancePrompt": False, "negativePrompt": "x"},
             (1280, 720),
             8,
         ),

@@ -109,6 +109,7 @@ def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
         "0001_initial",
         "0002_row_version",
         "0003_ledger_cost",
+        "0004_remote_until",
     ]
 
     again = Store(db_path)

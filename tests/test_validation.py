@@ -159,7 +159,7 @@ CASES = [
     bad("file-only-comments", {"specs/a.yaml": "# todo: write this one\n", "specs/ok.yaml": NEIGHBOUR},
         None, None, "holds no spec"),
     # -- keys ---------------------------------------------------------------------------------
-    bad("unknown-key", spec("seed: 42\n"), 4, "seed",
+    bad("unknown-key", spec("sampleCount: 2\n"), 4, "sampleCount",
         "unknown key; allowed keys: name, model, prompt, aspectRatio"),
     bad("misspelt-resoluton", spec("resoluton: 1080p\n"), 4, "resoluton",
         "unknown key; did you mean 'resolution'?"),
@@ -195,8 +195,8 @@ CASES = [
     bad("personGeneration-everyone", spec("personGeneration: everyone\n"), 4, "personGeneration",
         "'everyone' is not allowed; use one of 'allow_all' or 'allow_adult'"),
     bad("model-unknown", spec(head="name: a\nmodel: veo-2\nprompt: A kite.\n"), 2, "model",
-        "'veo-2' is not allowed; use one of 'veo-3.1-generate-preview' or "
-        "'veo-3.1-fast-generate-preview'"),
+        "unknown model 'veo-2'; known: veo-3.1-fast-generate-001, veo-3.1-fast-generate-preview, "
+        "veo-3.1-generate-001, veo-3.1-generate-preview, veo-3.1-lite-generate-001. Declare the id"),
     # -- rules across fields ------------------------------------------------------------------
     bad("1080p-4s", spec("resolution: 1080p\ndurationSeconds: 4\n"), 5, "durationSeconds",
         "resolution 1080p needs 8 seconds (got 4)"),
@@ -260,8 +260,8 @@ CASES = [
         "resolution", "video-to-video (extension) only supports 720p"),
     bad("video-6s", spec(f"durationSeconds: 6\nvideo: {{uri: '{VIDEO_URI}'}}\n"), 4,
         "durationSeconds", "video-to-video (extension) needs 8"),
-    bad("video-from", spec("video: {from: intro}\n"), 4, "video",
-        "'from' (chaining onto another spec's output) is not supported yet"),
+    bad("video-from-unknown", spec("video: {from: intro}\n"), 1, "video.from",
+        "no valid spec named 'intro' to extend"),
     bad("video-uri-not-http", spec("video: {uri: 'ftp://example.com/v.mp4'}\n"), 4, "video",
         "'uri' must be an http(s) URI"),
     bad("video-uri-and-from", spec(f"video: {{uri: '{VIDEO_URI}', from: intro}}\n"), 4, "video",
@@ -286,7 +286,7 @@ CASES = [
     bad("config-defaults-bad-value", config("defaults:\n  resolution: 2k\n"), 2,
         "defaults.resolution", "'2k' is not allowed", file="reconcile.yaml"),
     bad("config-defaults-bad-model", config("defaults:\n  model: veo-2\n"), 2,
-        "defaults.model", "'veo-2' is not allowed", file="reconcile.yaml"),
+        "defaults.model", "unknown model 'veo-2'", file="reconcile.yaml"),
     bad("config-defaults-break-rule",
         config("defaults:\n  resolution: 4k\n  durationSeconds: 6\n"), 3,
         "defaults.durationSeconds", "resolution 4k needs 8 seconds (got 6)",

@@ -7,13 +7,18 @@ service. This package serves the same wire protocol (see shared/veo-api.md) over
 sockets, so the client is tested with its real HTTP stack, the way moto stands in for AWS:
 submit, poll and download endpoints with the documented JSON shapes and error envelopes, request
 validation like the live API's, counters of what would have been paid, a recording of every
-request, and faults injected per endpoint. Only the standard library is used, so the CLI can run
-it as ``reconcile sim`` anywhere; a second process steers it through ``/_sim/`` endpoints.
+request, and faults injected per endpoint. Its videos are real, playable clips (PyAV encodes
+them); everything else is the standard library, and without PyAV it serves stand-in files, so the
+CLI can run it as ``reconcile sim`` anywhere; a second process steers it through ``/_sim/``
+endpoints.
 
 The parts, each importing only those before it (and ``reconciler.facts`` and ``reconciler.mp4``):
 
 - ``faults``: the injectable faults and which endpoint each applies to;
-- ``rules``: what the live API answers 400 to, and what an accepted submission produces;
+- ``images``: what the live API answers 400 to in a request's images (frames, reference images);
+- ``rules``: what else it answers 400 to, per model and mode, and what an accepted submission
+  produces;
+- ``font`` and ``video``: the playable clips, a test pattern labelled with the prompt;
 - ``service``: the state (operations, files, counters, recordings, fault queues), test controls;
 - ``http``: servers, request handler, error envelopes;
 - ``simulator``: ``Simulator``, the endpoints and the control plane on top of all of them.
@@ -30,9 +35,11 @@ from .faults import (
     cut_download,
     drop_after_accept,
     drop_before_accept,
+    echo_headers,
     expired,
     fault_from_json,
     filtered,
+    gateway_error,
     http_error,
     op_error,
     rate_limited,
@@ -55,9 +62,11 @@ __all__ = [
     "cut_download",
     "drop_after_accept",
     "drop_before_accept",
+    "echo_headers",
     "expired",
     "fault_from_json",
     "filtered",
+    "gateway_error",
     "http_error",
     "op_error",
     "rate_limited",

@@ -19,7 +19,8 @@ ENDPOINTS = ("submit", "poll", "download")
 ANSWER_KINDS = {"http_error", "rate_limited", "server_error", "content_policy", "expired"}
 KINDS = {
     "submit": ANSWER_KINDS - {"expired"}
-    | {"drop_before_accept", "drop_after_accept", "filtered", "op_error", "slow", "stall"},
+    | {"drop_before_accept", "drop_after_accept", "filtered", "op_error", "slow", "stall"}
+    | {"gateway_error", "echo_headers"},
     "poll": ANSWER_KINDS - {"expired"} | {"drop_before_accept", "drop_after_accept", "stall"},
     "download": ANSWER_KINDS
     | {"drop_before_accept", "drop_after_accept", "cut_download", "redirect"},
@@ -54,6 +55,18 @@ def rate_limited(retry_after: float | None = None, envelope: str = "google") -> 
 
 def server_error(status: int = 503) -> Fault:
     return Fault("server_error", status)
+
+
+def gateway_error(status: int = 504) -> Fault:
+    """A gateway in front of the provider: the job is created and billed upstream, then the
+    gateway answers a 5xx (its own timeout shorter than the upstream's answer)."""
+    return Fault("gateway_error", status)
+
+
+def echo_headers() -> Fault:
+    """Create and bill the job, then answer 200 with the request's headers echoed and no
+    operation name (a misbehaving gateway): the key must not travel any further."""
+    return Fault("echo_headers", 200)
 
 
 def drop_before_accept() -> Fault:
@@ -114,6 +127,8 @@ _BUILDERS: dict[str, Any] = {
     "server_error": server_error,
     "drop_before_accept": drop_before_accept,
     "drop_after_accept": drop_after_accept,
+    "gateway_error": gateway_error,
+    "echo_headers": echo_headers,
     "stall": stall,
     "content_policy": content_policy,
     "filtered": filtered,

@@ -11,10 +11,12 @@ one lock) and writes the answer.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 from reconciler import mp4
 from reconciler.facts import DEFAULT_DURATION, DEFAULT_RESOLUTION, frame_size
 
+from . import video as clips
 from .faults import ENDPOINTS, KINDS, Fault
 from .rules import Plan
 
@@ -34,6 +37,9 @@ _FILTER_REASON = (
     "You will not be charged for this request. Try rephrasing the prompt."
 )
 _DEFAULT_WIDTH, _DEFAULT_HEIGHT = frame_size(DEFAULT_RESOLUTION)
+STANDIN_SIZE = 48 * 1024  # a stand-in clip's size unless video_size says otherwise
+VIDEO_MODES = ("real", "standin")
+_log = logging.getLogger("reconciler.sim")
 
 
 @dataclass
@@ -64,7 +70,8 @@ class SimOperation:
     width: int = _DEFAULT_WIDTH
     height: int = _DEFAULT_HEIGHT
     duration_s: float = float(DEFAULT_DURATION)
-    video_size: int = 48 * 1024
+    playable: bool = False  # a real encoded clip (video.py), else a stand-in of video_size bytes
+    video_size: int = STANDIN_SIZE
     create_time: str = ""
     _video: bytes | None = field(default=None, repr=False)
 
@@ -87,7 +94,19 @@ class SimOperation:
     def video(self) -> bytes | None:
         if self.outcome != "success":
             return None
-        if self._video is None:  # made on first use: a large video_size should not slow submit
+        if self._video is not None:
+            return self._video
+        if self.playable:
+            # Same request, same pixels (encoded once); the tag keeps every operation's bytes apart.
+            picture = clips.clip(
+                width=self.width,
+                height=self.height,
+                duration_s=self.duration_s,
+                title=self.prompt,
+                note=f"#{clips.digest(self.prompt)}",
+            )
+            self._video = clips.tagged(picture, f"operation {self.id}")
+        else:  # made on first use: a large video_size should not slow submit
             self._video = mp4.make_mp4(
                 duration_s=self.duration_s,
                 width=self.width,
@@ -170,7 +189,8 @@ class Service:
         self,
         *,
         latency: float,
-        video_size: int,
+        video: str | None,
+        video_size: int | None,
         name_form: str,
         done_shape: str,
         omit_done: bool,
@@ -183,7 +203,11 @@ class Service:
         if done_shape not in ("wrapped", "flat", "mixed"):
             raise ValueError(f"done_shape must be wrapped, flat or mixed, not {done_shape!r}")
         self.latency = latency
-        self.video_size = video_size
+        self.video = _video_mode(video, video_size)
+        self.video_size = STANDIN_SIZE if video_size is None else video_size
+        # Real clips are encoded while the operation "runs", one at a time (x264 uses every core),
+        # so a download rarely waits; started on the first real operation.
+        self._encoder: ThreadPoolExecutor | None = None
         self.name_form = name_form
         self.done_shape = done_shape
         self.omit_done = omit_done
@@ -343,6 +367,7 @@ class Service:
                 width=plan.width,
                 height=plan.height,
                 duration_s=plan.duration_s,
+                playable=self.video == "real",
                 video_size=self.video_size,
                 create_time=_now_rfc3339(),
             )
@@ -364,7 +389,18 @@ class Service:
                 self._files[plan.source_file].touched = time.monotonic()
             self.operations[op_id] = op
             self.paid_posts += 1
+            if op.playable and op.outcome == "success":
+                if self._encoder is None:
+                    self._encoder = ThreadPoolExecutor(1, thread_name_prefix="sim-video")
+                self._encoder.submit(lambda: op.video)
             return op
+
+    def _stop_encoding(self) -> None:
+        """Drop the clips still queued; one being encoded finishes (the interpreter waits for it)."""
+        with self._lock:
+            encoder, self._encoder = self._encoder, None
+        if encoder is not None:
+            encoder.shutdown(wait=False, cancel_futures=True)
 
     def _file_op(self, file_id: str) -> SimOperation | None:
         """The finished operation behind a file that can still be served, else None."""
@@ -378,3 +414,20 @@ class Service:
                 if time.monotonic() - since > self.file_ttl:
                     return None
             return op
+
+
+def _video_mode(video: str | None, video_size: int | None) -> str:
+    """real or standin: real unless asked otherwise, or unless PyAV cannot be imported."""
+    if video is None:
+        video = "real" if video_size is None else "standin"
+    if video not in VIDEO_MODES:
+        raise ValueError(f"video must be real or standin, not {video!r}")
+    if video == "real" and video_size is not None:
+        raise ValueError("video_size sets the size of stand-in clips: use it with video='standin'")
+    if video == "real" and not clips.available():
+        _log.warning(
+            "reconciler.sim: PyAV (the av package) is not installed, so the simulator serves "
+            "stand-in clips that are not playable video; `pip install av` for real ones."
+        )
+        return "standin"
+    return video

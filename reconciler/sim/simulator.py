@@ -14,11 +14,12 @@ import math
 import re
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from reconciler.facts import MODELS
+from reconciler.facts import CATALOG, ModelFacts
 
 from .faults import ANSWER_KINDS, Fault, fault_from_json
 from .http import Handler, Server, google_error, gptproto_error, serve, shut_down
@@ -27,7 +28,19 @@ from .service import RecordedRequest, Service, accepted_body, operation_body
 
 
 class Simulator(Service):
-    """The emulated service: start() it, point the client at base_url, inspect what it saw."""
+    """The emulated service: start() it, point the client at base_url, inspect what it saw.
+
+    Its videos are real, playable H.264 + AAC clips (``video="real"``, the default; video.py)
+    unless ``video="standin"`` or a ``video_size`` asks for stand-ins: files of exactly that many
+    bytes (48 KiB by default) with the right container metadata around undecodable media, made in
+    microseconds, for tests that download many videos or need a file of a given size.
+
+    It serves the model ids of ``models`` (by default every id in ``facts.CATALOG``; a mapping
+    from id to ``ModelFacts`` serves ids of your own) with the limits their facts give; an id in
+    ``retired`` (or passed to ``retire``) answers 404 "…no longer available", unbilled, as
+    Google's shut-down preview ids do. ``reference_styles=False`` refuses ``referenceType:
+    style`` as the Gemini API does (Vertex accepts it).
+    """
 
     def __init__(
         self,
@@ -37,16 +50,21 @@ class Simulator(Service):
         host: str = "127.0.0.1",
         port: int = 0,
         redirect_host: str | None = None,
-        video_size: int = 48 * 1024,
+        video: str | None = None,
+        video_size: int | None = None,
         name_form: str = "models",
         done_shape: str = "wrapped",
         omit_done: bool = False,
         file_ttl: float | None = None,
         log: bool = False,
         foreign_sources: bool = False,
+        models: Iterable[str] | Mapping[str, ModelFacts] | None = None,
+        retired: Iterable[str] = (),
+        reference_styles: bool = True,
     ) -> None:
         super().__init__(
             latency=latency,
+            video=video,
             video_size=video_size,
             name_form=name_form,
             done_shape=done_shape,
@@ -60,6 +78,9 @@ class Simulator(Service):
         self.port = port
         self.redirect_host = redirect_host
         self.log = log
+        self.models = _served_models(models)
+        self.retired = set(retired)
+        self.reference_styles = reference_styles
         self._servers: list[tuple[Server, threading.Thread]] = []
         self._base_url: str | None = None
         self._redirect_base_url: str | None = None
@@ -82,6 +103,7 @@ class Simulator(Service):
     def stop(self) -> None:
         servers, self._servers = self._servers, []
         shut_down(servers)
+        self._stop_encoding()
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -98,6 +120,33 @@ class Simulator(Service):
     @property
     def redirect_base_url(self) -> str | None:
         return self._redirect_base_url
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def retire(self, model: str) -> None:
+        """From now on, a submission to ``model`` answers 404 "…no longer available", unbilled."""
+        with self._lock:
+            self.retired.add(model)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {**super().stats(), "models": list(self.models), "retired": sorted(self.retired)}
+
+    def _model_facts(self, model: str) -> ModelFacts | str:
+        """The facts of a model this service serves, else the message of its 404."""
+        with self._lock:
+            if model in self.retired:
+                return (
+                    f"models/{model} is not found for API version v1beta, or is no longer "
+                    "available."
+                )
+            facts = self.models.get(model)
+        if facts is None:
+            return (
+                f"models/{model} is not found for API version v1beta, or is not supported for "
+                "predictLongRunning. Call ListModels to see the list of available models."
+            )
+        return facts
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -175,12 +224,9 @@ class Simulator(Service):
             return
         body = _json_or_none(h.read_body())
         self._record_request(h, body)
-        if model not in MODELS:
-            msg = (
-                f"models/{model} is not found for API version v1beta, or is not supported for "
-                "predictLongRunning. Call ListModels to see the list of available models."
-            )
-            h.send_json(404, google_error(404, msg))
+        facts = self._model_facts(model)
+        if isinstance(facts, str):  # an unknown or retired model: nothing created, nothing billed
+            h.send_json(404, google_error(404, facts))
             return
         if body is None:
             h.send_json(400, google_error(400, "Invalid JSON payload received."))
@@ -197,7 +243,14 @@ class Simulator(Service):
                     self._answer_fault(h, fault)
                 return
             fault = None
-        plan = plan_submission(body, source=self._file_op, foreign_sources=self.foreign_sources)
+        plan = plan_submission(
+            body,
+            model=model,
+            facts=facts,
+            source=self._file_op,
+            foreign_sources=self.foreign_sources,
+            reference_styles=self.reference_styles,
+        )
         if isinstance(plan, str):
             h.send_json(400, google_error(400, plan))
             return
@@ -206,6 +259,13 @@ class Simulator(Service):
         op = self._create(model, body, prompt or "", plan, fault)
         if fault and fault.kind == "drop_after_accept":
             h.drop()
+            return
+        if fault and fault.kind == "gateway_error":
+            status = fault.status or 504
+            h.send_json(status, google_error(status, "upstream request timeout"))
+            return
+        if fault and fault.kind == "echo_headers":
+            h.send_json(200, {"echo": {k.lower(): v for k, v in h.headers.items()}})
             return
         if fault and fault.kind == "stall":
             time.sleep(fault.latency or 0.0)
@@ -295,6 +355,13 @@ class Simulator(Service):
             elif h.command == "POST" and path == "/_sim/expire_files":
                 self.expire_files()
                 h.send_json(200, {"ok": True})
+            elif h.command == "POST" and path == "/_sim/retire":
+                spec = json.loads(raw or b"{}")
+                model = spec.get("model") if isinstance(spec, dict) else None
+                if not isinstance(model, str) or not model:
+                    raise ValueError('retire needs a model id: {"model": "..."}')
+                self.retire(model)
+                h.send_json(200, {"ok": True, "retired": sorted(self.retired)})
             elif h.command == "POST" and path == "/_sim/latency":
                 spec = json.loads(raw or b"{}")
                 self.set_latency(float(spec["seconds"]))
@@ -303,6 +370,26 @@ class Simulator(Service):
                 h.send_json(404, {"error": f"no control endpoint {h.command} {path}"})
         except (ValueError, KeyError, TypeError) as exc:
             h.send_json(400, {"error": str(exc)})
+
+
+def _served_models(
+    models: Iterable[str] | Mapping[str, ModelFacts] | None,
+) -> dict[str, ModelFacts]:
+    """The model ids a simulator serves, each with its facts."""
+    if models is None:
+        return dict(CATALOG)
+    if isinstance(models, Mapping):
+        return dict(models)
+    if isinstance(models, str):
+        raise ValueError("models is a collection of model ids, not one id")
+    ids = list(models)
+    unknown = sorted(set(ids) - set(CATALOG))
+    if unknown:
+        raise ValueError(
+            f"models not in facts.CATALOG: {', '.join(unknown)}; pass a mapping to ModelFacts "
+            "to serve ids of your own"
+        )
+    return {model: CATALOG[model] for model in ids}
 
 
 def _json_or_none(raw: bytes) -> Any | None:
