@@ -211,3 +211,31 @@ def test_loading_a_repo_resolves_chains_across_files(tmp_path: Path) -> None:
     top = next(s for s in result.specs if s.name == "top")
     assert top.source_key == next(s.key for s in result.specs if s.name == "base")
     assert json.loads(json.dumps(top.canonical()))["video"] == {"from": top.source_key}
+
+
+@pytest.mark.slow
+def test_the_example_specs_run_against_reconcile_sim(offline_repo: Repo) -> None:
+    """Every example also converges against `reconcile sim` in another process (no foreign
+    sources: the chain extends the simulator's own file)."""
+    import re
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.rmtree(offline_repo.path / "specs")
+    for folder in ("specs", "assets"):
+        shutil.copytree(root / folder, offline_repo.path / folder)
+    server = offline_repo.spawn("sim", "--port", "0", "--latency", "0.5", "--api-key", API_KEY,
+                                stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        base = re.search(r"http://[\d.]+:\d+", line)
+        assert base, line
+        env = offline_repo.env(RECONCILE_API_BASE=base.group(0), GPTPROTO_API_KEY=API_KEY)
+        result = offline_repo.run("apply", "--yes", "--poll-interval", "0.2", env=env, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Apply complete: 6 materialized" in result.stdout
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)

@@ -305,15 +305,8 @@ def test_the_json_log_of_watch_carries_each_posts_cost(repo: Repo, sim: Simulato
 def test_watch_pays_only_for_a_spec_that_settled(repo: Repo, sim: Simulator) -> None:
     """Saves a second apart (an editor autosaving while someone types) pay for nothing: only the
     version that then stays unchanged for the default settle period becomes a video."""
-    import subprocess
-    import sys
-
     write_spec(repo, prompt="A light")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "watch", "--poll-interval", "0.1"],
-        cwd=repo.path, env=repo.env(**FAST_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = repo.spawn("watch", "--poll-interval", "0.1", env=repo.env(**FAST_ENV))
     try:
         for prompt in ("A lighthouse", "A lighthouse at", "A lighthouse at dusk."):
             time.sleep(1.0)

@@ -110,6 +110,8 @@ def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
         "0002_row_version",
         "0003_ledger_cost",
         "0004_remote_until",
+        "0005_spec_json",
+        "0006_ledger_takes",
     ]
 
     again = Store(db_path)
