@@ -7,10 +7,12 @@ Measures, in one run on this machine:
   latency no reconciler can avoid;
 - idle: CPU seconds the daemon burns over a few idle seconds with nothing in flight.
 
-Prints the medians and the ratio watch/floor. `--quick` (CI smoke) uses fewer saves and fails only
-if the median misses the 500 ms target.
+The daemon runs with `--settle 0` by default: the settle period (3 s unless set) is a wait the
+user chose so that half-typed prompts are not paid for, not overhead; `--settle S` measures with
+it, and the target becomes S + 500 ms. Prints the medians and the ratio watch/floor. `--quick`
+(CI smoke) uses fewer saves and fails only if the median misses the target.
 
-    python bench/watch_latency.py [--saves 20] [--quick]
+    python bench/watch_latency.py [--saves 20] [--settle 0] [--quick]
 """
 
 from __future__ import annotations
@@ -73,14 +75,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def watch_latency(saves: int, idle_seconds: float) -> tuple[list[float], float]:
+def watch_latency(saves: int, idle_seconds: float, settle: float) -> tuple[list[float], float]:
     with Simulator(api_key=KEY, latency=0.2) as sim, tempfile.TemporaryDirectory() as folder:
         repo = Path(folder)
         (repo / "specs").mkdir()
         env = {**os.environ, "RECONCILE_API_BASE": sim.base_url, "GPTPROTO_API_KEY": KEY,
                "PYTHONPATH": str(ROOT)}  # fmt: skip
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "watch", "--poll-interval", "0.2"],
+            [sys.executable, "-m", "reconciler", "watch", "--poll-interval", "0.2",
+             "--settle", str(settle)],
             cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
@@ -93,7 +96,7 @@ def watch_latency(saves: int, idle_seconds: float) -> tuple[list[float], float]:
             for i in range(saves):
                 start = time.monotonic()
                 (repo / "specs" / f"c{i}.yaml").write_text(SPEC.format(name=f"c{i}", i=i))
-                deadline = start + 10
+                deadline = start + 10 + settle
                 while sim.posts_for(f"Bench clip {i},") == 0 and time.monotonic() < deadline:
                     time.sleep(0.002)
                 post = [r.time for r in sim.requests if r.json and
@@ -117,13 +120,15 @@ def watch_latency(saves: int, idle_seconds: float) -> tuple[list[float], float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saves", type=int, default=20)
+    parser.add_argument("--settle", type=float, default=0.0, help="the daemon's --settle")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 8 saves, 2 s idle")
     args = parser.parse_args()
+    target_ms = TARGET_MS + args.settle * 1000
     saves = 8 if args.quick else args.saves
     idle_window = 2.0 if args.quick else 5.0
 
     floor = floor_latency(saves)
-    watch, idle = watch_latency(saves, idle_window)
+    watch, idle = watch_latency(saves, idle_window, args.settle)
     floor_ms = statistics.median(floor) * 1000
     watch_ms = statistics.median(watch) * 1000
     p90 = sorted(watch)[max(0, int(len(watch) * 0.9) - 1)] * 1000
@@ -133,11 +138,12 @@ def main() -> int:
         f"watch  (write -> simulator receives POST):    median {watch_ms:7.1f} ms, p90 {p90:.1f} ms"
     )
     print(
-        f"ratio  watch/floor: {watch_ms / max(floor_ms, 0.01):.1f}x   target: median < {TARGET_MS:.0f} ms"
+        f"ratio  watch/floor: {watch_ms / max(floor_ms, 0.01):.1f}x   target: median < {target_ms:.0f} ms"
     )
     print(f"idle   daemon CPU over {idle_window:.0f} s with nothing in flight: {idle * 1000:.0f} ms "
           f"({idle / idle_window * 100:.1f}% of one core)")  # fmt: skip
-    ok = watch_ms < TARGET_MS and idle / idle_window < 0.05
+    print(f"settle {args.settle:g} s (the daemon's --settle, part of the target)")
+    ok = watch_ms < target_ms and idle / idle_window < 0.05
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
