@@ -315,6 +315,7 @@ def render_status(
     *,
     daemon: str | None = None,
     spending: Spending | None = None,
+    state: str | None = None,
 ) -> None:
     console = _console(out)
     if not rows:
@@ -330,5 +331,7 @@ def render_status(
         console.print(table)
     if spending is not None:
         console.print(f"Spent on POSTs that may be billed: {spending.describe()}.")
+    if state:
+        console.print(f"State: {_escape(state)}")
     if daemon:
         console.print(daemon)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg import pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL, a database per test)
 
 from reconciler.sim import Simulator
 
