@@ -187,9 +187,8 @@ def team(
                     proc.kill()
                     proc.wait()
         makespan = time.monotonic() - started
-        converged = all(p.returncode == 0 for p in procs) and all(
-            len(list((tree / "videos").glob("*.mp4"))) == specs for tree in folders
-        )
+        videos = [len(list((tree / "videos").glob("*.mp4"))) for tree in folders]
+        converged = all(p.returncode == 0 for p in procs) and videos == [specs] * trees
         duplicates = sum(max(0, sim.posts_for(f"Team bench clip {i}.") - 1) for i in range(specs))
         return {
             "makespan": makespan,
@@ -198,6 +197,7 @@ def team(
             "posts": sim.paid_posts,
             "duplicates": duplicates,
             "converged": converged,
+            "videos": videos,
             "errors": [
                 log.read_text()[-2000:] for p, log in zip(procs, logs, strict=True) if p.returncode
             ],
@@ -264,7 +264,11 @@ def main() -> int:
         alone = team(None, specs, concurrency, latency=0.5, trees=1)
         print(f"one tree alone on sqlite: makespan {alone['makespan']:.1f} s; the team of three "
               f"took {result['makespan'] / alone['makespan']:.2f}x as long, paying once")  # fmt: skip
+        for error in alone["errors"]:
+            print(error)
         ok = ok and alone["converged"]
+    if not result["converged"]:
+        print("a tree of the team did not converge (exit status or videos missing)")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
