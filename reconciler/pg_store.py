@@ -63,7 +63,7 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 # Times are the lifecycle's ISO strings (to the second, UTC, "Z"), as in sqlite, so both stores
 # hold and compare the same values; the ledger's time is compared in "C" order, whatever the
-# database's collation. Tables are created as of sqlite's 0004: steps added later carry the same
+# database's collation. Tables are created as of sqlite's 0006: steps added later carry the same
 # names in both stores.
 MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
     (
@@ -76,12 +76,12 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
                 error text, error_kind text, op_failures integer NOT NULL DEFAULT 0, owner text,
                 claimed_at double precision, created_at text, updated_at text,
                 submitted_at text, finished_at text, version integer NOT NULL DEFAULT 0,
-                remote_until text)""",
+                remote_until text, spec_json text)""",
             "CREATE INDEX generations_state ON generations (state)",
             """CREATE TABLE attempts (
                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, spec_key text, name text,
                 at text COLLATE "C", outcome text, operation text, status integer, message text,
-                owner text, cost double precision)""",
+                owner text, cost double precision, sha256 text)""",
             "CREATE INDEX attempts_spec_key ON attempts (spec_key)",
             "CREATE INDEX attempts_at ON attempts (at)",
         ),
@@ -365,11 +365,12 @@ class PgStore:
         if move.ledger is not None:
             name = change.get("name") or (current.name if current else None)
             operation = change.get("operation") or (current.operation if current else None)
+            sha256 = change.get("sha256") if move.target is State.MATERIALIZED else None
             conn.execute(
                 "INSERT INTO attempts (spec_key, name, at, outcome, operation, status, message, "
-                "owner, cost) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "owner, cost, sha256) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [key, name, now, kind or move.ledger, operation, status, message, self.owner,
-                 cost],
+                 cost, sha256],
             )  # fmt: skip
         assert written is not None
         return Generation.from_row(written)

@@ -317,9 +317,11 @@ def test_a_transition_from_the_wrong_state_changes_nothing(store: GenerationStor
 
 def test_every_column_round_trips(store: GenerationStore) -> None:
     """A lock's take imported with every field set reads back exactly: big sizes, times given
-    by the caller (kept, not stamped over), and the row's own bookkeeping."""
+    by the caller (kept, not stamped over), the spec as asked, and the row's own bookkeeping;
+    its ledger row names its bytes."""
     take = replace(generation(), state=S.MATERIALIZED, sha256="a" * 64, bytes=5 * 2**31,
-                   video_uri="https://x/v1beta/files/f1:download", file_id="f1")  # fmt: skip
+                   video_uri="https://x/v1beta/files/f1:download", file_id="f1",
+                   spec_json='{"prompt": "A harbour at dawn."}')  # fmt: skip
     done = store.transition("k1", Event.IMPORT, seed=take, operation="operations/op",
                             finished_at="2026-01-02T03:04:05Z",
                             remote_until="2026-01-04T03:04:05Z")  # fmt: skip
@@ -328,6 +330,9 @@ def test_every_column_round_trips(store: GenerationStore) -> None:
         5 * 2**31, "a" * 64, "f1", "operations/op")  # fmt: skip
     assert (done.finished_at, done.remote_until) == ("2026-01-02T03:04:05Z", "2026-01-04T03:04:05Z")
     assert done.created_at is not None and done.updated_at is not None and done.owner is None
+    assert done.spec_json == take.spec_json
+    (adopted,) = store.attempts("k1")  # the ledger keeps every take's bytes (reconcile takes)
+    assert (adopted["outcome"], adopted["sha256"], adopted["cost"]) == ("adopted", "a" * 64, None)
 
 
 # -- budget windows --------------------------------------------------------------------------
