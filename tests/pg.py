@@ -152,6 +152,11 @@ def pg_server() -> Iterator[Databases]:
     if bindir is None:
         unavailable("no PostgreSQL binaries (initdb, pg_ctl) and no RECONCILE_TEST_PG")
     assert bindir is not None
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            unavailable(f"running as root, the server needs the OS user {SERVER_USER!r}")
     server = TempServer(bindir).start()
     try:
         # A file copy of the tiny template is the quickest way to a fresh database here.
