@@ -479,7 +479,9 @@ def status(as_json: bool, sim: bool) -> None:
         if daemon:
             click.echo(daemon, err=True)
     else:
-        report.render_status(rows, sys.stdout, daemon=daemon, spending=spending)
+        report.render_status(
+            rows, sys.stdout, daemon=daemon, spending=spending, state=ws.state_label
+        )
     for problem in result.problems:
         click.echo(f"warning: {problem}", err=True)
 

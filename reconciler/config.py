@@ -7,10 +7,11 @@ never touch the environment or the file system for settings.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -23,6 +24,12 @@ DEFAULT_SUBMIT_BASE = "https://gptproto.com"
 DEFAULT_QUERY_BASE = "https://api.gptproto.com"
 API_KEY_ENV = "GPTPROTO_API_KEY"
 API_BASE_ENV = "RECONCILE_API_BASE"
+STATE_ENV = "RECONCILE_STATE"  # a libpq URL: shared state on PostgreSQL; wins over `state:`
+STATE_SCHEMES = ("postgresql", "postgres")
+PASSWORD_FIX = (
+    "keep passwords out of reconcile.yaml (it is committed): libpq reads PGPASSWORD, ~/.pgpass "
+    "or PGSERVICEFILE, or put the whole URL in RECONCILE_STATE"
+)
 
 
 class Limits(BaseModel):
@@ -84,6 +91,19 @@ class ConfigFile(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     retries: Retries = Field(default_factory=Retries)
     budget: Budget = Field(default_factory=Budget)
+    state: str | None = None  # postgresql://HOST/DB: generations and the ledger shared by a team
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = state_url_problem(value)
+        if problem is None and _has_password(value):
+            problem = f"holds a password: {PASSWORD_FIX}"
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("defaults", "models", "pricing", "limits", "retries", "budget", mode="before")
     @classmethod
@@ -132,6 +152,7 @@ class Config:
     budget_per_run: float | None = None
     budget_per_day: float | None = None
     budget_per_month: float | None = None
+    state: str | None = None  # `state:` of reconcile.yaml (RECONCILE_STATE wins: ``state_url``)
     # dotted key path in reconcile.yaml -> line, so later checks (the defaults) can point at it
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -171,8 +192,52 @@ def load_config(repo: Path) -> Config:
         budget_per_run=parsed.budget.perRun,
         budget_per_day=parsed.budget.perDay,
         budget_per_month=parsed.budget.perMonth,
+        state=parsed.state,
         lines=dict(doc.key_lines),
     )
+
+
+def state_url(config: Config, env: Mapping[str, str] | None = None) -> str | None:
+    """Where generations and the ledger live: a PostgreSQL URL, or None for the local sqlite db.
+    ``RECONCILE_STATE`` wins over ``state:``, so CI can point a checkout at the team's database
+    (a password there is the user's choice: the environment is not committed)."""
+    env = os.environ if env is None else env
+    value = env.get(STATE_ENV, "").strip()
+    if not value:
+        return config.state
+    problem = state_url_problem(value)
+    if problem is not None:
+        raise ReconcileError(f"{STATE_ENV}: {problem}")
+    return value
+
+
+def state_url_problem(value: str) -> str | None:
+    """Why ``value`` is not a libpq URL of a PostgreSQL database (None: it is one)."""
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in STATE_SCHEMES or not value.isprintable():
+        return (
+            "must be a PostgreSQL URL such as postgresql://HOST/DATABASE (leave it out for the "
+            "local sqlite state)"
+        )
+    return None
+
+
+def _has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    in_query = any(k == "password" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return parts.password is not None or in_query
+
+
+def state_label(url: str) -> str:
+    """The URL as it may be shown (status, errors): never its password."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}{at}{hosts}"
+    query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("password="))
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def catalog(

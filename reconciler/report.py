@@ -232,6 +232,7 @@ def render_status(
     *,
     daemon: str | None = None,
     spending: Spending | None = None,
+    state: str | None = None,
 ) -> None:
     lines = []
     if not rows:
@@ -245,6 +246,8 @@ def render_status(
         _table(out, ["name", "state", "path", "sha256", "error"], cells)
     if spending is not None:
         lines.append(f"Spent on POSTs that may be billed: {spending.describe()}.")
+    if state:
+        lines.append(f"State: {state}")
     if daemon:
         lines.append(daemon)
     if lines:

@@ -33,7 +33,7 @@ from .errors import StateError
 from .lifecycle import Event, Generation, State
 from .money import Window, over
 from .owners import now_iso, this_owner
-from .store import Output, stale_claim, stale_message
+from .store import Output, charge, expected, stale_claim, stale_message
 
 
 def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
@@ -254,7 +254,7 @@ class SqliteStore:
                 names = [d[0] for d in cursor.description]
                 current = Generation.from_row(dict(zip(names, row, strict=True)))
             chosen = lifecycle.event_for(current.state if current else State.NEW, events)
-            if chosen is None or not _expected(
+            if chosen is None or not expected(
                 current, expect_version, expect_operation, expect_file_id
             ):
                 return None
@@ -263,10 +263,10 @@ class SqliteStore:
                 values=values,
             )  # fmt: skip
             move = lifecycle.TRANSITIONS[chosen]
-            charge = _charge(move, change, current)
+            cost = charge(move, change, current)
             if move.claims and windows:
                 for window in windows:
-                    refusal = over(window, self._spent(conn, window.since), charge)
+                    refusal = over(window, self._spent(conn, window.since), cost)
                     if refusal is not None:
                         raise refusal
             now = now_iso()
@@ -296,7 +296,7 @@ class SqliteStore:
                     "INSERT INTO attempts (spec_key, name, at, outcome, operation, status, "
                     "message, owner, cost, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [key, name, now, kind or move.ledger, operation, status, message, self.owner,
-                     charge, sha256],
+                     cost, sha256],
                 )  # fmt: skip
         return self.get(key)
 
@@ -360,32 +360,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _expected(
-    current: Generation | None, version: int | None, operation: str | None, file_id: str | None
-) -> bool:
-    """The compare half of compare-and-swap: the row is still the one the caller saw."""
-    if current is None:
-        return operation is None and file_id is None
-    return (
-        (version is None or current.version == version)
-        and (operation is None or current.operation == operation)
-        and (file_id is None or current.file_id == file_id)
-    )
-
-
-def _charge(
-    move: lifecycle.Transition, change: dict[str, Any], current: Generation | None
-) -> float | None:
-    """What a transition's ledger row charges: a claim its video's estimate, a refund minus the
-    row's last charge; nothing for any other event."""
-    if move.claims:
-        cost = change.get("cost", current.cost if current else None)
-        return float(cost) if cost is not None else None
-    if move.refunds and current is not None and current.cost is not None:
-        return -float(current.cost)
-    return None
 
 
 def _output(row: dict[str, Any]) -> Output:

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from .lifecycle import Event, Generation, State
+from .lifecycle import Event, Generation, State, Transition
 from .money import Window
 from .owners import owner_alive
 
@@ -148,6 +148,31 @@ def stale_claim(owner: str | None, claimed_at: float | None) -> bool:
     alive = owner_alive(owner)
     expired = time.time() - (claimed_at or 0) > STALE_SUBMIT_SECONDS
     return alive is False or (alive is None and expired)
+
+
+def expected(
+    current: Generation | None, version: int | None, operation: str | None, file_id: str | None
+) -> bool:
+    """The compare half of a transition's compare-and-swap: the row is still the one the caller
+    saw. Shared by every store, so a claim means the same on sqlite and PostgreSQL."""
+    if current is None:
+        return operation is None and file_id is None
+    return (
+        (version is None or current.version == version)
+        and (operation is None or current.operation == operation)
+        and (file_id is None or current.file_id == file_id)
+    )
+
+
+def charge(move: Transition, change: dict[str, Any], current: Generation | None) -> float | None:
+    """What a transition's ledger row charges: a claim its video's estimate, a refund minus the
+    row's last charge; nothing for any other event."""
+    if move.claims:
+        cost = change.get("cost", current.cost if current else None)
+        return float(cost) if cost is not None else None
+    if move.refunds and current is not None and current.cost is not None:
+        return -float(current.cost)
+    return None
 
 
 def stale_message(owner: str | None) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import failpoints, lockfile, rescue, takes
 from . import plan as planning
-from .config import Config, load_config
+from .config import Config, load_config, state_label, state_url
 from .errors import ReconcileError
 from .events import Reporter
 from .facts import video_identity
@@ -53,11 +53,21 @@ class Workspace:
         if sandbox:
             state_dir = state_dir / "sim"
             self.lock_path = state_dir / lockfile.LOCK_FILE
+        # The sandbox never shares: simulated jobs must not land in a team's real ledger.
+        url = None if sandbox else state_url(self.config)
         store = SqliteStore(state_dir / DB_FILE, create=not read_only)
         if not read_only:
             _ignore_state(self.repo / STATE_DIR)
         self.gens: GenerationStore = store
         self.tree: TreeStore = store
+        self.state_label = f"{(state_dir / DB_FILE).relative_to(self.repo)} (sqlite)"
+        if url:
+            try:
+                self.gens = _shared_store(url, create=not read_only)
+            except BaseException:
+                store.close()
+                raise
+            self.state_label = state_label(url)
         self.cache = ObjectCache(state_dir / "objects")
         self.files = threading.RLock()  # output files change one operation at a time
         self.rescue_path = state_dir / rescue.RESCUE_FILE
@@ -363,6 +373,20 @@ class Workspace:
                 + (f" with operation {current.operation}" if current.operation else "")
                 + "; resolve is for unknown submissions (add --force to replace it anyway)"
             )
+
+
+def _shared_store(url: str, *, create: bool) -> GenerationStore:
+    """Generations and the ledger on PostgreSQL; psycopg is an optional extra."""
+    try:
+        from .pg_store import PgStore
+    except ImportError as exc:
+        if not (exc.name or "").startswith("psycopg"):
+            raise
+        raise ReconcileError(
+            f"state: {state_label(url)} needs the PostgreSQL driver: "
+            "pip install 'reconciler[postgres]'"
+        ) from None
+    return PgStore(url, create=create)
 
 
 def _remote(entry: LockEntry) -> tuple[str | None, str | None]:

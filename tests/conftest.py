@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pg import pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL, a database per test)
 
 from reconciler import failpoints
 from reconciler.cli import main
