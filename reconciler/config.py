@@ -23,6 +23,27 @@ DEFAULT_SUBMIT_BASE = "https://gptproto.com"
 DEFAULT_QUERY_BASE = "https://api.gptproto.com"
 API_KEY_ENV = "GPTPROTO_API_KEY"
 API_BASE_ENV = "RECONCILE_API_BASE"
+OBJECTS_ENV = "RECONCILE_OBJECTS"
+
+
+def objects_url(value: str) -> str:
+    """Check a shared object store's URL (``s3://bucket[/prefix]``); the canonical form back.
+
+    Only where the objects live: the endpoint and credentials come from the standard AWS
+    environment, never from reconcile.yaml, so a URL carrying either is refused."""
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme != "s3" or not parts.hostname:
+        raise ValueError(f"{value!r} is not an s3://BUCKET[/PREFIX] URL")
+    if parts.username or parts.password or parts.port or parts.query or parts.fragment:
+        raise ValueError(
+            "must be s3://BUCKET[/PREFIX] only: the endpoint and credentials come from the AWS "
+            "environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE...)"
+        )
+    prefix = "/".join(p for p in parts.path.split("/") if p)
+    return f"s3://{parts.netloc}" + (f"/{prefix}" if prefix else "")
 
 
 class Limits(BaseModel):
@@ -84,6 +105,12 @@ class ConfigFile(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     retries: Retries = Field(default_factory=Retries)
     budget: Budget = Field(default_factory=Budget)
+    objects: str | None = None  # the shared object store, s3://bucket/prefix
+
+    @field_validator("objects")
+    @classmethod
+    def _objects_url(cls, value: str | None) -> str | None:
+        return None if value is None else objects_url(value)
 
     @field_validator("defaults", "models", "pricing", "limits", "retries", "budget", mode="before")
     @classmethod
@@ -132,6 +159,7 @@ class Config:
     budget_per_run: float | None = None
     budget_per_day: float | None = None
     budget_per_month: float | None = None
+    objects: str | None = None  # s3://bucket/prefix: the cache shared through a bucket
     # dotted key path in reconcile.yaml -> line, so later checks (the defaults) can point at it
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -171,8 +199,24 @@ def load_config(repo: Path) -> Config:
         budget_per_run=parsed.budget.perRun,
         budget_per_day=parsed.budget.perDay,
         budget_per_month=parsed.budget.perMonth,
+        objects=parsed.objects,
         lines=dict(doc.key_lines),
     )
+
+
+def shared_objects(config: Config, env: dict[str, str] | None = None) -> str | None:
+    """The shared object store in use: ``RECONCILE_OBJECTS`` wins over reconcile.yaml's
+    ``objects``; None for the local cache alone (an empty variable turns the yaml's off)."""
+    env = dict(os.environ) if env is None else env
+    if OBJECTS_ENV not in env:
+        return config.objects
+    value = env[OBJECTS_ENV].strip()
+    if not value:
+        return None
+    try:
+        return objects_url(value)
+    except ValueError as exc:
+        raise ReconcileError(f"{OBJECTS_ENV}: {exc}") from None
 
 
 def catalog(

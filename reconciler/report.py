@@ -315,6 +315,7 @@ def render_status(
     *,
     daemon: str | None = None,
     spending: Spending | None = None,
+    objects: str | None = None,
 ) -> None:
     console = _console(out)
     if not rows:
@@ -330,5 +331,7 @@ def render_status(
         console.print(table)
     if spending is not None:
         console.print(f"Spent on POSTs that may be billed: {spending.describe()}.")
+    if objects:
+        console.print(f"Objects: {_escape(objects)}")
     if daemon:
         console.print(daemon)

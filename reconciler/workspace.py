@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import failpoints, lockfile, rescue
 from . import plan as planning
-from .config import Config, load_config
+from .config import Config, load_config, shared_objects
 from .errors import ReconcileError
 from .events import Reporter
 from .facts import video_identity
@@ -28,9 +28,10 @@ from .lifecycle import Event, Generation, State, remote_expiry
 from .loader import LoadResult, load_specs
 from .lockfile import LockEntry
 from .money import Spending, windows
-from .objects import ObjectCache, atomic_write_text, is_regular, sha256_file, sweep_temp
+from .objects import ObjectCache, Remote, atomic_write_text, is_regular, sha256_file, sweep_temp
 from .owners import now_iso
 from .plan import Observed, Options, Plan
+from .s3objects import S3Objects
 from .spec import Desired
 from .sqlite_store import SqliteStore
 from .store import GenerationStore, Output, TreeStore, as_seen
@@ -57,7 +58,9 @@ class Workspace:
             _ignore_state(self.repo / STATE_DIR)
         self.gens: GenerationStore = store
         self.tree: TreeStore = store
-        self.cache = ObjectCache(state_dir / "objects")
+        # The sandbox never shares: simulated videos must not reach the team's bucket.
+        remote = None if sandbox else _shared_store(self.config)
+        self.cache = ObjectCache(state_dir / "objects", remote=remote)
         self.files = threading.RLock()  # output files change one operation at a time
         self.rescue_path = state_dir / rescue.RESCUE_FILE
 
@@ -126,7 +129,9 @@ class Workspace:
                 verified[rel] = row.sha256
             else:
                 verified[rel] = sha256_file(path)[0]
-        cached = frozenset(s for s in shas if self.cache.has(s))
+        # The shared store is asked only about bytes found nowhere here, all at once: a clone
+        # whose videos verify plans without it.
+        cached = frozenset(self.cache.present(shas, ask=shas - set(verified.values())))
         return Observed(
             verified=verified, cached=cached, lock_foreign=bool(lock) and self.lock_is_foreign(),
             now=datetime.now(UTC),
@@ -151,6 +156,15 @@ class Workspace:
         for gen in self.gens.recover_stale():
             reporter.unknown(gen.name, gen.error or "unknown", recovered=True)
         rescue.drain(self.rescue_path, lambda entry: not self._adopt_rescued(entry, reporter))
+        if self.cache.remote is not None:
+            # Cache warnings (an upload that failed) go to this run's reporter, said once; and
+            # whatever this tree holds that the team's bucket lacks is shared now.
+            self.cache.warn = lambda message: reporter.condition(message, level="warning")
+            needed = {g.sha256 for g in self.gens.generations().values() if g.sha256}
+            needed |= {o.sha256 for o in self.tree.outputs().values()}
+            self.cache.share_all(
+                needed | {e.sha256 for e in lockfile.read(self.lock_path).values()}
+            )
 
     def _adopt_rescued(self, entry: rescue.Rescued, reporter: Reporter) -> bool:
         """Record an operation the db could not keep when it was accepted; True once it is
@@ -220,6 +234,9 @@ class Workspace:
         lock = lockfile.read(self.lock_path)
         if not lock:
             return
+        # One question to the shared store for every entry whose file is not here, not one each.
+        absent = [e.sha256 for e in lock.values() if not is_regular(self.repo / e.path)]
+        self.cache.present(absent)
         foreign = self.lock_is_foreign()
         by_name = {s.name: s for s in specs}
         for name, entry in sorted(lock.items()):
@@ -358,6 +375,12 @@ def _remote(entry: LockEntry) -> tuple[str | None, str | None]:
 def _expires(gen: Generation) -> str | None:
     expiry = remote_expiry(gen)
     return expiry.strftime("%Y-%m-%dT%H:%M:%SZ") if expiry else None
+
+
+def _shared_store(config: Config) -> Remote | None:
+    """The team's object store (``objects:`` or RECONCILE_OBJECTS), or None for a local cache."""
+    url = shared_objects(config)
+    return S3Objects(url) if url else None
 
 
 def _ignore_state(folder: Path) -> None:
