@@ -177,6 +177,7 @@ def _container_problems(path: Path, spec: Desired) -> list[str]:
 class Garbage:
     sha256: str
     size: int
+    where: str = ""  # a shared object's URL
 
 
 def needed(ws: Workspace, specs: list[Desired]) -> set[str]:
@@ -216,7 +217,8 @@ def collect_shared(ws: Workspace, specs: list[Desired]) -> list[Garbage]:
     if remote is None:
         return []
     keep = needed(ws, specs)
-    return [Garbage(sha, size) for sha, size in sorted(remote.listing()) if sha not in keep]
+    listed = sorted(remote.listing())
+    return [Garbage(sha, size, remote.where(sha)) for sha, size in listed if sha not in keep]
 
 
 def delete_shared(ws: Workspace, garbage: list[Garbage]) -> None:

@@ -463,8 +463,7 @@ def gc(dry_run: bool, remote: bool, sim: bool) -> None:
         if not dry_run:
             delete(ws, garbage)
         for item in shared:
-            assert ws.cache.remote is not None
-            click.echo(f"{verb} {ws.cache.remote.where(item.sha256)} ({item.size:,} bytes)")
+            click.echo(f"{verb} {item.where} ({item.size:,} bytes)")
             if not dry_run:
                 delete_shared(ws, [item])
     finally:

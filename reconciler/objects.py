@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from . import failpoints
-from .errors import StateError
+from .errors import ReconcileError, StateError
 from .owners import pid_alive
 
 CHUNK = 1024 * 1024
@@ -136,7 +136,7 @@ def _clone_or_copy(src: BinaryIO, dst: BinaryIO) -> None:
 
 
 class Remote(Protocol):
-    """A shared store of the same objects (``s3objects.S3Objects``); its errors are StateErrors."""
+    """A shared store of the same objects (``s3objects.S3Objects``); it raises ReconcileErrors."""
 
     url: str
 
@@ -238,7 +238,7 @@ class ObjectCache:
                 self._say("refused", f"{self.remote.where(sha256)} holds other bytes than its "
                           "name says and is never overwritten: delete it, and the next apply "
                           "shares the right ones")  # fmt: skip
-        except (StateError, OSError) as exc:
+        except (ReconcileError, OSError) as exc:
             self._say("upload", f"{exc}; the video is safe in the local cache, and the next "
                       "apply uploads it (and any others not shared yet)")  # fmt: skip
 
@@ -250,7 +250,7 @@ class ObjectCache:
         local = {s for s in shas if self.path(s).is_file()}
         try:
             shared = self.remote.etags(local)
-        except StateError as exc:
+        except ReconcileError as exc:
             self._say("upload", f"{exc}; {len(local)} cached video(s) not checked for sharing; "
                       "the next apply tries again")  # fmt: skip
             return

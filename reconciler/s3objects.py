@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .errors import StateError
+from .errors import ReconcileError
 
 PART = 8 * 1024 * 1024  # multipart part size: S3's minimum is 5 MiB; 10,000 parts is 80 GB
 READ_CHUNK = 1024 * 1024
@@ -45,8 +45,9 @@ WORKERS = 8  # concurrent listings or HEADs
 HEX = frozenset("0123456789abcdef")
 
 
-class StoreError(StateError):
-    """The shared object store could not be reached, or answered with an error."""
+class StoreError(ReconcileError):
+    """The shared object store could not be reached, or answered with an error. Not a
+    StateError: a bucket outage is no reason for the daemon to think its state/ is gone."""
 
 
 def parse(url: str) -> tuple[str, str]:

@@ -48,6 +48,8 @@ class Workspace:
         self.repo = repo.resolve()
         self.sandbox = sandbox
         self.config: Config = self.read_config()
+        # The sandbox never shares: simulated videos must not reach the team's bucket.
+        remote = None if sandbox else _shared_store(self.config)
         state_dir = self.repo / STATE_DIR
         self.lock_path = self.repo / lockfile.LOCK_FILE
         if sandbox:
@@ -58,8 +60,6 @@ class Workspace:
             _ignore_state(self.repo / STATE_DIR)
         self.gens: GenerationStore = store
         self.tree: TreeStore = store
-        # The sandbox never shares: simulated videos must not reach the team's bucket.
-        remote = None if sandbox else _shared_store(self.config)
         self.cache = ObjectCache(state_dir / "objects", remote=remote)
         self.files = threading.RLock()  # output files change one operation at a time
         self.rescue_path = state_dir / rescue.RESCUE_FILE
