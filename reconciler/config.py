@@ -36,7 +36,8 @@ def objects_url(value: str) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme != "s3" or not parts.hostname:
-        raise ValueError(f"{value!r} is not an s3://BUCKET[/PREFIX] URL")
+        # The value is not echoed: a mistyped one may hold a secret.
+        raise ValueError("must be an s3://BUCKET[/PREFIX] URL")
     if parts.username or parts.password or parts.port or parts.query or parts.fragment:
         raise ValueError(
             "must be s3://BUCKET[/PREFIX] only: the endpoint and credentials come from the AWS "
