@@ -48,7 +48,8 @@ def status_rows(
         placed = outputs.get(spec.name) if current and current.spec_key == spec.key else None
         locked = current if current and current.spec_key == spec.key else None
         path = locked.path if locked else None
-        sha = gen.sha256 if gen and gen.sha256 else locked.sha256 if locked else None
+        # The file in place names its bytes (a pinned take may differ from the latest take).
+        sha = locked.sha256 if locked else gen.sha256 if gen else None
         state: str = gen.state if gen else State.MATERIALIZED if locked else State.NEW
         blocking = (State.FAILED, State.UNKNOWN, State.PENDING)
         error = gen.error if gen and gen.state in blocking else None

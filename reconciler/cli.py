@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, report
+from . import __version__, planfile, report
 from .audit import status_rows
 from .config import API_KEY_ENV, ApiSettings, load_config
 from .engine import Engine, Summary
@@ -31,6 +31,7 @@ from .lockfile import LOCK_FILE
 from .money import Spending, money, run_limit
 from .pacing import Tuning
 from .plan import Options, Plan
+from .progress import Progress
 from .shutdown import handling_signals, name_of
 from .spec import Desired
 from .workspace import Workspace
@@ -165,29 +166,61 @@ def validate() -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (--format json).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default=None,
+    help="text (default), json, or markdown: a pull-request comment.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the plan; `reconcile apply FILE` applies exactly it, or refuses if anything moved.",
+)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 no changes, 2 changes, 1 error.")
 @_options
 @friendly
-def plan(as_json: bool, detailed_exitcode: bool, sim: bool, **kw: Any) -> None:
+def plan(
+    as_json: bool,
+    fmt: str | None,
+    out: Path | None,
+    detailed_exitcode: bool,
+    sim: bool,
+    **kw: Any,
+) -> None:
     """Show what apply would do and what it would cost. Never calls the API."""
+    fmt = "json" if as_json and fmt is None else fmt or "text"
     ws = Workspace(_repo(), sandbox=sim, read_only=True)
     try:
         specs = _load(ws)
-        the_plan = ws.plan(specs, _make_options(specs, **kw))
+        options = _make_options(specs, **kw)
+        the_plan = ws.plan(specs, options)
         spending = ws.spending()
     finally:
         ws.close()
-    if as_json:
-        click.echo(json.dumps(report.plan_json(the_plan, spending=spending), indent=2))
+    data = report.plan_json(the_plan, spending=spending)
+    if out is not None:
+        out.write_text(planfile.dump(the_plan, data, options, sandbox=sim), encoding="utf-8")
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    elif fmt == "markdown":
+        click.echo(report.plan_markdown(the_plan, spending=spending), nl=False)
     else:
         report.render_plan(the_plan, sys.stdout, spending=spending)
+        if out is not None:
+            click.echo(f"Saved to {out}: `reconcile apply {out}` applies exactly this plan.")
     # A blocked spec is drift too: the videos do not match the specs until someone acts.
     if detailed_exitcode and (the_plan.changes or the_plan.blocked):
         sys.exit(2)
 
 
 @main.command()
+@click.argument(
+    "plan_path", metavar="[PLANFILE]", required=False,
+    type=click.Path(dir_okay=False, path_type=Path),
+)  # fmt: skip
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
     "--max-cost",
@@ -201,6 +234,7 @@ def plan(as_json: bool, detailed_exitcode: bool, sim: bool, **kw: Any) -> None:
 @_options
 @friendly
 def apply(
+    plan_path: Path | None,
     yes: bool,
     max_cost: float | None,
     concurrency: int | None,
@@ -209,9 +243,15 @@ def apply(
     sim: bool,
     **kw: Any,
 ) -> None:
-    """Converge: submit, poll, download and materialize until the videos match the specs."""
+    """Converge: submit, poll, download and materialize until the videos match the specs.
+
+    With PLANFILE (from `reconcile plan --out`), apply exactly that plan: it was the approval, and
+    anything that moved since (a spec, another process's work) makes it refuse."""
+    saved = _saved(plan_path, sim=sim, **kw)
+    if saved is not None:
+        sim, yes = saved.sandbox, True
     repo = _repo()
-    progress = report.Progress(sys.stderr)
+    progress = Progress(sys.stderr)
     tuning = _tuning(concurrency, poll_interval, sim=sim)
     with _api(sim) as api:
         ws = Workspace(repo, sandbox=sim)
@@ -221,7 +261,14 @@ def apply(
             engine = Engine(ws, api=api, tuning=tuning, reporter=progress)
             engine.ctx.run_limit = run_limit(max_cost, ws.config.budget_per_run)
             specs = _load(ws)
-            options = _make_options(specs, **kw)
+            options = saved.options if saved else _make_options(specs, **kw)
+            if saved is not None:
+                moved = planfile.stale(saved, ws.plan(specs, options))
+                if moved:
+                    raise ReconcileError(
+                        f"{plan_path}: the saved plan is stale ({moved}); nothing was submitted. "
+                        "Run `reconcile plan --out FILE` again and review it"
+                    )
             ws.recover(progress)
             ws.import_lock(specs, progress)
             the_plan = ws.plan(specs, options)
@@ -241,6 +288,33 @@ def apply(
     if summary.stopped and engine.stop.signal:
         sys.exit(128 + engine.stop.signal)
     sys.exit(0 if summary.ok else 1)
+
+
+def _saved(path: Path | None, *, sim: bool, **kw: Any) -> planfile.Saved | None:
+    """The saved plan to apply, refusing flags that would make it another plan."""
+    if path is None:
+        return None
+    if any(kw[k] for k in ("targets", "replace", "retry_failed", "resubmit_unknown")):
+        raise ReconcileError("a saved plan carries its own options: drop --target, --replace, "
+                             "--retry-failed and --resubmit-unknown, or plan again with them")  # fmt: skip
+    saved = planfile.load(path)
+    if sim and not saved.sandbox:
+        raise ReconcileError(f"{path} was planned without --sim; apply it without --sim")
+    return saved
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLANFILE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text")
+@friendly
+def show(plan_path: Path, fmt: str) -> None:
+    """Print a plan saved by `reconcile plan --out FILE`."""
+    saved = planfile.load(plan_path)
+    if fmt == "json":
+        click.echo(json.dumps(saved.plan, indent=2))
+        return
+    click.echo(f"Plan saved {saved.created}" + (" (--sim sandbox)" if saved.sandbox else "") + ":")
+    report.render_saved(saved.plan, sys.stdout, markdown=fmt == "markdown")
 
 
 def _tuning(concurrency: int | None, poll_interval: float | None, *, sim: bool) -> Tuning | None:
@@ -370,7 +444,7 @@ def watch(
     """Run as a daemon: reconcile whenever specs change, and every --resync seconds."""
     from .daemon import Daemon, DaemonSettings
 
-    progress = report.Progress(sys.stderr, json_lines=log_format == "json")
+    progress = Progress(sys.stderr, json_lines=log_format == "json")
     tuning = _tuning(concurrency, poll_interval, sim=sim)
     with _api(sim) as api:
         ws = Workspace(_repo(), sandbox=sim)
@@ -448,6 +522,7 @@ def verify(sim: bool) -> None:
 def gc(dry_run: bool, remote: bool, sim: bool) -> None:
     """Delete cached videos that no current spec, output or lock entry needs."""
     from .audit import collect, collect_shared, delete, delete_shared
+    from .takes import owners
 
     ws = Workspace(_repo(), sandbox=sim, read_only=True)
     try:
@@ -457,9 +532,12 @@ def gc(dry_run: bool, remote: bool, sim: bool) -> None:
         specs = _load(ws)
         garbage = collect(ws, specs)
         shared = collect_shared(ws, specs) if remote else []
+        known = owners(ws.gens.attempts())
         verb = "would delete" if dry_run else "deleted"
         for item in garbage:
-            click.echo(f"{verb} {item.sha256[:16]} ({item.size:,} bytes)")
+            name, at = known.get(item.sha256, ("?", "?"))
+            take = f"{name}'s take of {at}" if name != "?" else "no known take"
+            click.echo(f"{verb} {item.sha256[:16]} ({item.size:,} bytes): {take}")
         if not dry_run:
             delete(ws, garbage)
         for item in shared:
@@ -474,6 +552,73 @@ def gc(dry_run: bool, remote: bool, sim: bool) -> None:
     if remote:
         total = sum(g.size for g in shared)
         click.echo(f"{len(shared)} shared object(s), {verb} {total:,} bytes.")
+
+
+@main.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for index.html and its posters [default: state/gallery, with --sim "
+    "state/sim/gallery].",
+)
+@click.option(
+    "--copy-videos",
+    is_flag=True,
+    help="Copy the videos into the folder too, so it stands alone (a CI artifact).",
+)
+@click.option("--sim", is_flag=True, help="Show the sandbox of --sim runs.")
+@friendly
+def gallery(out: Path | None, copy_videos: bool, sim: bool) -> None:
+    """Write a static review page: one card per spec, with its video, a poster frame, its prompt,
+    model, cost and state (and why, for a spec without a video)."""
+    from .gallery import build
+
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
+    try:
+        result = ws.load()
+        page = build(ws, result.specs, out=out, copy_videos=copy_videos,
+                     invalid_files=bool(result.problems))  # fmt: skip
+    finally:
+        ws.close()
+    for problem in result.problems:
+        click.echo(f"warning: {problem}", err=True)
+    playable = sum(1 for c in page.cards if c.video)
+    posters = sum(1 for c in page.cards if c.poster)
+    click.echo(f"Gallery: {len(page.cards)} cards, {playable} with a video "
+               f"(posters: {page.decoded} decoded, {posters - page.decoded} reused).")  # fmt: skip
+    click.echo(f"Open {page.index.as_uri()}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the takes as JSON.")
+@click.option("--sim", is_flag=True, help="The sandbox of --sim runs.")
+@friendly
+def takes(name: str, as_json: bool, sim: bool) -> None:
+    """Every video NAME ever had: when, prompt, cost, whether its bytes are still cached. Pin one
+    with `take: <sha256 prefix>` in the spec to show it again, for free."""
+    from . import takes as takes_module
+
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
+    try:
+        out = ws.tree.output(name)
+        found = takes_module.of(
+            name, ws.gens.attempts(), ws.gens.generations(), cached=ws.cache.has,
+            current=out.sha256 if out else None,
+        )  # fmt: skip
+    finally:
+        ws.close()
+    if as_json:
+        click.echo(json.dumps([t.__dict__ for t in found], indent=2))
+        return
+    if not found:
+        raise ReconcileError(f"{name} has no takes recorded here")
+    for t in found:
+        mark = "*" if t.current else " "
+        where = "cached" if t.cached else "gone"
+        prompt = (t.prompt or "")[:60]
+        click.echo(f"{mark} {t.sha256[:16]}  {t.at}  {money(t.cost):>8}  {where:<6}  {prompt}")
+    click.echo('(* the file in place now; `take: "<first 8+ hex>"` in the spec pins one)')
 
 
 @main.command()
@@ -514,6 +659,51 @@ def resolve(name: str, operation: str | None, abandoned: bool, sim: bool, force:
         click.echo(
             f"{name}: adopted {operation}; `reconcile apply` polls it instead of submitting."
         )
+
+
+@main.command()
+@friendly
+def init() -> None:
+    """Start an asset repo here: an example spec, reconcile.yaml, Git LFS and lock-merge
+    attributes, state/ ignored, a CI workflow. Existing files are left alone."""
+    repo: Path = click.get_current_context().find_root().obj
+    repo.mkdir(parents=True, exist_ok=True)
+    from .scaffold import init as scaffold
+
+    for rel, written in scaffold(repo):
+        click.echo(f"{'created' if written else 'kept   '} {rel}")
+    click.echo(
+        "Next: `git lfs install`, then `git config merge.reconcile-lock.driver "
+        '"reconcile lock merge --driver %O %A %B"`, then `reconcile plan`.'
+    )
+
+
+@main.command()
+@click.option(
+    "--by",
+    type=click.Choice(["day", "month", "spec", "model"]),
+    default="day",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the lines as JSON.")
+@click.option("--sim", is_flag=True, help="The sandbox of --sim runs.")
+@friendly
+def cost(by: str, as_json: bool, sim: bool) -> None:
+    """What POSTs that may be billed cost, from the ledger (failed and filtered operations are
+    not billed by the provider: this is an upper bound)."""
+    from .costs import report as cost_report
+
+    ws = Workspace(_repo(), sandbox=sim, read_only=True)
+    try:
+        lines = cost_report(ws.gens.attempts(), ws.gens.generations(), by)
+    finally:
+        ws.close()
+    if as_json:
+        click.echo(json.dumps([line.__dict__ for line in lines], indent=2))
+        return
+    for line in lines:
+        click.echo(f"{line.group:<40} {money(line.usd):>10}  {line.posts} POST(s)")
+    click.echo(f"{'total':<40} {money(sum(line.usd for line in lines)):>10}")
 
 
 @main.group()

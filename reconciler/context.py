@@ -46,6 +46,7 @@ class Context:
     # watch: whether a name still wants this key, checked before paying and before placing.
     still_wanted: Callable[[str, str], bool] = lambda _name, _key: True
     run_limit: RunLimit = field(default_factory=RunLimit)  # what this run may still spend
+    polls: int = 0  # polls sent in this run (the summary reports them per operation)
     # The task working on a name in this run (apply) or daemon, for chains: an extension waits
     # for its source's task before it is submitted.
     source_task: Callable[[str], asyncio.Task[Any] | None] = lambda _name: None

@@ -28,6 +28,13 @@ class Summary:
     outcomes: list[Outcome] = field(default_factory=list)
     fatal: str | None = None
     stopped: bool = False
+    estimate: float = 0.0  # what the plan said its POSTs would cost
+    spent: float = 0.0  # what this run's POSTs that may be billed cost (refunds deducted)
+    polls: int = 0  # polls sent in this run
+
+    @property
+    def written(self) -> list[str]:
+        return [o.path for o in self.outcomes if o.path]
 
     @property
     def ok(self) -> bool:
@@ -74,6 +81,7 @@ class Engine:
         opts = options or Options()
         self.ctx.fatal = None
         self.ctx.submitted = set()
+        self.ctx.polls = 0
         slots = asyncio.Semaphore(self.concurrency)
         client = self.client() if plan.changes else None
         tasks = [
@@ -108,6 +116,9 @@ class Engine:
         await asyncio.to_thread(self.ws.write_lock)
         summary.fatal = str(self.ctx.fatal) if self.ctx.fatal else None
         summary.stopped = self.stop.requested
+        summary.estimate = plan.cost
+        summary.spent = self.ctx.run_limit.spent
+        summary.polls = self.ctx.polls
         return summary
 
     async def _settle_on_stop(self, tasks: list[asyncio.Task[Outcome]]) -> None:

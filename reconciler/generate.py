@@ -228,8 +228,10 @@ class _KeyTask(KeyWork):
         """Poll on the schedule; None when stopping or when polling keeps failing this run."""
         ctx, spec = self.ctx, self.spec
         self.report.polling(spec.name, operation)
+        started = time.monotonic()
         while True:
             failpoints.hit("before_poll")
+            ctx.polls += 1
             try:
                 result = await with_retries(
                     lambda: self.client.poll(spec.model, operation),
@@ -262,7 +264,8 @@ class _KeyTask(KeyWork):
                 return None
             if result.done:
                 return result
-            if not await ctx.stop.pause(ctx.tuning.poll_interval):
+            waited = time.monotonic() - started
+            if not await ctx.stop.pause(ctx.tuning.poll_delay(waited)):
                 return None
 
     async def _op_error(self, operation: str, error: PermanentError) -> State | None:

@@ -125,6 +125,8 @@ _S, _E = State, ErrorNote
 _FOLLOWABLE = _s(_S.NEW, _S.PENDING, _S.FAILED, _S.UNKNOWN, _S.MATERIALIZED)
 
 # The lifecycle. Columns: sources, target, what happens to the error, the ledger row appended.
+# DOWNLOADED and the adoptions append the take's bytes (sha256) too: every take a spec ever had
+# stays listed (`reconcile takes NAME`) even after a replace overwrites the generation's row.
 # Every claim appends a "submit" row charging the video's estimated cost (a POST that may be
 # billed); NOT_ACCEPTED and REFUSED append a refund, since their answer proved nothing was taken.
 # ACCEPTED is allowed from unknown too: a claim judged stale elsewhere may still get its answer,
@@ -146,7 +148,7 @@ TRANSITIONS: dict[Event, Transition] = {
     Event.OP_REJECTED:      Transition(_s(_S.RUNNING, _S.SUCCEEDED), _S.FAILED, _E.RECORD, "filtered", stamps=("finished_at",)),
     Event.VANISHED:         Transition(_s(_S.RUNNING), _S.UNKNOWN, _E.RECORD, "unknown"),
     Event.LOCKED_GONE:      Transition(_s(_S.RUNNING), _S.PENDING, _E.MESSAGE, "expired"),
-    Event.DOWNLOADED:       Transition(_s(_S.SUCCEEDED, _S.MATERIALIZED), _S.MATERIALIZED, _E.CLEAR),
+    Event.DOWNLOADED:       Transition(_s(_S.SUCCEEDED, _S.MATERIALIZED), _S.MATERIALIZED, _E.CLEAR, "take"),
     Event.DOWNLOAD_FAILED:  Transition(_s(_S.SUCCEEDED), _S.FAILED, _E.RECORD, "expired", stamps=("finished_at",)),
     Event.REMOTE_GONE:      Transition(_s(_S.MATERIALIZED), _S.MATERIALIZED, clears=("file_id", "video_uri", "remote_until")),
     Event.RENEWED:          Transition(_s(_S.SUCCEEDED, _S.MATERIALIZED), None),
@@ -186,6 +188,7 @@ class Generation:
     finished_at: str | None = None
     version: int = 0  # bumped by every change: what a plan saw can be compared before a claim
     remote_until: str | None = None  # when the provider's copy goes (renewed when used as a source)
+    spec_json: str | None = None  # the spec as asked (Desired.describe()), for diffs and takes
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Generation:
@@ -277,7 +280,7 @@ def changes(
         out.update(op_failures=0, error=None, error_kind=None, owner=None)
     out.update({column: None for column in move.clears})
     if move.claims and seed is not None:
-        out.update(name=seed.name, cost=seed.cost)
+        out.update(name=seed.name, cost=seed.cost, spec_json=seed.spec_json)
     if move.fresh_budget:
         out["op_failures"] = 0
     if move.spent is not None:
@@ -353,6 +356,7 @@ class Outcome:
     name: str
     state: OutcomeState
     message: str = ""
+    path: str | None = None  # the file written in this run, if one was
 
     @property
     def finished(self) -> bool:

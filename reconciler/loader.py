@@ -273,6 +273,7 @@ def _desired(
         last_frame=last_frame,
         references=references,
         source=parsed.video.from_ if parsed.video else None,
+        take=parsed.take,
     )
     # An extension of another spec is keyed once its chain is resolved (chains.resolve).
     return replace(desired, key=spec_key(desired))

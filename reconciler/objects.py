@@ -160,6 +160,8 @@ class Remote(Protocol):
 
     def where(self, sha256: str) -> str: ...
 
+    def close(self) -> None: ...
+
 
 def _stderr(message: str) -> None:
     sys.stderr.write(f"warning: {message}\n")
@@ -174,9 +176,16 @@ class ObjectCache:
         self.warn: Callable[[str], None] = _stderr  # a run's reporter takes over (recover)
         self._said: set[str] = set()
         self._refused: dict[str, str] | None = None  # sha256 -> ETag of a remote object refused
+        # Objects this process wrote (hashed as they streamed in): verifying them again would
+        # read every byte a second time for nothing.
+        self.trusted: set[str] = set()
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:]
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
 
     def describe(self, repo: Path) -> str:
         """Where objects live, for ``status``: the remote (if any) and the local cache."""
@@ -310,6 +319,8 @@ class ObjectCache:
         path = self.path(sha256)
         if not path.is_file():
             return False
+        if sha256 in self.trusted:
+            return True
         if sha256_file(path)[0] == sha256:
             return True
         path.unlink()
@@ -356,6 +367,7 @@ class Incoming:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.tmp, final)
         fsync_dir(final.parent)
+        self.cache.trusted.add(self.sha256)
         if share:
             self.cache.share(self.sha256)
         return self.sha256, self.size

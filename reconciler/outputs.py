@@ -42,7 +42,7 @@ def _place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
         ws.cache.materialize(sha, target)
         failpoints.hit("after_rename")
     ws.record_output(spec, sha, target.stat().st_size, rel)
-    return Outcome(spec.name, OutcomeState.MATERIALIZED, rel)
+    return Outcome(spec.name, OutcomeState.MATERIALIZED, rel, path=rel)
 
 
 def remove(ws: Workspace, name: str, rel: str | None) -> Outcome:

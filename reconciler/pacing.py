@@ -21,6 +21,8 @@ from .errors import ReconcileError, TransientError
 
 T = TypeVar("T")
 DEFAULT_CONCURRENCY = 4  # fits preview quotas of a few concurrent operations
+POLL_STEADY_POLLS = 6  # polls at the set interval before it starts to grow
+POLL_CAP = 30.0  # seconds: the longest wait between two polls of one operation
 
 MIN_PER_MINUTE = 1.0
 # Above this the pacer stops metering altogether: concurrency is then the only limit.
@@ -147,6 +149,16 @@ class Tuning:
         if limit := env.get("RECONCILE_FOLLOW_LIMIT"):
             tuning.follow_limit = _seconds(limit, "RECONCILE_FOLLOW_LIMIT")
         return tuning
+
+    def poll_delay(self, waited: float) -> float:
+        """Seconds until the next poll of an operation running for ``waited`` seconds: the poll
+        interval at first, then growing toward a cap for long operations (a 6-minute 4k video
+        need not be asked about every few seconds)."""
+        patience = self.poll_interval * POLL_STEADY_POLLS
+        if waited <= patience:
+            return self.poll_interval
+        cap = max(self.poll_interval, POLL_CAP)
+        return min(cap, self.poll_interval * (1 + (waited - patience) / patience))
 
     def concurrency_for(self, configured: int | None) -> int:
         """The flag, else reconcile.yaml's limit, else a default that fits preview quotas."""

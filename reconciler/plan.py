@@ -7,10 +7,12 @@ plain data, so every planning rule is a plain function tested with parametrized 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from . import diffs
 from .config import Config
 from .facts import REMOTE_FILE_SECONDS
 from .lifecycle import CHANGES, IN_FLIGHT, PAID, ActionKind, Event, Generation, State, remote_expiry
@@ -40,6 +42,8 @@ class Observed:
     # where it names another take of a spec's key than the state does, the lock wins.
     lock_foreign: bool = False
     now: datetime | None = None  # to tell whether a locked take's provider copy has expired
+    # A spec that pins a take (`take: PREFIX`): the full sha256 that prefix names (None: none).
+    pinned: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Action:
     spec: Desired | None = None
     state: State | None = None  # the generation's state, for display
     version: int | None = None  # the generation row's version when planned (claims compare it)
+    changes: tuple[str, ...] = ()  # a replace: what changed in the spec, field by field
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,36 @@ def _chains(
     return [by_name[a.name] for a in actions]
 
 
+def _pinned(spec: Desired, observed: Observed, config: Config, current: str | None) -> Action:
+    """A spec pinned to an earlier take: those bytes, for free, or blocked saying why."""
+    sha = observed.pinned.get(spec.name)
+    if sha is None:
+        return Action(spec.name, BLOCKED, spec.key, f"take {spec.take} is not one of "
+                      f"{spec.name}'s takes: `reconcile takes {spec.name}` lists them",
+                      spec=spec)  # fmt: skip
+    path = output_path(config, spec.name, sha)
+    if observed.verified.get(path) == sha and current == path:
+        return Action(spec.name, NOOP, spec.key, f"pinned take {sha[:16]}", path=path,
+                      sha256=sha, spec=spec, state=MATERIALIZED)  # fmt: skip
+    if sha in observed.cached or any(v == sha for v in observed.verified.values()):
+        return Action(spec.name, MATERIALIZE, spec.key, f"pinned take {sha[:16]}", path=path,
+                      sha256=sha, old_path=current if current != path else None, spec=spec,
+                      state=MATERIALIZED)  # fmt: skip
+    return Action(spec.name, BLOCKED, spec.key, f"pinned take {sha[:16]} is in no file or "
+                  "cache here: unpin it, or restore its video", spec=spec)  # fmt: skip
+
+
+def spec_changes(before: Generation | None, spec: Desired) -> tuple[str, ...]:
+    """What changed since the generation the name's video came from (when its spec is known)."""
+    if before is None or not before.spec_json:
+        return ()
+    try:
+        old = json.loads(before.spec_json)
+    except ValueError:
+        return ()
+    return tuple(diffs.changes(old, spec.describe())) if isinstance(old, dict) else ()
+
+
 def _blocked_by(action: Action, reason: str) -> Action:
     return replace(action, kind=BLOCKED, reason=reason, cost=None, seconds=0)
 
@@ -255,9 +290,11 @@ def _action_for(
             if current_path and (current_key != spec.key or spec.name in opts.replace)
             else CREATE
         )
+        before = generations.get(current_key or "") if current_key != spec.key else None
+        changed = spec_changes(before, spec) if kind is REPLACE else ()
         return Action(
             spec.name, kind, spec.key, reason, cost=estimate(config, spec), seconds=round(spec.seconds),
-            old_path=current_path, spec=spec, state=state,
+            old_path=current_path, spec=spec, state=state, changes=changed,
         )  # fmt: skip
 
     if state in IN_FLIGHT:
@@ -269,6 +306,8 @@ def _action_for(
         return Action(
             spec.name, RESUME, spec.key, verb, spec=spec, state=state, old_path=current_path
         )
+    if spec.take is not None and spec.name not in opts.replace:
+        return _pinned(spec, observed, config, current_path)
     if spec.name in opts.replace:
         return paid("--replace asked for a new generation")
     entry = pulled(spec, gen, lock, observed)

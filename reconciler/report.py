@@ -5,21 +5,13 @@ Kept apart from the CLI so the wording of a plan or a summary can be tested as d
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from .engine import Summary
-from .events import Reporter
-from .lifecycle import PAID, ActionKind, OutcomeState
-from .lockfile import LOCK_FILE
+from .lifecycle import PAID, ActionKind
 from .money import Spending, money
 from .plan import Action, Plan
 
@@ -34,9 +26,39 @@ SYMBOLS = {
 }
 
 
+TERMINAL_ROWS = 100  # a terminal shows the rows that matter first, then says how many it left
+
+
 def _console(out: TextIO) -> Console:
     # Off a terminal nothing limits the width: keep one row per line for CI logs and grep.
     return Console(file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 200)
+
+
+def _table(
+    out: TextIO, headers: list[str], rows: list[list[str]], *, rest: str | None = None
+) -> None:
+    """Aligned columns: plain text to a pipe (costs nothing however many rows, one per line for
+    CI logs and grep), a rich table on a terminal with at most ``TERMINAL_ROWS`` rows; ``rest``
+    names what the rows leave out ("9,990 unchanged")."""
+    if not out.isatty():
+        widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+        for row in [headers, *rows]:
+            cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
+            out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+        if rest:
+            out.write(f"({rest})\n")
+        return
+    console = _console(out)
+    table = Table(box=None, show_header=True, pad_edge=False)
+    for index, header in enumerate(headers):
+        table.add_column(header, no_wrap=index < len(headers) - 1, overflow="fold")
+    for row in rows[:TERMINAL_ROWS]:
+        table.add_row(*(_escape(cell) for cell in row))
+    console.print(table)
+    left = len(rows) - TERMINAL_ROWS
+    more = [f"{left:,} more rows (pipe the output to see every row)"] if left > 0 else []
+    if rest or more:
+        console.print(f"({'; '.join([*more, *([rest] if rest else [])])})")
 
 
 def plan_json(plan: Plan, *, spending: Spending | None = None) -> dict[str, Any]:
@@ -78,6 +100,7 @@ def action_json(action: Action) -> dict[str, Any]:
         "path": action.path,
         "old_path": action.old_path,
         "file": action.spec.file if action.spec else None,
+        "changes": list(action.changes),
     }
 
 
@@ -96,184 +119,64 @@ def plan_headline(plan: Plan) -> str:
 
 
 def render_plan(plan: Plan, out: TextIO, *, spending: Spending | None = None) -> None:
-    console = _console(out)
+    rows = [a for a in plan.actions if a.kind is not ActionKind.NOOP]
+    unchanged = len(plan.actions) - len(rows)
+    lines: list[str] = []
+    if rows:
+        cells = [[SYMBOLS[a.kind], a.name, str(a.kind), money(a.cost) if a.kind in PAID else "",
+                  a.reason] for a in rows]  # fmt: skip
+        rest = f"{unchanged:,} unchanged" if unchanged else None
+        _table(out, ["", "name", "action", "cost", "why"], cells, rest=rest)
+        lines.append("")
+    changed = [a for a in rows if a.changes]
+    for a in changed:
+        lines.append(f"{SYMBOLS[a.kind]} {a.name}:")
+        lines.extend(f"    {line}" for line in a.changes)
+    if changed:
+        lines.append("")
+    lines.append(plan_headline(plan))
+    if spending is not None and spending.budgeted:
+        lines.append(f"Budget: {spending.describe()}.")
+    out.write("\n".join(lines) + "\n")
+
+
+def plan_markdown(plan: Plan, *, spending: Spending | None = None) -> str:
+    """The plan as a pull-request comment: a table, the total, blocked specs, what changed."""
+    lines = ["### reconcile plan", ""]
     rows = [a for a in plan.actions if a.kind is not ActionKind.NOOP]
     if rows:
-        table = Table(box=None, show_header=True, pad_edge=False)
-        for column in ("", "name", "action", "cost", "why"):
-            table.add_column(column, no_wrap=column != "why")
+        lines += ["| | spec | action | cost | why |", "|---|---|---|---|---|"]
         for a in rows:
             cost = money(a.cost) if a.kind in PAID else ""
-            table.add_row(SYMBOLS[a.kind], a.name, a.kind, cost, a.reason)
-        console.print(table)
-        console.print()
-    console.print(plan_headline(plan))
+            why = _md(a.reason)
+            lines.append(
+                f"| `{SYMBOLS[a.kind].strip() or '·'}` | `{a.name}` | {a.kind} | {cost} | {why} |"
+            )
+        lines.append("")
+    lines.append(f"**{plan_headline(plan)}**")
     if spending is not None and spending.budgeted:
-        console.print(f"Budget: {spending.describe()}.")
+        lines += ["", f"Budget: {spending.describe()}."]
+    blocked = plan.blocked
+    if blocked:
+        lines += [
+            "",
+            f"**Blocked ({len(blocked)})**: these wait for an edit or someone's word:",
+            "",
+        ]
+        lines += [f"- `{a.name}`: {_md(a.reason)}" for a in blocked]
+    changed = [a for a in rows if a.changes]
+    if changed:
+        lines += ["", "<details><summary>What changed</summary>", ""]
+        for a in changed:
+            lines.append(f"- `{a.name}`")
+            lines += [f"  - {_md(line)}" for line in a.changes]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
 
 
-PHASE_DONE = {"materialized": "[green]✓[/]", "removed": "[green]-[/]", "failed": "[red]✗[/]",
-              "unknown": "[red]?[/]"}  # fmt: skip
-SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-
-
-class Progress(Reporter):
-    """Event lines for apply and watch: rich colours on a terminal, plain text in CI, or JSON lines.
-
-    Each event becomes one line (kind, level, name, message, operation); on a terminal during
-    apply, events of the specs being applied move their row of the live table instead.
-    """
-
-    def __init__(self, out: TextIO | None = None, *, json_lines: bool = False) -> None:
-        self.out = out or sys.stderr
-        self.json_lines = json_lines
-        self.console = Console(file=self.out, highlight=False, soft_wrap=True)
-        self.rich = self.out.isatty() and not json_lines
-        self._live: Live | None = None
-        self._rows: dict[str, list[Any]] = {}
-
-    # -- the events ------------------------------------------------------------------------------
-
-    def submitting(
-        self, name: str, *, model: str, resolution: str, duration: int, cost: float | None
-    ) -> None:
-        self._line("submit", f"submitting ({model}, {resolution}, {duration}s, {money(cost)})",
-                   name=name, phase="submitting", cost=cost)  # fmt: skip
-
-    def held(self, name: str, message: str) -> None:
-        self._line("held", message, name=name, level="warning", phase="pending")
-
-    def accepted(self, name: str, operation: str) -> None:
-        self._line("submitted", "accepted", name=name, operation=operation, phase="running")
-
-    def rescued(self, name: str, operation: str, message: str) -> None:
-        self._line("rescued", message, name=name, level="error", operation=operation)
-
-    def polling(self, name: str, operation: str) -> None:
-        self._line("poll", "waiting for the operation", name=name, operation=operation,
-                   phase="running")  # fmt: skip
-
-    def downloading(self, name: str, operation: str | None) -> None:
-        self._line("download", "downloading", name=name, operation=operation, phase="downloading")
-
-    def materialized(self, name: str, path: str) -> None:
-        self._line("materialized", f"materialized {path}", name=name, phase="materialized")
-
-    def removed(self, name: str, path: str | None) -> None:
-        self._line("removed", f"removed {path}", name=name, phase="removed")
-
-    def adopted(self, name: str, path: str) -> None:
-        self._line("adopted", f"adopted {path} from {LOCK_FILE}", name=name, phase="materialized")
-
-    def retrying(self, name: str, message: str) -> None:
-        self._line("retry", message, name=name, level="warning", phase="retrying")
-
-    def failed(self, name: str, message: str, *, final: bool = True) -> None:
-        level, phase = ("error", "failed") if final else ("warning", "retrying")
-        self._line("failed", message, name=name, level=level, phase=phase)
-
-    def unknown(self, name: str, message: str, *, recovered: bool = False) -> None:
-        level = "warning" if recovered else "error"
-        self._line("unknown", message, name=name, level=level, phase="unknown")
-
-    def resubmitting(self, name: str, message: str) -> None:
-        self._line("resubmit", message, name=name, level="warning")
-
-    def watching(self, message: str) -> None:
-        self._line("start", message)
-
-    def reconciled(self, message: str) -> None:
-        self._line("reconcile", message)
-
-    def reloaded(self, message: str) -> None:
-        self._line("reload", message)
-
-    def stopping(self, message: str, *, name: str | None = None) -> None:
-        self._line("stop", message, name=name)
-
-    def condition(self, message: str, *, name: str | None = None, level: str = "error") -> None:
-        self._line("info" if level == "info" else "problem", message, name=name, level=level)
-
-    def ended(self, name: str, outcome: str, message: str) -> None:
-        level = "info" if outcome == OutcomeState.SUPERSEDED else "warning"
-        self._line("outcome", f"{outcome}: {message}", name=name, level=level)
-
-    # -- how they look ---------------------------------------------------------------------------
-
-    @contextmanager
-    def live(self, names: list[str]) -> Iterator[None]:
-        """On a terminal, a live table of every spec's phase while apply runs; elsewhere nothing."""
-        if not self.rich or not names:
-            yield
-            return
-        now = time.monotonic()
-        self._rows = {name: ["queued", now, ""] for name in names}
-        with Live(get_renderable=self._table, console=self.console, refresh_per_second=8,
-                  transient=True) as live:  # fmt: skip
-            self._live = live
-            try:
-                yield
-            finally:
-                self._live = None
-        self.console.print(self._table(final=True))
-
-    def _table(self, final: bool = False) -> Table:
-        table = Table(box=None, pad_edge=False, show_header=False)
-        for column in ("", "name", "phase", "time", "operation"):
-            table.add_column(column, no_wrap=True)
-        frame = int(time.monotonic() * 8)
-        for name, (phase, since, operation) in self._rows.items():
-            done = phase in PHASE_DONE
-            mark = PHASE_DONE.get(phase) or ("" if final else SPINNER[frame % len(SPINNER)])
-            elapsed = "" if phase == "queued" else f"{time.monotonic() - since:5.0f}s"
-            style = {"failed": "red", "unknown": "red", "pending": "yellow"}.get(phase, "")
-            table.add_row(mark, name, f"[{style or 'default'}]{phase}[/]",
-                          "" if done else elapsed, operation.rsplit("/", 1)[-1])  # fmt: skip
-        return table
-
-    def _line(
-        self,
-        kind: str,
-        message: str,
-        *,
-        name: str | None = None,
-        level: str = "info",
-        operation: str | None = None,
-        phase: str | None = None,
-        cost: float | None = None,
-    ) -> None:
-        if self._live is not None and name in self._rows:
-            row = self._rows[name]
-            if phase is not None and phase != row[0]:
-                row[0], row[1] = phase, time.monotonic()
-            row[2] = operation or row[2]
-            if level in ("warning", "error"):
-                style = "red" if level == "error" else "yellow"
-                self._live.console.print(f"[{style}]{name}: {_escape(message)}[/]")
-            return
-        if self.json_lines:
-            record: dict[str, object] = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "level": level,
-                "event": kind,
-                "name": name,
-                "operation": operation,
-                "message": message,
-            }
-            if kind == "submit":
-                record["cost_usd"] = cost  # what this POST may cost, as estimated
-            self.out.write(json.dumps(record) + "\n")
-            self.out.flush()
-            return
-        who = f"{name}: " if name else ""
-        text = f"{who}{message}" + (f" [{operation}]" if operation else "")
-        if self.rich:
-            style = {"error": "red", "warning": "yellow"}.get(level, "")
-            stamp = time.strftime("%H:%M:%S")
-            self.console.print(f"[dim]{stamp}[/dim] [{style or 'default'}]{_escape(text)}[/]")
-        else:
-            self.out.write(f"{level.upper():7} {text}\n")
-            self.out.flush()
+def _md(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _escape(text: str) -> str:
@@ -285,6 +188,10 @@ def summary_json(summary: Summary) -> dict[str, Any]:
         "ok": summary.ok,
         "fatal": summary.fatal,
         "stopped": summary.stopped,
+        "estimate_usd": round(summary.estimate, 4),
+        "spent_usd": round(summary.spent, 4),
+        "polls": summary.polls,
+        "written": summary.written,
         "outcomes": [o.__dict__ for o in summary.outcomes],
     }
 
@@ -301,6 +208,16 @@ def render_summary(summary: Summary, out: TextIO) -> None:
     for o in summary.outcomes:
         if not o.finished:
             console.print(f"  {o.name}: {o.state}: {_escape(o.message)}")
+    for path in summary.written:
+        console.print(f"  wrote {path}")
+    if summary.spent or summary.estimate:
+        console.print(
+            f"Spent {money(summary.spent)} on POSTs that may be billed "
+            f"(estimated {money(summary.estimate)})."
+        )
+    operations = sum(1 for o in summary.outcomes if o.path)
+    if summary.polls and operations:
+        console.print(f"{summary.polls} polls for {operations} video(s) written.")
     if summary.stopped and not summary.fatal:
         console.print(
             "Stopped early; operations still running remotely are resumed by the next apply."
@@ -317,21 +234,47 @@ def render_status(
     spending: Spending | None = None,
     objects: str | None = None,
 ) -> None:
-    console = _console(out)
+    lines = []
     if not rows:
-        console.print("No specs found under specs/.")
+        lines.append("No specs found under specs/.")
     else:
-        table = Table(box=None, pad_edge=False)
-        for column in ("name", "state", "path", "sha256"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("error", overflow="fold")
-        for r in rows:
-            sha = (r["sha256"] or "")[:16]
-            table.add_row(r["name"], r["state"], r["path"] or "", sha, _escape(r["error"] or ""))
-        console.print(table)
+        # On a terminal the rows that need someone come first; a pipe gets every row in order.
+        if out.isatty():
+            rows = sorted(rows, key=lambda r: r["state"] == "materialized")
+        cells = [[r["name"], str(r["state"]), r["path"] or "", (r["sha256"] or "")[:16],
+                  r["error"] or ""] for r in rows]  # fmt: skip
+        _table(out, ["name", "state", "path", "sha256", "error"], cells)
     if spending is not None:
-        console.print(f"Spent on POSTs that may be billed: {spending.describe()}.")
+        lines.append(f"Spent on POSTs that may be billed: {spending.describe()}.")
     if objects:
-        console.print(f"Objects: {_escape(objects)}")
+        lines.append(f"Objects: {objects}")
     if daemon:
-        console.print(daemon)
+        lines.append(daemon)
+    if lines:
+        out.write("\n".join(lines) + "\n")
+
+
+def render_saved(data: dict[str, Any], out: TextIO, *, markdown: bool = False) -> None:
+    """A saved plan, from its JSON: the same table and diffs as when it was made."""
+    console = _console(out)
+    actions = [a for a in data.get("actions", []) if a.get("action") != ActionKind.NOOP]
+    if markdown:
+        lines = ["| | spec | action | cost | why |", "|---|---|---|---|---|"]
+        for a in actions:
+            cost = money(a.get("cost_usd")) if a.get("action") in PAID else ""
+            lines.append(f"| | `{a['name']}` | {a['action']} | {cost} | {_md(a['reason'])} |")
+        console.print("\n".join(lines))
+    else:
+        table = Table(box=None, show_header=True, pad_edge=False)
+        for column in ("", "name", "action", "cost", "why"):
+            table.add_column(column, no_wrap=column != "why")
+        for a in actions:
+            cost = money(a.get("cost_usd")) if a.get("action") in PAID else ""
+            table.add_row(SYMBOLS[ActionKind(a["action"])], a["name"], a["action"], cost,
+                          _escape(a["reason"]))  # fmt: skip
+        console.print(table)
+    for a in actions:
+        for line in a.get("changes") or []:
+            console.print(f"    {a['name']}: {_escape(line)}")
+    total = money(data.get("cost_usd"))
+    console.print(f"Estimated cost: {total} for {data.get('video_seconds', 0)} s of video.")

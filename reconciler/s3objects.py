@@ -99,6 +99,13 @@ class S3Objects:
                 raise self._error("reach", None, exc) from None
             # 403 and the like: some keys may read objects without listing the bucket.
 
+    def close(self) -> None:
+        """Close the client's connections (a client never made costs nothing)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
     def key(self, sha256: str) -> str:
         name = f"{sha256[:2]}/{sha256[2:]}"
         return f"{self.prefix}/{name}" if self.prefix else name

@@ -113,6 +113,9 @@ class SpecDoc(BaseModel):
     )
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX, strict=True)
     video: VideoRef | None = None
+    # Pin an earlier take (its sha256, or a prefix of at least 8 hex digits, as `reconcile takes`
+    # lists them): the name shows those bytes, for free, whatever the rest of the spec asks.
+    take: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,64}$")
 
     @field_validator("name")
     @classmethod
@@ -260,7 +263,7 @@ def _model_problems(spec: SpecDoc, model: ModelFacts) -> list[tuple[str, str]]:
 
 
 SPEC_FIELDS = tuple(SpecDoc.model_fields)
-FORBIDDEN_DEFAULTS = ("name", "image", "lastFrame", "referenceImages", "video")
+FORBIDDEN_DEFAULTS = ("name", "image", "lastFrame", "referenceImages", "video", "take")
 KNOWN_KEYS = {
     "": SPEC_FIELDS,
     "video": ("uri", "from"),
@@ -321,6 +324,7 @@ class Desired:
     source_key: str | None = None  # that spec's key, once the chain is resolved
     depth: int = 0  # extensions from the chain's first spec (0: not an extension of a spec)
     length: float | None = None  # seconds of the resulting video, when known
+    take: str | None = None  # a pinned earlier take (sha256 prefix): not part of the key
 
     @property
     def seconds(self) -> float:
@@ -338,6 +342,25 @@ class Desired:
     def resolution(self) -> str:
         """The resolution paid for and checked by verify: always set, defaults filled in."""
         return str(self.parameters["resolution"])
+
+    def describe(self) -> dict[str, Any]:
+        """The spec as a reviewer reads it: the fields as written (defaults filled in), images by
+        path and bytes. What a plan diffs when a replace is proposed; never part of the key."""
+        out: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
+        out.update({k: v for k, v in self.parameters.items() if v is not None})
+        for field_name, image in (("image", self.image), ("lastFrame", self.last_frame)):
+            if image is not None:
+                out[field_name] = {"path": image.path, "sha256": image.sha256}
+        if self.references:
+            out["referenceImages"] = [
+                {"path": r.image.path, "sha256": r.image.sha256, "referenceType": r.type}
+                for r in self.references
+            ]
+        if self.source is not None:
+            out["video"] = {"from": self.source, "key": self.source_key}
+        elif self.video_uri is not None:
+            out["video"] = {"uri": self.video_uri}
+        return out
 
     def canonical(self) -> dict[str, Any]:
         """The key's input: only what decides the video, defaults filled in. Fields added since

@@ -96,11 +96,23 @@ def _m4_remote_until(db: sqlite_utils.Database) -> None:
     db.conn.execute("ALTER TABLE generations ADD COLUMN remote_until TEXT")
 
 
+def _m5_spec_json(db: sqlite_utils.Database) -> None:
+    # The spec each generation was asked for, as a reviewer reads it: replaces show a field diff.
+    db.conn.execute("ALTER TABLE generations ADD COLUMN spec_json TEXT")
+
+
+def _m6_ledger_takes(db: sqlite_utils.Database) -> None:
+    # The bytes of each take (a download, an adoption): `reconcile takes` lists every one.
+    db.conn.execute("ALTER TABLE attempts ADD COLUMN sha256 TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _m1_initial),
     ("0002_row_version", _m2_row_version),
     ("0003_ledger_cost", _m3_ledger_cost),
     ("0004_remote_until", _m4_remote_until),
+    ("0005_spec_json", _m5_spec_json),
+    ("0006_ledger_takes", _m6_ledger_takes),
 ]
 _OUTPUT_COLUMNS = tuple(f.name for f in fields(Output))
 
@@ -275,11 +287,12 @@ class SqliteStore:
             if move.ledger is not None:
                 name = change.get("name") or (current.name if current else None)
                 operation = change.get("operation") or (current.operation if current else None)
+                sha256 = change.get("sha256") if move.target is State.MATERIALIZED else None
                 conn.execute(
                     "INSERT INTO attempts (spec_key, name, at, outcome, operation, status, "
-                    "message, owner, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "message, owner, cost, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [key, name, now, kind or move.ledger, operation, status, message, self.owner,
-                     charge],
+                     charge, sha256],
                 )  # fmt: skip
         return self.get(key)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -18,7 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import failpoints, lockfile, rescue
+from . import failpoints, lockfile, rescue, takes
 from . import plan as planning
 from .config import Config, load_config, shared_objects
 from .errors import ReconcileError
@@ -68,6 +69,7 @@ class Workspace:
         self.gens.close()
         if self.tree is not self.gens:
             self.tree.close()
+        self.cache.close()
 
     def read_config(self) -> Config:
         """reconcile.yaml, with the sandbox's output folder when running against the simulator."""
@@ -89,6 +91,7 @@ class Workspace:
         return Generation(
             spec_key=spec.key, name=spec.name, model=spec.model, resolution=spec.resolution,
             duration=spec.duration, cost=planning.estimate(self.config, spec), state=state,
+            spec_json=json.dumps(spec.describe(), sort_keys=True),
         )  # fmt: skip
 
     def spending(self) -> Spending:
@@ -129,13 +132,29 @@ class Workspace:
                 verified[rel] = row.sha256
             else:
                 verified[rel] = sha256_file(path)[0]
+        pinned = self.pinned(specs, lock)
+        shas.update(sha for sha in pinned.values() if sha)
         # The shared store is asked only about bytes found nowhere here, all at once: a clone
         # whose videos verify plans without it.
         cached = frozenset(self.cache.present(shas, ask=shas - set(verified.values())))
         return Observed(
+            pinned=pinned,
             verified=verified, cached=cached, lock_foreign=bool(lock) and self.lock_is_foreign(),
             now=datetime.now(UTC),
         )  # fmt: skip
+
+    def pinned(self, specs: list[Desired], lock: dict[str, LockEntry]) -> dict[str, str | None]:
+        """The full sha256 each pinned spec's prefix names, among its takes and the lock's."""
+        pins = [s for s in specs if s.take]
+        if not pins:
+            return {}
+        attempts = self.gens.attempts()
+        found = {}
+        for spec in pins:
+            shas = {r["sha256"] for r in attempts if r.get("sha256") and r.get("name") == spec.name}
+            shas |= {e.sha256 for e in lock.values() if e.name == spec.name}
+            found[spec.name] = takes.resolve(spec.take or "", shas)
+        return found
 
     def plan(self, specs: list[Desired], options: Options | None = None) -> Plan:
         lock = lockfile.read(self.lock_path)
@@ -241,8 +260,8 @@ class Workspace:
         by_name = {s.name: s for s in specs}
         for name, entry in sorted(lock.items()):
             spec = by_name.get(name)
-            if spec is None or spec.key != entry.spec_key:
-                continue
+            if spec is None or spec.key != entry.spec_key or spec.take:
+                continue  # a pinned take is the spec's word, not a generation to record
             gen = self.gens.get(entry.spec_key)  # re-read: names may share a key
             follow = foreign and planning.pulled(
                 spec, gen, lock, planning.Observed(lock_foreign=True)

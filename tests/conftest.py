@@ -1,26 +1,40 @@
-"""Shared fixtures: a real simulator on loopback, asset repos in tmp_path, the CLI as a subprocess.
+"""Shared fixtures: a real simulator on loopback, asset repos in tmp_path, the CLI in-process.
 
 Nothing of our own is mocked: tests drive ``reconcile`` the way a user or CI does and look at what
-the simulator received and what landed on disk.
+the simulator received and what landed on disk. The tests come in layers by speed:
+
+1. pure functions and the store on sqlite files (plan, lifecycle, spec key, wire, pacing, store);
+2. engines in one asyncio loop against the simulator over loopback (``engines.py``);
+3. the CLI through click's runner, in this process (``Repo.run``, the default);
+4. real ``python -m reconciler`` processes: what is read once, at import (failpoints, the umask),
+   signals, SIGKILL, several processes racing, the watch daemon. These are marked ``slow`` (as is
+   any test over about 2 s), and only a test marked ``slow`` may start one (``Repo.run_process``,
+   ``Repo.spawn``), so ``pytest -m "not slow"`` stays the quick loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 import textwrap
 import time
+import traceback
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from reconciler import failpoints
+from reconciler.cli import main
 from reconciler.sim import Simulator
 
 API_KEY = "sk-test-0123456789SECRETKEYabcdef"
@@ -49,12 +63,45 @@ def jpeg_bytes() -> bytes:
     return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
 
 
+def invoke(
+    cwd: Path, args: Sequence[str], env: Mapping[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`reconcile ARGS` in this process through click's runner, as a real process would run it: in
+    ``cwd``, with exactly ``env`` as its environment, stdin not a terminal, stdout and stderr apart,
+    and a crash (any exception but SystemExit) as exit 1 with its traceback on stderr."""
+    exact: dict[str, str | None] = {name: None for name in os.environ if name not in env}
+    exact.update(env)
+    with contextlib.chdir(cwd):
+        result = CliRunner().invoke(main, list(args), env=exact, prog_name="reconcile")
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(
+        ["reconcile", *args], result.exit_code, result.stdout, stderr
+    )
+
+
+def open_files_under(folder: Path) -> list[str]:
+    """Files under ``folder`` this process holds open (Linux; elsewhere nothing is found)."""
+    fds = Path("/proc/self/fd")
+    held = []
+    for fd in fds.iterdir() if fds.is_dir() else ():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(f"{folder}{os.sep}"):
+                held.append(target)
+    return held
+
+
 @dataclass
 class Repo:
-    """An asset repo on disk, with helpers to write specs and run the CLI against it."""
+    """An asset repo on disk, with helpers to write specs and run the CLI against it.
+
+    ``processes``: whether the test may start real processes (only tests marked ``slow`` may)."""
 
     path: Path
     sim: Simulator | None
+    processes: bool = False
 
     def write(self, rel: str, text: str) -> Path:
         target = self.path / rel
@@ -80,7 +127,24 @@ class Repo:
     def run(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
+        """Run `reconcile ARGS` in this repo, in this process (see ``invoke``).
+
+        An armed failpoint needs a real process: ``failpoints`` reads its variable once, at import,
+        and kills the process it is in, so such a run goes to ``run_process`` (and the test must be
+        marked ``slow``). ``timeout`` bounds only real processes; pytest-timeout bounds the rest."""
+        env = env or self.env()
+        if failpoints.ENV in env:
+            return self.run_process(*args, env=env, timeout=timeout)
+        result = invoke(self.path, args, env)
+        held = open_files_under(self.path)
+        assert not held, f"`reconcile {' '.join(args)}` left files open: {held}"
+        return result
+
+    def run_process(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run `reconcile ARGS` in this repo as a real subprocess."""
+        self._may_start_processes()
         return subprocess.run(
             [sys.executable, "-m", "reconciler", *args],
             cwd=self.path,
@@ -94,15 +158,28 @@ class Repo:
     def apply(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.run("apply", "--yes", "--poll-interval", "0.1", *args, **kw)
 
+    def spawn(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        stdout: int = subprocess.PIPE,
+        stderr: int = subprocess.PIPE,
+    ) -> subprocess.Popen[str]:
+        """Start `reconcile ARGS` in the background, for kill, signal, race and daemon tests."""
+        self._may_start_processes()
+        return subprocess.Popen(
+            [sys.executable, "-m", "reconciler", *args],
+            cwd=self.path, env=env or self.env(), stdout=stdout, stderr=stderr, text=True,
+        )  # fmt: skip
+
     def spawn_apply(
         self, *args: str, env: dict[str, str] | None = None, poll: str = "0.1"
     ) -> subprocess.Popen[str]:
         """Start `reconcile apply --yes` in the background, output piped, for kill and race tests."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", poll, *args],
-            cwd=self.path, env=env or self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        return self.spawn("apply", "--yes", "--poll-interval", poll, *args, env=env)
+
+    def _may_start_processes(self) -> None:
+        assert self.processes, "this test starts real processes: mark it @pytest.mark.slow"
 
     def wait_for_posts(self, count: int, timeout: float = 20.0) -> None:
         """Block until the simulator has accepted `count` paid POSTs."""
@@ -146,16 +223,60 @@ def sim() -> Iterator[Simulator]:
         yield server
 
 
+def is_slow(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("slow") is not None
+
+
 @pytest.fixture
-def repo(tmp_path: Path, sim: Simulator) -> Repo:
+def repo(tmp_path: Path, sim: Simulator, request: pytest.FixtureRequest) -> Repo:
     path = tmp_path / "assets-repo"
     (path / "specs").mkdir(parents=True)
-    return Repo(path, sim)
+    return Repo(path, sim, processes=is_slow(request))
 
 
 @pytest.fixture
-def offline_repo(tmp_path: Path) -> Repo:
+def offline_repo(tmp_path: Path, request: pytest.FixtureRequest) -> Repo:
     """A repo with no API configured: anything that would reach the network must not."""
     path = tmp_path / "assets-repo"
     (path / "specs").mkdir(parents=True)
-    return Repo(path, None)
+    return Repo(path, None, processes=is_slow(request))
+
+
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@pytest.fixture(autouse=True)
+def leaves_the_process_as_it_found_it() -> Iterator[None]:
+    """In-process runs share this process: each test must give back its signal handlers, its
+    working directory and its environment as it found them. What one leaks is put back before
+    the test is failed for it, so the next test in this worker starts clean."""
+    handlers = {sig: signal.getsignal(sig) for sig in HANDLED}
+    cwd = os.getcwd()
+    environ = environment()
+    yield
+    leaked = {sig.name: now for sig in HANDLED if (now := signal.getsignal(sig)) != handlers[sig]}
+    for sig in leaked:
+        signal.signal(signal.Signals[sig], handlers[signal.Signals[sig]])
+    moved = os.getcwd()
+    os.chdir(cwd)
+    changed = sorted(k for k in environ.keys() | environment().keys()
+                     if environ.get(k) != os.environ.get(k))  # fmt: skip
+    for key in changed:
+        if key in environ:
+            os.environ[key] = environ[key]
+        else:
+            del os.environ[key]
+    assert not leaked, f"signal handlers left behind: {leaked}"
+    assert moved == cwd, f"working directory left at {moved}"
+    assert not changed, f"environment variables changed: {changed}"
+
+
+def environment() -> dict[str, str]:
+    """os.environ but for the variable pytest itself changes between a test's phases."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if failpoints.ENV in os.environ:
+        # failpoints arms itself at import: an in-process run would SIGKILL pytest.
+        raise pytest.UsageError(f"unset {failpoints.ENV} before running the tests")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,7 +154,7 @@ def test_an_expired_source_is_reported_with_its_way_out_and_costs_nothing(
     repo.write("specs/base.yaml", f"name: base\nmodel: {MODEL}\nprompt: A forest.\n")
     assert repo.apply(env=repo.env(**FAST_ENV)).returncode == 0
     old = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with sqlite3.connect(repo.path / "state" / "reconciler.db") as conn:
+    with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn, conn:
         conn.execute("UPDATE generations SET remote_until = ?", [old])
     repo.write(
         "specs/mid.yaml", f"name: mid\nmodel: {MODEL}\nprompt: Rising.\nvideo: {{from: base}}\n"
@@ -219,17 +220,13 @@ def test_the_example_specs_run_against_reconcile_sim(offline_repo: Repo) -> None
     import re
     import shutil
     import subprocess
-    import sys
 
     root = Path(__file__).resolve().parent.parent
     shutil.rmtree(offline_repo.path / "specs")
     for folder in ("specs", "assets"):
         shutil.copytree(root / folder, offline_repo.path / folder)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "sim", "--port", "0", "--latency", "0.5",
-         "--api-key", API_KEY],
-        env=offline_repo.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    server = offline_repo.spawn("sim", "--port", "0", "--latency", "0.5", "--api-key", API_KEY,
+                                stdout=subprocess.DEVNULL)  # fmt: skip
     try:
         assert server.stderr is not None
         line = server.stderr.readline()

@@ -1,11 +1,23 @@
-"""Several processes on one state db: racing applies never double-submit, readers never fail."""
+"""Several runs on one state db: racing applies (and an apply racing the daemon) never
+double-submit, readers never fail. Each race runs twice: as real processes (``slow``) and as
+engines in one asyncio loop (``engines.py``), which race through the same sqlite file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 
+import pytest
 from conftest import Repo
+from engines import Apply, Recorder, api, race, read_status_and_plan, tuning, until
+
+from reconciler.daemon import Daemon, DaemonSettings
+from reconciler.engine import Engine, Summary
+from reconciler.lifecycle import ActionKind
+from reconciler.money import run_limit
+from reconciler.sim import op_error
+from reconciler.workspace import Workspace
 
 N_SPECS = 24
 
@@ -24,6 +36,7 @@ def start_apply(repo: Repo, *extra: str) -> subprocess.Popen[str]:
     return repo.spawn_apply("--concurrency", "8", *extra)
 
 
+@pytest.mark.slow
 def test_three_racing_applies_pay_once_and_readers_keep_working(repo: Repo) -> None:
     """Three applies started together on 24 specs: 24 paid POSTs in all; status and plan never fail."""
     assert repo.sim is not None
@@ -52,6 +65,37 @@ def test_three_racing_applies_pay_once_and_readers_keep_working(repo: Repo) -> N
     assert repo.run("plan", "--detailed-exitcode").returncode == 0
 
 
+def test_three_racing_engines_pay_once_and_readers_keep_working(repo: Repo) -> None:
+    """Three applies in one loop on 24 specs: 24 paid POSTs in all; status and plan, read on a
+    thread all the while, never fail."""
+    assert repo.sim is not None
+    repo.sim.set_latency(0.5)
+    prompts = write_many(repo)
+
+    async def main(runs: list[Apply]) -> tuple[list[Summary], int]:
+        racing = asyncio.ensure_future(race(*runs))
+        reads = 0
+        while not racing.done():
+            await asyncio.to_thread(read_status_and_plan, repo)
+            reads += 1
+        return await racing, reads
+
+    with Apply(repo, concurrency=8) as a, Apply(repo, concurrency=8) as b, \
+            Apply(repo, concurrency=8) as c:  # fmt: skip
+        summaries, reads = asyncio.run(main([a, b, c]))
+    assert reads >= 1
+    for summary in summaries:
+        assert summary.ok, summary
+    assert repo.sim.paid_posts == N_SPECS
+    for prompt in prompts.values():
+        assert repo.sim.posts_for(prompt) == 1
+    rows = repo.status()
+    assert len(rows) == N_SPECS and {r["state"] for r in rows.values()} == {"materialized"}
+    assert len(repo.videos()) == N_SPECS
+    assert repo.run("plan", "--detailed-exitcode").returncode == 0
+
+
+@pytest.mark.slow
 def test_late_apply_follows_running_operations(repo: Repo) -> None:
     """An apply started while another's operations run polls them instead of submitting again."""
     assert repo.sim is not None
@@ -66,11 +110,34 @@ def test_late_apply_follows_running_operations(repo: Repo) -> None:
     assert repo.sim.paid_posts == N_SPECS
 
 
+def test_late_engine_follows_running_operations(repo: Repo) -> None:
+    """An apply planned while another's operations run polls them instead of submitting again."""
+    assert repo.sim is not None
+    repo.sim.set_latency(1.0)  # a run planned in-process needs no start-up time to be late
+    write_many(repo)
+
+    async def main(first: Apply) -> list[Summary]:
+        running = asyncio.ensure_future(first.run())
+        try:
+            await until(lambda: repo.sim is not None and repo.sim.paid_posts >= N_SPECS)
+            with await asyncio.to_thread(Apply, repo, concurrency=8) as second:
+                assert second.plan.paid == []
+                assert ActionKind.RESUME in {a.kind for a in second.plan.actions}
+                return [await running, await second.run()]
+        finally:
+            running.cancel()
+
+    with Apply(repo, concurrency=8) as first:
+        summaries = asyncio.run(main(first))
+    for summary in summaries:
+        assert summary.ok, summary
+    assert repo.sim.paid_posts == N_SPECS
+
+
+@pytest.mark.slow
 def test_shared_key_and_racing_processes_never_rewind_a_resubmission(repo: Repo) -> None:
     """A failed operation is resubmitted once, even when two names share its key and two
     processes poll it: a late poll of the old operation must not rewind the new one."""
-    from reconciler.sim import op_error
-
     assert repo.sim is not None
     repo.sim.set_latency(0.5)
     prompt = "Shared key clip, a lantern on a quiet river."
@@ -86,6 +153,68 @@ def test_shared_key_and_racing_processes_never_rewind_a_resubmission(repo: Repo)
     rows = repo.status()
     assert rows["a"]["sha256"] == rows["b"]["sha256"]
     assert rows["a"]["operation"] == rows["b"]["operation"]
+
+
+def test_shared_key_and_racing_engines_never_rewind_a_resubmission(repo: Repo) -> None:
+    """In one loop too: a failed operation is resubmitted once, even when two names share its key
+    and two runs poll it."""
+    assert repo.sim is not None
+    repo.sim.set_latency(0.5)
+    prompt = "Shared key clip, a lantern on a quiet river."
+    for name in ("a", "b"):
+        repo.write(f"specs/{name}.yaml", f"name: {name}\nmodel: veo-3.1-fast-generate-preview\n"
+                                          f"prompt: {prompt}\n")  # fmt: skip
+    repo.sim.inject("submit", op_error(), times=1)
+    with Apply(repo, concurrency=8) as one, Apply(repo, concurrency=8) as two:
+        summaries = asyncio.run(race(one, two))
+    for summary in summaries:
+        assert summary.ok, summary
+    assert repo.sim.paid_posts == 2  # the failed operation (not billed) and its one resubmission
+    rows = repo.status()
+    assert rows["a"]["sha256"] == rows["b"]["sha256"]
+    assert rows["a"]["operation"] == rows["b"]["operation"]
+
+
+def test_apply_racing_a_daemon_in_the_same_loop_pays_once(repo: Repo) -> None:
+    """The daemon and an apply on the same specs and state db, in one loop (test_watch.py races
+    the daemon's process): each spec is paid once."""
+    assert repo.sim is not None
+    repo.sim.set_latency(1.0)
+    names = {f"r{i}" for i in range(8)}
+
+    async def main() -> Summary:
+        events = Recorder()
+        ws = Workspace(repo.path)
+        try:
+            engine = Engine(ws, api=api(repo), tuning=tuning(repo), reporter=events)
+            engine.ctx.run_limit = run_limit(None, ws.config.budget_per_run)
+            # settle=0: the daemon pays as soon as it plans, so the two really race.
+            settings = DaemonSettings(resync=60, settle=0)
+            daemon = asyncio.ensure_future(Daemon(engine, settings).run())
+            await until(lambda: any("reconciled (start)" in line for line in events.lines))
+            for i in range(8):
+                repo.write(f"specs/r{i}.yaml", f"name: r{i}\nmodel: veo-3.1-fast-generate-preview\n"
+                                               f"prompt: Race clip {i}.\n")  # fmt: skip
+            # Planned while the loop is held, so before the daemon can react: both plan to pay
+            # for all eight, and the apply claims only after the daemon has started its tasks.
+            with Apply(repo) as run:
+                assert len(run.plan.paid) == 8
+                await until(lambda: any("8 started" in line for line in events.lines))
+                summary = await run.run()
+            await until(lambda: {v.split(".")[0] for v in repo.videos()} == names)
+            engine.stop.request()
+            assert await daemon == 0
+            return summary
+        finally:
+            ws.close()
+
+    summary = asyncio.run(main())
+    assert summary.ok, summary
+    rows = repo.status()
+    assert set(rows) == names and {r["state"] for r in rows.values()} == {"materialized"}
+    assert repo.sim.paid_posts == 8
+    for i in range(8):
+        assert repo.sim.posts_for(f"Race clip {i}.") == 1
 
 
 def test_replace_on_names_sharing_a_key_pays_once(repo: Repo) -> None:

@@ -8,8 +8,8 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
+from contextlib import closing
 
 import pytest
 import yaml
@@ -17,6 +17,9 @@ from conftest import Repo
 
 from reconciler import failpoints
 from reconciler.sim import Simulator, stall
+
+# Every test here kills or signals a real `reconcile apply` process.
+pytestmark = pytest.mark.slow
 
 SPECS = {
     "alpha": "A red kite flying over green hills, crash-test alpha.",
@@ -63,7 +66,7 @@ def check_invariants(repo: Repo, sim: Simulator) -> None:
     assert sorted(lock["specs"]) == sorted(SPECS)
     assert {e["path"] for e in lock["specs"].values()} == {r["path"] for r in status.values()}
     assert sorted(repo.videos()) == sorted(r["path"].split("/")[-1] for r in status.values())
-    with sqlite3.connect(repo.path / "state" / "reconciler.db") as conn:
+    with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert repo.run("plan", "--detailed-exitcode").returncode == 0
 
@@ -93,10 +96,8 @@ def test_sigkill_at_random_moments_pays_once(repo: Repo) -> None:
     write_specs(repo)
     rng = random.Random(20261125)
     for _ in range(12):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.1"],
-            cwd=repo.path, env=repo.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        proc = repo.spawn("apply", "--yes", "--poll-interval", "0.1",
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         time.sleep(rng.uniform(0.3, 1.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)

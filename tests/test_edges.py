@@ -8,6 +8,7 @@ import json
 import socket
 import sqlite3
 import subprocess
+from contextlib import closing
 
 import pytest
 from conftest import Repo
@@ -52,13 +53,17 @@ def test_damaged_lock_is_one_clear_error(repo: Repo, case: str) -> None:
     assert repo.sim is not None and repo.sim.post_requests == 1
 
 
+# Real processes for now: refusing the db leaves its connection open until the garbage collector
+# runs (test_store.py's xfail pins it); a process exits at once, an in-process run is caught with
+# the db still open by Repo.run. Back to repo.run, and not slow, once that is fixed.
+@pytest.mark.slow
 def test_state_from_a_newer_version_is_refused(repo: Repo) -> None:
     """A state db with a schema step this version does not know is refused, not misread."""
     applied(repo)
-    with sqlite3.connect(repo.path / "state" / "reconciler.db") as conn:
+    with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn, conn:
         conn.execute("INSERT INTO migrations VALUES ('0099_future', '2030-01-01T00:00:00Z')")
     for command in (["plan"], ["apply", "--yes"], ["status"]):
-        clean_failure(repo.run(*command), "newer reconciler", "0099_future")
+        clean_failure(repo.run_process(*command), "newer reconciler", "0099_future")
 
 
 @pytest.mark.parametrize("where", ["reconcile.lock", "state"])

@@ -13,9 +13,9 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def apply(repo: Repo, *args: str, **env: str) -> subprocess.CompletedProcess[str
 
 def attempts(repo: Repo, name: str) -> list[dict[str, Any]]:
     """The ledger rows of one spec name, oldest first."""
-    with sqlite3.connect(repo.path / "state" / "reconciler.db") as conn:
+    with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn:
         conn.row_factory = sqlite3.Row
         rows = conn.execute("SELECT * FROM attempts WHERE name = ? ORDER BY id", [name])
         return [dict(r) for r in rows]
@@ -246,6 +246,7 @@ def test_cut_download_is_retried_and_verifies(repo: Repo, sim: Simulator) -> Non
     assert_no_partials(repo)
 
 
+@pytest.mark.slow
 def test_expired_file_fails_until_retry_failed(repo: Repo, sim: Simulator) -> None:
     """A video deleted remotely before download fails its spec clearly; only --retry-failed pays again."""
     write_spec(repo, "alpha")
@@ -343,6 +344,7 @@ def test_refusals_are_final_for_their_key(repo: Repo, sim: Simulator) -> None:
         assert_verified(repo, sim, row)
 
 
+@pytest.mark.slow
 def test_failed_operation_resubmitted_twice_across_runs(repo: Repo, sim: Simulator) -> None:
     """A failed operation is resubmitted at most twice for its key, counted across runs, then final."""
     write_spec(repo, "alpha")
@@ -515,6 +517,7 @@ def test_a_long_hold_leaves_every_waiting_spec_pending_not_unknown(
     assert sim.paid_posts == 3
 
 
+@pytest.mark.slow
 def test_stop_while_waiting_for_the_pacer_leaves_nothing_unknown(
     repo: Repo, sim: Simulator
 ) -> None:
@@ -524,11 +527,7 @@ def test_stop_while_waiting_for_the_pacer_leaves_nothing_unknown(
         write_spec(repo, name)
     repo.write("reconcile.yaml", "limits:\n  submitPerMinute: 2\n")
     sim.set_latency(30.0)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.1"],
-        cwd=repo.path, env=repo.env(**FAST_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = repo.spawn_apply(env=repo.env(**FAST_ENV))
     deadline = time.monotonic() + 20
     while sim.paid_posts < 1 and time.monotonic() < deadline:
         time.sleep(0.05)

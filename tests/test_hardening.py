@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -112,15 +111,16 @@ def test_a_200_echoing_request_headers_never_carries_the_key(repo: Repo, sim: Si
 # -- 14. files get the user's umask ----------------------------------------------------------------
 
 
+# A real process: objects.py reads the umask once, at import.
+@pytest.mark.slow
 def test_videos_and_the_lock_are_readable_by_the_team(repo: Repo, sim: Simulator) -> None:
     """Under umask 022 a video and the lock are 0644, as any other tool's files, not 0600."""
     repo.write("specs/hero.yaml", SPEC)
     old = os.umask(0o022)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.1"],
-            cwd=repo.path, env=repo.env(**FAST_ENV), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        result = repo.run_process(
+            "apply", "--yes", "--poll-interval", "0.1", env=repo.env(**FAST_ENV)
+        )
     finally:
         os.umask(old)
     assert result.returncode == 0, result.stderr
@@ -140,12 +140,8 @@ def test_watch_stops_when_state_is_deleted_and_nothing_is_paid_twice(
     stops (exit 1); the next apply resumes the operation instead of paying again."""
     sim.set_latency(3.0)
     repo.write("specs/hero.yaml", SPEC)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "watch", "--settle", "0", "--poll-interval", "0.2",
-         "--resync", "1"],
-        cwd=repo.path, env=repo.env(**FAST_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = repo.spawn("watch", "--settle", "0", "--poll-interval", "0.2", "--resync", "1",
+                      env=repo.env(**FAST_ENV))  # fmt: skip
     try:
         repo.wait_for_posts(1)
         time.sleep(0.5)  # the operation name is committed
@@ -175,7 +171,7 @@ def test_a_claim_of_another_host_is_waited_on_for_a_bounded_time(
     repo.write("specs/hero.yaml", SPEC)
     assert repo.apply(env=repo.env(**FAST_ENV)).returncode == 0
     db = repo.path / "state" / "reconciler.db"
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute(
             "UPDATE generations SET state = 'submitting', owner = 'far-host:42:7', "
             "claimed_at = ?, operation = NULL, version = version + 1",

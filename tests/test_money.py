@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,7 +38,7 @@ def apply(repo: Repo, *args: str, **env: str):  # type: ignore[no-untyped-def]
 
 
 def ledger(repo: Repo) -> list[dict[str, object]]:
-    with sqlite3.connect(repo.path / "state" / "reconciler.db") as conn:
+    with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn:
         conn.row_factory = sqlite3.Row
         return [dict(r) for r in conn.execute("SELECT * FROM attempts ORDER BY id")]
 
@@ -207,7 +209,7 @@ def test_a_download_404_past_the_files_expiry_is_final(repo: Repo, sim: Simulato
     sim.inject("download", simmod.expired(), times=20)
     apply(repo)
     three_days_ago = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with sqlite3.connect(repo.path / "state" / "reconciler.db") as conn:
+    with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn, conn:
         conn.execute("UPDATE generations SET finished_at = ?", [three_days_ago])
     result = apply(repo)
     assert result.returncode == 1
@@ -219,6 +221,7 @@ def test_a_download_404_past_the_files_expiry_is_final(repo: Repo, sim: Simulato
 # -- 5. the operation name of an accepted POST is never lost ---------------------------------------
 
 
+@pytest.mark.slow
 def test_a_db_deleted_while_the_post_waits_keeps_the_operation(repo: Repo, sim: Simulator) -> None:
     """The state db vanishes while the POST is on the wire: the operation name is printed and
     kept beside it, and the next run adopts it instead of paying again."""
@@ -231,6 +234,33 @@ def test_a_db_deleted_while_the_post_waits_keeps_the_operation(repo: Repo, sim: 
     assert proc.returncode == 1
     (op,) = sim.operations.values()
     assert op.name in err and "rescued.jsonl" in err
+    result = apply(repo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sim.paid_posts == 1
+    assert repo.status()["hero"]["operation"] == op.name
+
+
+def test_a_db_deleted_under_an_in_process_apply_keeps_the_operation(
+    repo: Repo, sim: Simulator
+) -> None:
+    """The same with the apply in this process, the db deleted from a thread while its POST
+    waits: the operation name is printed and kept, and the next run adopts it."""
+    write_spec(repo)
+    sim.inject("submit", simmod.stall(1.5))
+
+    def delete_the_db_once_posted() -> None:
+        repo.wait_for_posts(1)
+        (repo.path / "state" / "reconciler.db").unlink()
+
+    deleter = threading.Thread(target=delete_the_db_once_posted)
+    deleter.start()
+    try:
+        first = apply(repo)
+    finally:
+        deleter.join()
+    assert first.returncode == 1
+    (op,) = sim.operations.values()
+    assert op.name in first.stderr and "rescued.jsonl" in first.stderr
     result = apply(repo)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sim.paid_posts == 1
@@ -253,18 +283,12 @@ def test_a_price_that_is_not_a_price_is_refused_before_anything(
     assert "Traceback" not in result.stderr and sim.post_requests == 0
 
 
+@pytest.mark.slow
 def test_the_json_log_of_watch_carries_each_posts_cost(repo: Repo, sim: Simulator) -> None:
     """Each submit line of `watch --log-format json` says what the POST may cost."""
     write_spec(repo)
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "watch", "--settle", "0", "--poll-interval", "0.1",
-         "--log-format", "json"],
-        cwd=repo.path, env=repo.env(**FAST_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = repo.spawn("watch", "--settle", "0", "--poll-interval", "0.1", "--log-format", "json",
+                      env=repo.env(**FAST_ENV))  # fmt: skip
     try:
         deadline = time.monotonic() + 20
         while repo.status()["hero"]["state"] != "materialized":
@@ -281,15 +305,8 @@ def test_the_json_log_of_watch_carries_each_posts_cost(repo: Repo, sim: Simulato
 def test_watch_pays_only_for_a_spec_that_settled(repo: Repo, sim: Simulator) -> None:
     """Saves a second apart (an editor autosaving while someone types) pay for nothing: only the
     version that then stays unchanged for the default settle period becomes a video."""
-    import subprocess
-    import sys
-
     write_spec(repo, prompt="A light")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "watch", "--poll-interval", "0.1"],
-        cwd=repo.path, env=repo.env(**FAST_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = repo.spawn("watch", "--poll-interval", "0.1", env=repo.env(**FAST_ENV))
     try:
         for prompt in ("A lighthouse", "A lighthouse at", "A lighthouse at dusk."):
             time.sleep(1.0)

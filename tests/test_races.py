@@ -3,20 +3,25 @@ every run ends with a state the user can act on."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
 import time
 
+import pytest
 from conftest import Repo
+from engines import Apply, race
 
+from reconciler.lifecycle import ActionKind
 from reconciler.sim import http_error, stall
 
 SPEC = "name: {name}\nmodel: veo-3.1-fast-generate-preview\nprompt: {prompt}\n"
+FAST = {"RECONCILE_RETRY_BASE": "0.05"}
 
 
 def start_apply(repo: Repo, *extra: str) -> subprocess.Popen[str]:
-    return repo.spawn_apply(*extra, env=repo.env(RECONCILE_RETRY_BASE="0.05"))
+    return repo.spawn_apply(*extra, env=repo.env(**FAST))
 
 
 def lose_bytes_everywhere_but_the_provider(repo: Repo) -> None:
@@ -28,6 +33,7 @@ def lose_bytes_everywhere_but_the_provider(repo: Repo) -> None:
     shutil.rmtree(repo.path / "state" / "objects")
 
 
+@pytest.mark.slow
 def test_two_applies_planning_a_regeneration_pay_once(repo: Repo) -> None:
     """Both runs plan a paid regeneration of lost bytes; the loser follows the winner's job and
     never claims the row again once it is materialized."""
@@ -44,6 +50,26 @@ def test_two_applies_planning_a_regeneration_pay_once(repo: Repo) -> None:
     assert repo.status()["x"]["state"] == "materialized"
 
 
+def test_two_engines_planning_a_regeneration_pay_once(repo: Repo) -> None:
+    """In one loop, both runs plan a paid regeneration of lost bytes before either claims; the
+    loser follows the winner's job and never claims the row again once it is materialized."""
+    assert repo.sim is not None
+    repo.write("specs/x.yaml", SPEC.format(name="x", prompt="Lost bytes regeneration."))
+    assert repo.apply().returncode == 0
+    lose_bytes_everywhere_but_the_provider(repo)
+    repo.sim.set_latency(1.5)  # the loser follows a job still running
+    with Apply(repo, **FAST) as one, Apply(repo, **FAST) as two:
+        for run in (one, two):
+            assert [(a.name, a.kind) for a in run.plan.paid] == [("x", ActionKind.CREATE)]
+        summaries = asyncio.run(race(one, two))
+    for summary in summaries:
+        assert summary.ok, summary
+    assert repo.sim.paid_posts == 2  # the original, and one regeneration
+    assert repo.status()["x"]["state"] == "materialized"
+
+
+# In-process runs cannot stand in here: a claim's owner is a process, alive as long as the test is.
+@pytest.mark.slow
 def test_follower_of_a_dead_submitter_ends_with_unknown(repo: Repo) -> None:
     """A run following another process's submit notices when that process dies: it reports the
     spec unknown and exits instead of waiting forever."""

@@ -3,8 +3,9 @@
 A real S3 server on loopback (moto's server mode, a subprocess started here), or a real bucket
 named by ``RECONCILE_TEST_S3=s3://bucket/prefix`` with the AWS environment to reach it. Each test
 gets a bucket of its own (or, on a real S3, a prefix of its own). Working trees are copied the way
-git moves them (specs, lock, maybe videos; never state/), and every test counts what the
-simulator was asked.
+git moves them (specs, lock; never the videos or state/), the CLI runs in this process (conftest's
+``Repo.run``) but for the memory test's real processes, and every test counts what the simulator
+was asked.
 """
 
 from __future__ import annotations
@@ -172,7 +173,6 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
 # -- what a team sees ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_a_clone_with_the_lock_only_materializes_everything_from_the_bucket(
     repo: Repo, sim: Simulator, bucket: Bucket, tmp_path: Path
 ) -> None:
@@ -385,7 +385,6 @@ def test_a_large_video_goes_up_in_parts_and_comes_back_with_flat_memory(
     assert large[1] - small[1] < 16, (small, large)
 
 
-@pytest.mark.slow
 def test_gc_leaves_the_bucket_alone_unless_asked_and_keeps_what_this_tree_needs(
     repo: Repo, sim: Simulator, bucket: Bucket
 ) -> None:

@@ -8,6 +8,7 @@ store applies one: atomically, compare-and-swap, with its ledger row.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sqlite3
@@ -19,7 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import open_files_under
 
+from reconciler.errors import StateError
 from reconciler.lifecycle import Event, Generation, State
 from reconciler.owners import owner_alive, this_owner
 from reconciler.sqlite_store import SqliteStore as Store
@@ -107,6 +110,8 @@ def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
         "0002_row_version",
         "0003_ledger_cost",
         "0004_remote_until",
+        "0005_spec_json",
+        "0006_ledger_takes",
     ]
 
     again = Store(db_path)
@@ -116,6 +121,24 @@ def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
         assert gen is not None and gen.state == SUBMITTING
     finally:
         again.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in reconciler/sqlite_store.py, left for its owner: SqliteStore.__init__ does not "
+    "close its connection when _migrate refuses the db, so only the garbage collector does",
+)
+def test_a_refused_db_is_closed_at_once(db_path: Path) -> None:
+    """Refusing a db written by a newer version closes it at once, not whenever the GC runs."""
+    Store(db_path).close()
+    raw(db_path, "INSERT INTO migrations VALUES ('0099_future', 'then')")
+    gc.disable()  # what holds the connection is a reference cycle: keep the GC from hiding it
+    try:
+        with pytest.raises(StateError, match="newer reconciler"):
+            Store(db_path)
+        assert open_files_under(db_path.parent) == []
+    finally:
+        gc.enable()
 
 
 def test_a_db_from_the_first_schema_is_upgraded_in_place(db_path: Path) -> None:

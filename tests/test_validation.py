@@ -364,13 +364,14 @@ SUBPROCESS_CASES = ["yaml-colon-in-plain-value", "misspelt-resoluton", "image-le
                     "config-defaults-typo", "file-not-utf8", "name-duplicate-across-files"]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in SUBPROCESS_CASES], ids=lambda c: c.id)
 def test_real_process_prints_no_traceback(case: Case, repo: Repo) -> None:
     """As a real subprocess, validate, plan and apply each print one message, exit 1, pay nothing."""
     assert repo.sim is not None
     case.build(repo.path)
     for command in COMMANDS:
-        result = repo.run(*COMMANDS[command])
+        result = repo.run_process(*COMMANDS[command])
         assert_one_clear_message(case, result.returncode, result.stdout, result.stderr)
     assert_untouched(repo.path, repo.sim)
 

@@ -141,6 +141,7 @@ def test_picture_moves_and_prompts_differ() -> None:
     assert cat.frames == dog.frames == 96
 
 
+@pytest.mark.slow  # a second process is the point
 def test_same_request_same_bytes_encoded_once() -> None:
     """Asking twice returns the cached clip; another process encodes the very same bytes."""
     first = clip(duration=6, title=DOG)

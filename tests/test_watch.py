@@ -6,13 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import Repo
+
+# Every test here drives `reconcile watch` as a real daemon process.
+pytestmark = pytest.mark.slow
 
 SPEC = "name: {name}\nmodel: veo-3.1-fast-generate-preview\nprompt: {prompt}\n"
 
@@ -22,12 +24,8 @@ class Watch:
 
     def __init__(self, repo: Repo, *extra: str) -> None:
         self.repo = repo
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "watch", "--poll-interval", "0.1",
-             "--resync", "60", *extra],
-            cwd=repo.path, env=repo.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        self.proc = repo.spawn("watch", "--poll-interval", "0.1", "--resync", "60", *extra,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
