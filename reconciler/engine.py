@@ -168,6 +168,9 @@ class Engine:
         except (TransientError, Stopping) as exc:
             gen = await ctx.db(self.ws.gens.get, action.key or "")
             state = OutcomeState(gen.state) if gen else OutcomeState.PENDING
+            if state is OutcomeState.MATERIALIZED:
+                # Its bytes were to be fetched again and were not: nothing is in place yet.
+                state = OutcomeState.PENDING
             return Outcome(action.name, state, str(exc) or "stopped; the next run resumes it")
         except ReconcileError as exc:
             self.reporter.failed(action.name, str(exc))

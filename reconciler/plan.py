@@ -336,9 +336,12 @@ def _action_for(
             return Action(spec.name, MATERIALIZE, spec.key, reason, path=path, sha256=sha,
                           old_path=current_path if current_path != path else None, spec=spec,
                           state=MATERIALIZED)  # fmt: skip
-        if gen is not None and gen.file_id:
-            return Action(spec.name, RESUME, spec.key, "cached bytes lost: download again",
-                          spec=spec, state=state, old_path=current_path)  # fmt: skip
+        expiry = remote_expiry(gen) if gen is not None else None
+        alive = expiry is None or observed.now is None or observed.now < expiry
+        if gen is not None and gen.file_id and alive:
+            return Action(spec.name, RESUME, spec.key, "cached bytes lost: download again "
+                          "from the provider (free)", spec=spec, state=state,
+                          old_path=current_path)  # fmt: skip
         return paid("cached bytes lost and no copy on disk")
     if state == FAILED:
         if opts.retry_failed:

@@ -144,7 +144,11 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._depth = 0  # open write transactions of this store (nested ones join the outer)
         self._identity = _identity(path) if target != ":memory:" else None
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            conn.close()  # a refused db (a newer schema) is let go at once, not by the GC
+            raise
 
     def close(self) -> None:
         with self._lock:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from conftest import API_KEY, Repo, assert_key_nowhere, png_bytes
@@ -286,16 +288,24 @@ def test_renaming_a_spec_in_a_fresh_clone_is_free(repo: Repo, tmp_path: Path) ->
 
 
 def test_bytes_lost_everywhere_are_paid_for_again_and_say_so(repo: Repo, tmp_path: Path) -> None:
-    """With the video gone from the cache, the output folder and the provider, plan says it will
-    pay, and apply does pay once and converges (never claims success without a file)."""
+    """With the video gone from the cache and the output folder, plan downloads it again for free
+    while the provider keeps it; once the provider's copy is past its expiry too, plan says it
+    will pay, and apply does pay once and converges (never claims success without a file)."""
     repo.write("specs/hero.yaml", TEXT)
     assert repo.apply().returncode == 0
     clone = Repo(tmp_path / "clone", repo.sim)
     shutil.copytree(repo.path, clone.path, ignore=shutil.ignore_patterns("state"))
-    assert clone.apply().returncode == 0  # adopts the lock: no operation file id to download from
+    assert clone.apply().returncode == 0  # adopts the lock, with the provider's copy it names
     shutil.rmtree(clone.path / "state" / "objects")
     for video in (clone.path / "videos").iterdir():
         video.unlink()
+    plan = json.loads(clone.run("plan", "--json").stdout)
+    assert [a["action"] for a in plan["actions"]] == ["resume"]
+    assert "download again from the provider (free)" in plan["actions"][0]["reason"]
+    assert repo.sim is not None
+    repo.sim.expire_files()
+    with closing(sqlite3.connect(clone.path / "state" / "reconciler.db")) as conn, conn:
+        conn.execute("UPDATE generations SET remote_until = '2020-01-01T00:00:00Z'")
     plan = json.loads(clone.run("plan", "--json").stdout)
     assert [(a["action"], a["reason"]) for a in plan["actions"]] == [
         ("create", "cached bytes lost and no copy on disk")

@@ -128,7 +128,7 @@ def test_a_three_level_chain_builds_in_order_and_a_root_change_rebuilds_all(
     assert repo.run("verify").returncode == 0  # top is 8 + 7 + 7 s long
     chain(repo, "A forest at dusk.")
     replan = repo.run("plan")
-    assert replan.stdout.count("-/+") == 3 and "its source `base` changed" in replan.stdout
+    assert replan.stdout.count("  replace  ") == 3 and "its source `base` changed" in replan.stdout
     assert repo.apply(env=repo.env(**FAST_ENV)).returncode == 0
     assert sim.paid_posts == 6
 

@@ -53,12 +53,18 @@ def apply(repo: Repo, *args: str, **env: str) -> subprocess.CompletedProcess[str
     return repo.apply(*args, env=repo.env(**{**FAST_ENV, **env}))
 
 
-def attempts(repo: Repo, name: str) -> list[dict[str, Any]]:
-    """The ledger rows of one spec name, oldest first."""
+def ledger(repo: Repo, name: str) -> list[dict[str, Any]]:
+    """Every ledger row of one spec name, oldest first: charges, outcomes and takes."""
     with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn:
         conn.row_factory = sqlite3.Row
         rows = conn.execute("SELECT * FROM attempts WHERE name = ? ORDER BY id", [name])
         return [dict(r) for r in rows]
+
+
+def attempts(repo: Repo, name: str) -> list[dict[str, Any]]:
+    """The outcomes of one spec's POSTs, oldest first (without the charge a claim appends before
+    each POST, and without the take a download appends)."""
+    return [r for r in ledger(repo, name) if r["outcome"] not in ("submit", "take")]
 
 
 def assert_verified(repo: Repo, sim: Simulator, row: dict[str, Any]) -> None:
@@ -102,9 +108,11 @@ def test_429_on_submit_waits_retries_and_pays_once(
         assert gap >= 0.95, gap  # Retry-After honoured
     else:
         assert gap < 0.9, gap  # RECONCILE_RETRY_BASE backoff, not a fixed long wait
-    ledger = attempts(repo, "alpha")
-    assert [r["outcome"] for r in ledger] == ["transient", "accepted"]
-    assert ledger[0]["status"] == 429 and "rate limited" in ledger[0]["message"]
+    rows = attempts(repo, "alpha")
+    assert [r["outcome"] for r in rows] == ["transient", "accepted"]
+    refunded = [r["cost"] for r in ledger(repo, "alpha") if r["cost"] is not None]
+    assert sum(refunded) == pytest.approx(0.8)  # two charges, the 429's refunded
+    assert rows[0]["status"] == 429 and "rate limited" in rows[0]["message"]
     assert [r["outcome"] for r in attempts(repo, "beta")] == ["accepted"]
     for row in repo.status().values():
         assert_verified(repo, sim, row)
@@ -112,7 +120,11 @@ def test_429_on_submit_waits_retries_and_pays_once(
 
 @pytest.mark.parametrize("endpoint", ["submit", "poll", "download"])
 def test_5xx_is_retried_with_backoff(repo: Repo, sim: Simulator, endpoint: str) -> None:
-    """503/500 answers on submit, poll or download are retried until the spec converges; one paid POST."""
+    """503/500 answers on poll or download are retried until the spec converges; on submit only
+    with retries.resubmitAfterServerError (a gateway's 5xx may come after a billed accept); one
+    paid POST."""
+    if endpoint == "submit":
+        repo.write("reconcile.yaml", "retries:\n  resubmitAfterServerError: true\n")
     write_spec(repo, "alpha")
     sim.inject(endpoint, simmod.server_error(503))
     sim.inject(endpoint, simmod.server_error(500))
@@ -125,14 +137,18 @@ def test_5xx_is_retried_with_backoff(repo: Repo, sim: Simulator, endpoint: str) 
     if endpoint == "download":
         assert sim.downloads == 3
     outcomes = [r["outcome"] for r in attempts(repo, "alpha")]
-    assert outcomes == (["transient", "transient", "accepted"] if endpoint == "submit"
+    assert outcomes == (["server_error", "server_error", "accepted"] if endpoint == "submit"
                         else ["accepted"])  # fmt: skip
+    charges = [r["cost"] for r in ledger(repo, "alpha") if r["outcome"] == "submit"]
+    assert len(charges) == sim.post_requests  # a 5xx is never refunded: it may have been billed
     assert_verified(repo, sim, repo.status()["alpha"])
 
 
 def test_submit_retries_are_capped(repo: Repo, sim: Simulator) -> None:
-    """A submit that always answers 503 stops after the capped attempts, pending with the reason."""
+    """A submit that always answers 503 (retried on the user's word) stops after the capped
+    attempts, pending with the reason."""
     cap = Tuning.from_env(FAST_ENV).submit_backoff.attempts
+    repo.write("reconcile.yaml", "retries:\n  resubmitAfterServerError: true\n")
     write_spec(repo, "alpha")
     sim.inject("submit", simmod.server_error(503), times=100)
     started = time.monotonic()
@@ -145,7 +161,7 @@ def test_submit_retries_are_capped(repo: Repo, sim: Simulator) -> None:
     assert row["state"] == "pending"
     assert "server error (503" in row["error"]
     assert "alpha: pending: server error (503" in result.stdout
-    assert [r["outcome"] for r in attempts(repo, "alpha")] == ["transient"] * cap
+    assert [r["outcome"] for r in attempts(repo, "alpha")] == ["server_error"] * cap
     assert repo.videos() == []
 
 
@@ -248,17 +264,20 @@ def test_cut_download_is_retried_and_verifies(repo: Repo, sim: Simulator) -> Non
 
 @pytest.mark.slow
 def test_expired_file_fails_until_retry_failed(repo: Repo, sim: Simulator) -> None:
-    """A video deleted remotely before download fails its spec clearly; only --retry-failed pays again."""
+    """A video deleted remotely before download, past its keeping time, fails its spec clearly;
+    only --retry-failed pays again."""
     write_spec(repo, "alpha")
     killed = apply(repo, **{failpoints.ENV: "after_succeeded:1"})
     assert killed.returncode == -signal.SIGKILL  # the operation is done, its video not downloaded
     sim.expire_files()
+    with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn, conn:
+        conn.execute("UPDATE generations SET remote_until = '2020-01-01T00:00:00Z'")
     result = apply(repo)
     assert result.returncode == 1
-    assert sim.post_requests == 1 and sim.downloads == 1  # a 404 is final: not retried
+    assert sim.post_requests == 1
     row = repo.status()["alpha"]
     assert row["state"] == "failed"
-    assert "deleted the video before it was downloaded (404)" in row["error"]
+    assert "deleted the video before it was downloaded (404, past its" in row["error"]
     assert "--retry-failed" in row["error"]
     assert "alpha: failed: the provider deleted the video" in result.stdout
     assert apply(repo).returncode == 1

@@ -210,7 +210,10 @@ def test_a_download_404_past_the_files_expiry_is_final(repo: Repo, sim: Simulato
     apply(repo)
     three_days_ago = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn, conn:
-        conn.execute("UPDATE generations SET finished_at = ?", [three_days_ago])
+        conn.execute(
+            "UPDATE generations SET finished_at = ?, remote_until = ?",
+            [three_days_ago, three_days_ago],
+        )
     result = apply(repo)
     assert result.returncode == 1
     row = repo.status()["hero"]

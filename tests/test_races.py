@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
+from contextlib import closing
 
 import pytest
 from conftest import Repo
@@ -24,13 +26,23 @@ def start_apply(repo: Repo, *extra: str) -> subprocess.Popen[str]:
     return repo.spawn_apply(*extra, env=repo.env(**FAST))
 
 
-def lose_bytes_everywhere_but_the_provider(repo: Repo) -> None:
-    """A fresh clone adopts the video from the lock (no file id), then loses video and cache."""
+def expire_remote_copies(repo: Repo) -> None:
+    """Time passes: the provider deletes its files, and the state knows their expiry passed."""
+    assert repo.sim is not None
+    repo.sim.expire_files()
+    with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn, conn:
+        conn.execute("UPDATE generations SET remote_until = '2020-01-01T00:00:00Z'")
+
+
+def lose_bytes_everywhere(repo: Repo) -> None:
+    """A fresh clone adopts the video from the lock, then loses video and cache, and the
+    provider's copy expires: the bytes are nowhere."""
     shutil.rmtree(repo.path / "state")
     assert repo.apply().returncode == 0
     for video in (repo.path / "videos").iterdir():
         video.unlink()
     shutil.rmtree(repo.path / "state" / "objects")
+    expire_remote_copies(repo)
 
 
 @pytest.mark.slow
@@ -41,7 +53,7 @@ def test_two_applies_planning_a_regeneration_pay_once(repo: Repo) -> None:
     repo.sim.set_latency(1.5)
     repo.write("specs/x.yaml", SPEC.format(name="x", prompt="Lost bytes regeneration."))
     assert repo.apply().returncode == 0
-    lose_bytes_everywhere_but_the_provider(repo)
+    lose_bytes_everywhere(repo)
     procs = [start_apply(repo) for _ in range(2)]
     for proc in procs:
         out, err = proc.communicate(timeout=60)
@@ -56,7 +68,7 @@ def test_two_engines_planning_a_regeneration_pay_once(repo: Repo) -> None:
     assert repo.sim is not None
     repo.write("specs/x.yaml", SPEC.format(name="x", prompt="Lost bytes regeneration."))
     assert repo.apply().returncode == 0
-    lose_bytes_everywhere_but_the_provider(repo)
+    lose_bytes_everywhere(repo)
     repo.sim.set_latency(1.5)  # the loser follows a job still running
     with Apply(repo, **FAST) as one, Apply(repo, **FAST) as two:
         for run in (one, two):
@@ -116,8 +128,9 @@ def test_a_lasting_404_on_poll_makes_the_spec_unknown_with_both_ways_out(repo: R
 
 
 def test_lost_bytes_after_the_provider_deleted_them_plan_a_paid_regeneration(repo: Repo) -> None:
-    """Cache and output gone and the remote file expired: the next plan says it will pay, instead
-    of retrying a dead download forever."""
+    """Cache and output gone: while the provider keeps its copy the video is downloaded again for
+    free; once that copy is past its expiry the plan says it will pay, instead of retrying a dead
+    download forever, and a 404 meanwhile only leaves the spec resumable."""
     assert repo.sim is not None
     repo.write("specs/x.yaml", SPEC.format(name="x", prompt="Expired and lost."))
     assert repo.apply().returncode == 0
@@ -125,8 +138,10 @@ def test_lost_bytes_after_the_provider_deleted_them_plan_a_paid_regeneration(rep
         video.unlink()
     shutil.rmtree(repo.path / "state" / "objects")
     repo.sim.expire_files()
-    first = repo.apply()
-    assert first.returncode == 1 and "paid regeneration" in first.stdout
+    first = repo.apply(env=repo.env(**FAST))
+    assert first.returncode == 1 and "the next run tries again" in first.stdout + first.stderr
+    assert repo.sim.paid_posts == 1
+    expire_remote_copies(repo)
     plan = repo.run("plan")
     assert "create" in plan.stdout and "$0.80" in plan.stdout
     assert repo.apply().returncode == 0

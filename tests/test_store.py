@@ -123,11 +123,6 @@ def test_migrations_recorded_and_rerun_is_a_no_op(db_path: Path) -> None:
         again.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in reconciler/sqlite_store.py, left for its owner: SqliteStore.__init__ does not "
-    "close its connection when _migrate refuses the db, so only the garbage collector does",
-)
 def test_a_refused_db_is_closed_at_once(db_path: Path) -> None:
     """Refusing a db written by a newer version closes it at once, not whenever the GC runs."""
     Store(db_path).close()
