@@ -141,9 +141,11 @@ class Tuning:
         env = dict(os.environ) if env is None else env
         tuning = cls()
         if base := env.get("RECONCILE_RETRY_BASE"):
+            # The whole schedule scales with its first step: base 1 s waits up to 60 s.
             seconds = _seconds(base, "RECONCILE_RETRY_BASE")
-            tuning.submit_backoff = Backoff(base=seconds, cap=60.0, attempts=6)
-            tuning.poll_backoff = Backoff(base=seconds, cap=60.0, attempts=10)
+            cap = min(60.0, 60.0 * seconds)
+            tuning.submit_backoff = Backoff(base=seconds, cap=cap, attempts=6)
+            tuning.poll_backoff = Backoff(base=seconds, cap=cap, attempts=10)
         if timeout := env.get("RECONCILE_HTTP_TIMEOUT"):
             tuning.http_timeout = _seconds(timeout, "RECONCILE_HTTP_TIMEOUT")
         if limit := env.get("RECONCILE_FOLLOW_LIMIT"):

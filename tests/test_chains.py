@@ -185,6 +185,7 @@ def test_the_lock_carries_each_videos_provider_copy(repo: Repo, sim: Simulator) 
     assert sim.paid_posts == 2
 
 
+@pytest.mark.slow
 def test_the_example_specs_run_against_apply_sim(offline_repo: Repo) -> None:
     """Every example in this repo's specs/ (text, image, chain) converges with `apply --sim`."""
     import shutil

@@ -81,7 +81,7 @@ def test_a_saved_plan_round_trips_through_apply(repo: Repo, sim: Simulator, tmp_
     assert repo.run("plan", "--out", str(saved)).returncode == 0
     shown = repo.run("show", str(saved))
     assert shown.returncode == 0 and "hero" in shown.stdout and "$0.80" in shown.stdout
-    result = repo.run("apply", str(saved), env=repo.env(**FAST_ENV))
+    result = repo.run("apply", str(saved), "--poll-interval", "0.1", env=repo.env(**FAST_ENV))
     assert result.returncode == 0, result.stdout + result.stderr
     assert sim.paid_posts == 1
 
