@@ -178,14 +178,21 @@ def _container_problems(path: Path, spec: Desired) -> list[str]:
 class Garbage:
     sha256: str
     size: int
+    where: str = ""  # a shared object's URL
 
 
-def collect(ws: Workspace, specs: list[Desired]) -> list[Garbage]:
-    """Cached objects that no current spec, output or lock entry refers to."""
+def needed(ws: Workspace, specs: list[Desired]) -> set[str]:
+    """The objects a current spec, output or lock entry of this tree refers to."""
     wanted = {s.key for s in specs}
     keep = {g.sha256 for g in ws.gens.generations().values() if g.spec_key in wanted and g.sha256}
     keep |= {o.sha256 for o in ws.tree.outputs().values()}
     keep |= {e.sha256 for e in lockfile.read(ws.lock_path).values()}
+    return keep
+
+
+def collect(ws: Workspace, specs: list[Desired]) -> list[Garbage]:
+    """Cached objects that no current spec, output or lock entry refers to."""
+    keep = needed(ws, specs)
     garbage = []
     root = ws.cache.root
     if root.is_dir():
@@ -202,3 +209,21 @@ def collect(ws: Workspace, specs: list[Desired]) -> list[Garbage]:
 def delete(ws: Workspace, garbage: list[Garbage]) -> None:
     for item in garbage:
         ws.cache.path(item.sha256).unlink(missing_ok=True)
+
+
+def collect_shared(ws: Workspace, specs: list[Desired]) -> list[Garbage]:
+    """Objects in the team's shared store that nothing in THIS tree refers to. Other clones,
+    branches and CI runners cannot be seen from here: what they need is garbage to this list."""
+    remote = ws.cache.remote
+    if remote is None:
+        return []
+    keep = needed(ws, specs)
+    listed = sorted(remote.listing())
+    return [Garbage(sha, size, remote.where(sha)) for sha, size in listed if sha not in keep]
+
+
+def delete_shared(ws: Workspace, garbage: list[Garbage]) -> None:
+    remote = ws.cache.remote
+    if remote is not None:
+        for item in garbage:
+            remote.delete(item.sha256)

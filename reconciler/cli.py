@@ -472,6 +472,7 @@ def status(as_json: bool, sim: bool) -> None:
         rows = status_rows(ws, result.specs, invalid_files=bool(result.problems))
         daemon = describe(ws.tree.meta(META_KEY))
         spending = ws.spending()
+        objects = ws.cache.describe(ws.repo)
     finally:
         ws.close()
     if as_json:
@@ -480,8 +481,9 @@ def status(as_json: bool, sim: bool) -> None:
             click.echo(daemon, err=True)
     else:
         report.render_status(
-            rows, sys.stdout, daemon=daemon, spending=spending, state=ws.state_label
-        )
+            rows, sys.stdout, daemon=daemon, spending=spending, state=ws.state_label,
+            objects=objects,
+        )  # fmt: skip
     for problem in result.problems:
         click.echo(f"warning: {problem}", err=True)
 
@@ -511,29 +513,48 @@ def verify(sim: bool) -> None:
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="Also delete objects of the shared store (objects: s3://…) that nothing in THIS tree "
+    "needs. Other clones, branches and CI runners cannot be seen from here: what only they "
+    "need is deleted too. Without it the shared store is never touched.",
+)
 @click.option("--sim", is_flag=True, help="Collect in the sandbox of --sim runs.")
 @friendly
-def gc(dry_run: bool, sim: bool) -> None:
+def gc(dry_run: bool, remote: bool, sim: bool) -> None:
     """Delete cached videos that no current spec, output or lock entry needs."""
-    from .audit import collect, delete
+    from .audit import collect, collect_shared, delete, delete_shared
     from .takes import owners
 
     ws = Workspace(_repo(), sandbox=sim, read_only=True)
     try:
-        garbage = collect(ws, _load(ws))
-        total = sum(g.size for g in garbage)
+        if remote and ws.cache.remote is None:
+            raise ReconcileError("--remote: no shared object store is configured (objects: "
+                                 "s3://… in reconcile.yaml, or RECONCILE_OBJECTS)")  # fmt: skip
+        specs = _load(ws)
+        garbage = collect(ws, specs)
+        shared = collect_shared(ws, specs) if remote else []
         known = owners(ws.gens.attempts())
+        verb = "would delete" if dry_run else "deleted"
         for item in garbage:
             name, at = known.get(item.sha256, ("?", "?"))
             take = f"{name}'s take of {at}" if name != "?" else "no known take"
-            click.echo(f"{'would delete' if dry_run else 'deleted'} {item.sha256[:16]} "
-                       f"({item.size:,} bytes): {take}")  # fmt: skip
+            click.echo(f"{verb} {item.sha256[:16]} ({item.size:,} bytes): {take}")
         if not dry_run:
             delete(ws, garbage)
+        for item in shared:
+            click.echo(f"{verb} {item.where} ({item.size:,} bytes)")
+            if not dry_run:
+                delete_shared(ws, [item])
     finally:
         ws.close()
     verb = "would free" if dry_run else "freed"
+    total = sum(g.size for g in garbage)
     click.echo(f"{len(garbage)} cached object(s), {verb} {total:,} bytes.")
+    if remote:
+        total = sum(g.size for g in shared)
+        click.echo(f"{len(shared)} shared object(s), {verb} {total:,} bytes.")
 
 
 @main.command()

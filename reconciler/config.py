@@ -30,6 +30,28 @@ PASSWORD_FIX = (
     "keep passwords out of reconcile.yaml (it is committed): libpq reads PGPASSWORD, ~/.pgpass "
     "or PGSERVICEFILE, or put the whole URL in RECONCILE_STATE"
 )
+OBJECTS_ENV = "RECONCILE_OBJECTS"
+
+
+def objects_url(value: str) -> str:
+    """Check a shared object store's URL (``s3://bucket[/prefix]``); the canonical form back.
+
+    Only where the objects live: the endpoint and credentials come from the standard AWS
+    environment, never from reconcile.yaml, so a URL carrying either is refused."""
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme != "s3" or not parts.hostname:
+        # The value is not echoed: a mistyped one may hold a secret.
+        raise ValueError("must be an s3://BUCKET[/PREFIX] URL")
+    if parts.username or parts.password or parts.port or parts.query or parts.fragment:
+        raise ValueError(
+            "must be s3://BUCKET[/PREFIX] only: the endpoint and credentials come from the AWS "
+            "environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE...)"
+        )
+    prefix = "/".join(p for p in parts.path.split("/") if p)
+    return f"s3://{parts.netloc}" + (f"/{prefix}" if prefix else "")
 
 
 class Limits(BaseModel):
@@ -105,6 +127,13 @@ class ConfigFile(BaseModel):
             raise ValueError(problem)
         return value
 
+    objects: str | None = None  # the shared object store, s3://bucket/prefix
+
+    @field_validator("objects")
+    @classmethod
+    def _objects_url(cls, value: str | None) -> str | None:
+        return None if value is None else objects_url(value)
+
     @field_validator("defaults", "models", "pricing", "limits", "retries", "budget", mode="before")
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
@@ -153,6 +182,7 @@ class Config:
     budget_per_day: float | None = None
     budget_per_month: float | None = None
     state: str | None = None  # `state:` of reconcile.yaml (RECONCILE_STATE wins: ``state_url``)
+    objects: str | None = None  # s3://bucket/prefix: the cache shared through a bucket
     # dotted key path in reconcile.yaml -> line, so later checks (the defaults) can point at it
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -193,6 +223,7 @@ def load_config(repo: Path) -> Config:
         budget_per_day=parsed.budget.perDay,
         budget_per_month=parsed.budget.perMonth,
         state=parsed.state,
+        objects=parsed.objects,
         lines=dict(doc.key_lines),
     )
 
@@ -238,6 +269,21 @@ def state_label(url: str) -> str:
     netloc = f"{userinfo.partition(':')[0]}{at}{hosts}"
     query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("password="))
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def shared_objects(config: Config, env: dict[str, str] | None = None) -> str | None:
+    """The shared object store in use: ``RECONCILE_OBJECTS`` wins over reconcile.yaml's
+    ``objects``; None for the local cache alone (an empty variable turns the yaml's off)."""
+    env = dict(os.environ) if env is None else env
+    if OBJECTS_ENV not in env:
+        return config.objects
+    value = env[OBJECTS_ENV].strip()
+    if not value:
+        return None
+    try:
+        return objects_url(value)
+    except ValueError as exc:
+        raise ReconcileError(f"{OBJECTS_ENV}: {exc}") from None
 
 
 def catalog(

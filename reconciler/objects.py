@@ -7,6 +7,11 @@ edits a video in place must not corrupt the bytes that repairs and undo rely on.
 
 Every file is written the same way: a temp file in the target folder, fsync, rename, fsync of the
 folder. A reader (or a crash) never sees half a file.
+
+A team shares the cache through a ``Remote`` (``s3objects``: a bucket) behind the local one: what
+is committed here is uploaded there, what only the remote holds is pulled here first and checked
+against its name on the way in. A remote object that fails that check is refused (remembered with
+its ETag in ``refused``, so it is not offered again until someone replaces it) and never served.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ import hashlib
 import os
 import shutil
 import stat
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from . import failpoints
+from .errors import ReconcileError, StateError
 from .owners import pid_alive
 
 CHUNK = 1024 * 1024
@@ -128,11 +135,47 @@ def _clone_or_copy(src: BinaryIO, dst: BinaryIO) -> None:
         shutil.copyfileobj(src, dst, CHUNK)  # uses copy_file_range/sendfile where it can
 
 
-class ObjectCache:
-    """Content-addressed video bytes under ``state/objects``."""
+class Remote(Protocol):
+    """A shared store of the same objects (``s3objects.S3Objects``); it raises ReconcileErrors."""
 
-    def __init__(self, root: Path) -> None:
+    url: str
+
+    def etags(self, shas: Iterable[str]) -> dict[str, str]:
+        """The ETag of each of ``shas`` the store holds (answers remembered for the process)."""
+        ...
+
+    def read(self, sha256: str, sink: Callable[[bytes], object]) -> str | None:
+        """Stream an object into ``sink``; its ETag, or None when the store lacks it."""
+        ...
+
+    def write(self, sha256: str, path: Path) -> bool:
+        """Upload a file create-only; False when the key was taken already."""
+        ...
+
+    def listing(self) -> Iterator[tuple[str, int]]:
+        """(sha256, size) of every object the store holds."""
+        ...
+
+    def delete(self, sha256: str) -> None: ...
+
+    def where(self, sha256: str) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def _stderr(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+class ObjectCache:
+    """Content-addressed video bytes under ``state/objects``, and a team's remote behind them."""
+
+    def __init__(self, root: Path, *, remote: Remote | None = None) -> None:
         self.root = root
+        self.remote = remote
+        self.warn: Callable[[str], None] = _stderr  # a run's reporter takes over (recover)
+        self._said: set[str] = set()
+        self._refused: dict[str, str] | None = None  # sha256 -> ETag of a remote object refused
         # Objects this process wrote (hashed as they streamed in): verifying them again would
         # read every byte a second time for nothing.
         self.trusted: set[str] = set()
@@ -140,8 +183,110 @@ class ObjectCache:
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:]
 
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+
+    def describe(self, repo: Path) -> str:
+        """Where objects live, for ``status``: the remote (if any) and the local cache."""
+        local = f"local cache {self.root.relative_to(repo).as_posix()}"
+        return f"{self.remote.url} ({local})" if self.remote else local
+
     def has(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+        """Here, or in the remote (a remote object refused before counts only once replaced)."""
+        return bool(self.present([sha256]))
+
+    def present(self, shas: Iterable[str], *, ask: Iterable[str] | None = None) -> set[str]:
+        """Those of ``shas`` the cache or its remote holds, asking the remote at most once for
+        all of them (only about those in ``ask``, when given). A remote that cannot answer is an
+        error, never "absent": that would offer to pay again for videos the team has."""
+        wanted = set(shas)
+        found = {s for s in wanted if self.path(s).is_file()}
+        remote = (wanted if ask is None else wanted & set(ask)) - found
+        if self.remote is not None and remote:
+            refused = self.refused()
+            etags = self.remote.etags(remote)
+            found |= {s for s, etag in etags.items() if refused.get(s) != etag}
+        return found
+
+    def fetch(self, sha256: str) -> bool:
+        """The object verified in the local cache: checked there, else pulled from the remote and
+        checked on the way in. False when neither holds a copy that matches its name."""
+        if self.verify(sha256):
+            return True
+        if self.remote is None or sha256 not in self.present([sha256]):
+            return False
+        incoming = self.begin()
+        try:
+            etag = self.remote.read(sha256, incoming.write)
+            if etag is None:
+                return False
+            if incoming.sha256 != sha256:
+                self._refuse(sha256, etag)
+                raise StateError(
+                    f"the shared copy {self.remote.where(sha256)} holds other bytes than its name "
+                    "says: refused, nothing placed. The next apply downloads the video again "
+                    "from the provider (free) while it keeps it; delete that object so the right "
+                    "bytes can be shared"
+                )
+            incoming.commit(share=False)
+        finally:
+            incoming.discard()
+        return True
+
+    def share(self, sha256: str) -> None:
+        """Upload a committed object unless the remote has it; a failure is said once and left
+        for the next apply (the bytes are safe here), never failing the run."""
+        if self.remote is None:
+            return
+        try:
+            held = self.remote.etags([sha256]).get(sha256)
+            if held is not None and self.refused().get(sha256) != held:
+                return
+            if not self.remote.write(sha256, self.path(sha256)) and held is not None:
+                self._say("refused", f"{self.remote.where(sha256)} holds other bytes than its "
+                          "name says and is never overwritten: delete it, and the next apply "
+                          "shares the right ones")  # fmt: skip
+        except (ReconcileError, OSError) as exc:
+            self._say("upload", f"{exc}; the video is safe in the local cache, and the next "
+                      "apply uploads it (and any others not shared yet)")  # fmt: skip
+
+    def share_all(self, shas: Iterable[str]) -> None:
+        """Upload those of ``shas`` held here that the remote lacks: what an earlier run could
+        not share, or a cache that was filled before the remote was configured."""
+        if self.remote is None:
+            return
+        local = {s for s in shas if self.path(s).is_file()}
+        try:
+            shared = self.remote.etags(local)
+        except ReconcileError as exc:
+            self._say("upload", f"{exc}; {len(local)} cached video(s) not checked for sharing; "
+                      "the next apply tries again")  # fmt: skip
+            return
+        refused = self.refused()
+        for sha in sorted(local):
+            if sha not in shared or refused.get(sha) == shared[sha]:
+                self.share(sha)
+
+    def refused(self) -> dict[str, str]:
+        if self._refused is None:
+            try:
+                lines = (self.root / "refused").read_text().split("\n")
+            except OSError:
+                lines = []
+            self._refused = dict(ln.split(" ", 1) for ln in lines if ln.count(" ") == 1)
+        return self._refused
+
+    def _refuse(self, sha256: str, etag: str) -> None:
+        refused = self.refused()
+        refused[sha256] = etag
+        text = "".join(f"{s} {e}\n" for s, e in sorted(refused.items()))
+        atomic_write_text(self.root / "refused", text)
+
+    def _say(self, topic: str, message: str) -> None:
+        if topic not in self._said:
+            self._said.add(topic)
+            self.warn(message)
 
     def begin(self) -> Incoming:
         """Start an object: stream bytes in with ``write``, then ``commit`` (or ``discard``).
@@ -212,8 +357,9 @@ class Incoming:
     def sha256(self) -> str:
         return self._digest.hexdigest()
 
-    def commit(self) -> tuple[str, int]:
-        """fsync, then rename into place under the hash; returns (sha256, size)."""
+    def commit(self, *, share: bool = True) -> tuple[str, int]:
+        """fsync, rename into place under the hash, then upload it to the team's remote (unless
+        it came from there); returns (sha256, size)."""
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
@@ -222,6 +368,8 @@ class Incoming:
         os.replace(self.tmp, final)
         fsync_dir(final.parent)
         self.cache.trusted.add(self.sha256)
+        if share:
+            self.cache.share(self.sha256)
         return self.sha256, self.size
 
     def discard(self) -> None:

@@ -22,8 +22,9 @@ from .workspace import Workspace
 def place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
     """Put the cached bytes ``sha`` at the spec's content-hashed path and record it.
 
-    A cache object whose bytes no longer match its name is not served: a verified copy on disk
-    (a fresh clone's locked file) stands in for it, else the run says what is missing.
+    A cache object whose bytes no longer match its name is not served: one only the team's
+    shared store holds is pulled (and checked) first; else a verified copy on disk (a fresh
+    clone's locked file) stands in for it, else the run says what is missing.
     """
     with ws.files:
         return _place(ws, spec, sha)
@@ -31,7 +32,7 @@ def place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
 
 def _place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
     rel = ws.output_path(spec.name, sha)
-    if not ws.cache.verify(sha):
+    if not ws.cache.fetch(sha):
         found = _find_on_disk(ws, sha)
         if found is None:
             raise StateError(f"{spec.name}: cached video {sha[:16]} is missing; run apply again")

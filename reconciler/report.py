@@ -233,6 +233,7 @@ def render_status(
     daemon: str | None = None,
     spending: Spending | None = None,
     state: str | None = None,
+    objects: str | None = None,
 ) -> None:
     lines = []
     if not rows:
@@ -248,6 +249,8 @@ def render_status(
         lines.append(f"Spent on POSTs that may be billed: {spending.describe()}.")
     if state:
         lines.append(f"State: {state}")
+    if objects:
+        lines.append(f"Objects: {objects}")
     if daemon:
         lines.append(daemon)
     if lines:

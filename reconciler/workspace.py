@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import failpoints, lockfile, rescue, takes
 from . import plan as planning
-from .config import Config, load_config, state_label, state_url
+from .config import Config, load_config, shared_objects, state_label, state_url
 from .errors import ReconcileError
 from .events import Reporter
 from .facts import video_identity
@@ -29,9 +29,10 @@ from .lifecycle import Event, Generation, State, remote_expiry
 from .loader import LoadResult, load_specs
 from .lockfile import LockEntry
 from .money import Spending, windows
-from .objects import ObjectCache, atomic_write_text, is_regular, sha256_file, sweep_temp
+from .objects import ObjectCache, Remote, atomic_write_text, is_regular, sha256_file, sweep_temp
 from .owners import now_iso
 from .plan import Observed, Options, Plan
+from .s3objects import S3Objects
 from .spec import Desired
 from .sqlite_store import SqliteStore
 from .store import GenerationStore, Output, TreeStore, as_seen
@@ -61,14 +62,19 @@ class Workspace:
         self.gens: GenerationStore = store
         self.tree: TreeStore = store
         self.state_label = f"{(state_dir / DB_FILE).relative_to(self.repo)} (sqlite)"
-        if url:
-            try:
-                self.gens = _shared_store(url, create=not read_only)
-            except BaseException:
-                store.close()
-                raise
-            self.state_label = state_label(url)
-        self.cache = ObjectCache(state_dir / "objects")
+        try:
+            if url:
+                self.gens = _shared_state(url, create=not read_only)
+                self.state_label = state_label(url)
+            # The sandbox never shares: simulated videos must not reach the team's bucket.
+            remote = None if sandbox else _object_store(self.config)
+        except BaseException:
+            # Nothing opened here outlives a refusal (a daemon retries: no leaked connections).
+            if self.gens is not store:
+                self.gens.close()
+            store.close()
+            raise
+        self.cache = ObjectCache(state_dir / "objects", remote=remote)
         self.files = threading.RLock()  # output files change one operation at a time
         self.rescue_path = state_dir / rescue.RESCUE_FILE
 
@@ -76,6 +82,7 @@ class Workspace:
         self.gens.close()
         if self.tree is not self.gens:
             self.tree.close()
+        self.cache.close()
 
     def read_config(self) -> Config:
         """reconcile.yaml, with the sandbox's output folder when running against the simulator."""
@@ -140,7 +147,9 @@ class Workspace:
                 verified[rel] = sha256_file(path)[0]
         pinned = self.pinned(specs, lock)
         shas.update(sha for sha in pinned.values() if sha)
-        cached = frozenset(s for s in shas if self.cache.has(s))
+        # The shared store is asked only about bytes found nowhere here, all at once: a clone
+        # whose videos verify plans without it.
+        cached = frozenset(self.cache.present(shas, ask=shas - set(verified.values())))
         return Observed(
             pinned=pinned,
             verified=verified, cached=cached, lock_foreign=bool(lock) and self.lock_is_foreign(),
@@ -179,6 +188,15 @@ class Workspace:
         for gen in self.gens.recover_stale():
             reporter.unknown(gen.name, gen.error or "unknown", recovered=True)
         rescue.drain(self.rescue_path, lambda entry: not self._adopt_rescued(entry, reporter))
+        if self.cache.remote is not None:
+            # Cache warnings (an upload that failed) go to this run's reporter, said once; and
+            # whatever this tree holds that the team's bucket lacks is shared now.
+            self.cache.warn = lambda message: reporter.condition(message, level="warning")
+            needed = {g.sha256 for g in self.gens.generations().values() if g.sha256}
+            needed |= {o.sha256 for o in self.tree.outputs().values()}
+            self.cache.share_all(
+                needed | {e.sha256 for e in lockfile.read(self.lock_path).values()}
+            )
 
     def _adopt_rescued(self, entry: rescue.Rescued, reporter: Reporter) -> bool:
         """Record an operation the db could not keep when it was accepted; True once it is
@@ -248,6 +266,9 @@ class Workspace:
         lock = lockfile.read(self.lock_path)
         if not lock:
             return
+        # One question to the shared store for every entry whose file is not here, not one each.
+        absent = [e.sha256 for e in lock.values() if not is_regular(self.repo / e.path)]
+        self.cache.present(absent)
         foreign = self.lock_is_foreign()
         by_name = {s.name: s for s in specs}
         for name, entry in sorted(lock.items()):
@@ -375,7 +396,7 @@ class Workspace:
             )
 
 
-def _shared_store(url: str, *, create: bool) -> GenerationStore:
+def _shared_state(url: str, *, create: bool) -> GenerationStore:
     """Generations and the ledger on PostgreSQL; psycopg is an optional extra."""
     try:
         from .pg_store import PgStore
@@ -400,6 +421,12 @@ def _remote(entry: LockEntry) -> tuple[str | None, str | None]:
 def _expires(gen: Generation) -> str | None:
     expiry = remote_expiry(gen)
     return expiry.strftime("%Y-%m-%dT%H:%M:%SZ") if expiry else None
+
+
+def _object_store(config: Config) -> Remote | None:
+    """The team's object store (``objects:`` or RECONCILE_OBJECTS), or None for a local cache."""
+    url = shared_objects(config)
+    return S3Objects(url) if url else None
 
 
 def _ignore_state(folder: Path) -> None:
