@@ -30,7 +30,8 @@ def resolve(specs: list[Desired]) -> tuple[list[Desired], list[Problem]]:
             return done[spec.name]
         if spec.source is None:
             length = float(spec.duration) if spec.video_uri is None else None
-            done[spec.name] = replace(spec, length=length)
+            # The loader sets it already: no copy of ten thousand specs for nothing.
+            done[spec.name] = spec if spec.length == length else replace(spec, length=length)
             return done[spec.name]
         if spec.name in path:
             cycle = [*path[path.index(spec.name) :], spec.name]

@@ -13,6 +13,7 @@ import difflib
 import errno
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from . import chains
 from .config import CONFIG_FILE, Config
 from .errors import Problem, SpecErrors
 from .facts import DEFAULT_DURATION, IMAGE_MAGIC, MAX_IMAGE_BYTES, MODELS
+from .index import SpecIndex, signature
 from .spec import (
     FORBIDDEN_DEFAULTS,
     KNOWN_KEYS,
@@ -45,6 +47,7 @@ class LoadResult:
     problems: list[Problem] = field(default_factory=list)
     files: dict[str, list[str]] = field(default_factory=dict)  # spec file -> names it defines
     bad_files: set[str] = field(default_factory=set)
+    parsed: int = 0  # files read and parsed this time (the others came from the spec index)
 
     def raise_for_problems(self) -> None:
         """For commands that stop on any invalid spec, before anything is paid for."""
@@ -53,7 +56,12 @@ class LoadResult:
 
 
 def spec_files(repo: Path, problems: list[Problem] | None = None) -> list[Path]:
-    """Spec files in a stable order; hidden and editor temp files are skipped.
+    """Spec files in a stable order; hidden and editor temp files are skipped."""
+    return [repo / rel for rel, _ in _walk_specs(repo, problems)]
+
+
+def _walk_specs(repo: Path, problems: list[Problem] | None) -> list[tuple[str, os.stat_result]]:
+    """(repo-relative path, stat) of every spec file, sorted: one stat per file, no pathlib.
 
     A folder that cannot be read is a problem, never silence: a spec that cannot be seen would
     otherwise count as deleted, and its video would be removed.
@@ -61,25 +69,42 @@ def spec_files(repo: Path, problems: list[Problem] | None = None) -> list[Path]:
     root = repo / "specs"
     if not root.is_dir():
         return []
-    found = []
-
-    def unreadable(exc: OSError) -> None:
-        if problems is not None:
-            where = Path(exc.filename or root).relative_to(repo).as_posix()
-            problems.append(Problem(where, f"cannot be read ({exc.strerror})"))
-
-    for folder, dirs, files in os.walk(root, onerror=unreadable):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if name.endswith((".yaml", ".yml")) and not name.startswith("."):
-                path = Path(folder) / name
-                if path.is_file():
-                    found.append(path)
-    return sorted(found)
+    found: list[tuple[str, os.stat_result]] = []
+    start = len(str(repo)) + 1
+    pending = [str(root)]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                items = list(listing)
+        except OSError as exc:
+            if problems is not None:
+                where = Path(exc.filename or folder).relative_to(repo).as_posix()
+                problems.append(Problem(where, f"cannot be read ({exc.strerror})"))
+            continue
+        for item in items:
+            name = item.name
+            if name.startswith("."):
+                continue
+            try:
+                if item.is_dir(follow_symlinks=False):  # as os.walk: links to folders not followed
+                    pending.append(item.path)
+                elif name.endswith((".yaml", ".yml")):
+                    st = item.stat()
+                    if stat.S_ISREG(st.st_mode):
+                        found.append((item.path[start:].replace(os.sep, "/"), st))
+            except OSError:
+                continue  # gone, or a dangling symlink: not a spec file
+    found.sort(key=lambda pair: pair[0].split("/"))
+    return found
 
 
 def load_specs(repo: Path, config: Config) -> LoadResult:
-    """Load and validate every spec; never raises for user input, collects problems instead."""
+    """Load and validate every spec; never raises for user input, collects problems instead.
+
+    Files whose stat (and whose images' stats) match the spec index are taken from it unread;
+    the others are parsed and the index refreshed (see ``index``).
+    """
     repo = repo.resolve()
     result = LoadResult()
     default_problems = check_defaults(config)
@@ -88,10 +113,20 @@ def load_specs(repo: Path, config: Config) -> LoadResult:
     reported = frozenset(
         p.field.split(".")[1] for p in default_problems if p.field and p.field.count(".") >= 1
     )
+    index = SpecIndex.open(repo, (config.defaults, config.models, config.lines))
     seen: dict[str, str] = {}
-    for path in spec_files(repo, result.problems):
-        rel = path.relative_to(repo).as_posix()
-        specs, problems = load_file(path, repo, config, reported=reported)
+    present = set()
+    for rel, st in _walk_specs(repo, result.problems):
+        present.add(rel)
+        sig = signature(st)
+        entry = index.lookup(rel, sig)
+        if entry is None:
+            specs, problems = load_file(repo / rel, repo, config, reported=reported, index=index)
+            index.store(rel, sig, specs, problems)
+            result.parsed += 1
+        else:
+            specs, problems = entry.specs, entry.problems
+        problems = list(problems)
         result.files[rel] = [s.name for s in specs]
         for spec in specs:
             if spec.name in seen:
@@ -109,6 +144,8 @@ def load_specs(repo: Path, config: Config) -> LoadResult:
         if problems:
             result.bad_files.add(rel)
             result.problems.extend(problems)
+    index.prune(present)
+    index.save()
     # Chains last: a child's key includes its source's, wherever in specs/ that is defined.
     result.specs, problems = chains.resolve(result.specs)
     for problem in problems:
@@ -171,7 +208,12 @@ def _unknown_key(key: str) -> str:
 
 
 def load_file(
-    path: Path, repo: Path, config: Config, *, reported: frozenset[str] = frozenset()
+    path: Path,
+    repo: Path,
+    config: Config,
+    *,
+    reported: frozenset[str] = frozenset(),
+    index: SpecIndex | None = None,
 ) -> tuple[list[Desired], list[Problem]]:
     """Validate one spec file: all of its documents, each error with file, line and field.
 
@@ -187,14 +229,20 @@ def load_file(
     specs = []
     for doc in docs:
         try:
-            specs.append(_desired(doc, path, rel, repo, config, reported))
+            specs.append(_desired(doc, path, rel, repo, config, reported, index))
         except SpecErrors as exc:
             problems.extend(exc.problems)
     return specs, problems
 
 
 def _desired(
-    doc: Document, path: Path, rel: str, repo: Path, config: Config, reported: frozenset[str]
+    doc: Document,
+    path: Path,
+    rel: str,
+    repo: Path,
+    config: Config,
+    reported: frozenset[str],
+    index: SpecIndex | None = None,
 ) -> Desired:
     """One document as a keyed Desired, or SpecErrors: the image is read only once the rest holds."""
     if not isinstance(doc.data, dict):
@@ -238,18 +286,18 @@ def _desired(
         )
     image = last_frame = None
     if parsed.image is not None:
-        image = _image(parsed.image, path, rel, repo, doc.line_of("image"))
+        image = _image(parsed.image, path, rel, repo, doc.line_of("image"), index=index)
     if parsed.lastFrame is not None:
         last_frame = _image(
-            parsed.lastFrame, path, rel, repo, doc.line_of("lastFrame"), "lastFrame"
+            parsed.lastFrame, path, rel, repo, doc.line_of("lastFrame"), "lastFrame", index
         )
     references = tuple(
         Reference(
             _image(ref if isinstance(ref, str) else ref.image, path, rel, repo,
-                   doc.line_at(["referenceImages", index]), f"referenceImages.{index}"),
+                   doc.line_at(["referenceImages", at]), f"referenceImages.{at}", index),
             "asset" if isinstance(ref, str) else ref.referenceType,
         )
-        for index, ref in enumerate(parsed.referenceImages or [])
+        for at, ref in enumerate(parsed.referenceImages or [])
     )  # fmt: skip
     params = {
         "aspectRatio": parsed.aspectRatio,
@@ -274,6 +322,7 @@ def _desired(
         references=references,
         source=parsed.video.from_ if parsed.video else None,
         take=parsed.take,
+        length=float(params["durationSeconds"]) if parsed.video is None else None,
     )
     # An extension of another spec is keyed once its chain is resolved (chains.resolve).
     return replace(desired, key=spec_key(desired))
@@ -291,7 +340,13 @@ def _kind(data: Any) -> str:
 
 
 def _image(
-    value: str, spec_path: Path, rel: str, repo: Path, line: int, field: str = "image"
+    value: str,
+    spec_path: Path,
+    rel: str,
+    repo: Path,
+    line: int,
+    field: str = "image",
+    index: SpecIndex | None = None,
 ) -> ImageInput:
     """Read and identify an image (first or last frame, a reference); only files inside the repo,
     so a spec cannot send any other file on the machine to the API."""
@@ -302,6 +357,8 @@ def _image(
     if "\0" in value:
         raise bad(f"{value!r} is not a usable path (it holds a NUL character)")
     written = spec_path.parent / value
+    if index is not None:
+        index.missing_image(str(written))  # replaced by its stat once found
     try:
         target = written.resolve()
         if not target.is_relative_to(repo):
@@ -313,8 +370,13 @@ def _image(
             raise bad(f"{value!r} is a folder ({shown}), not an image file")
         if not target.is_file():
             raise bad(f"{value!r} not found (looked for {shown}, relative to this spec file)")
-        if target.stat().st_size > MAX_IMAGE_BYTES:
-            raise bad(_too_big(value, target.stat().st_size))
+        st = target.stat()
+        if st.st_size > MAX_IMAGE_BYTES:
+            raise bad(_too_big(value, st.st_size))
+        if index is not None:
+            known = index.image(str(written), str(target), signature(st))
+            if known is not None:
+                return ImageInput(shown, *known)
         data = target.read_bytes()
     except RuntimeError:  # Python 3.11's resolve() on a symlink loop
         raise bad(f"{value!r} is a symlink loop") from None
@@ -328,6 +390,8 @@ def _image(
     if mime is None:
         raise bad(f"{value!r} is not a PNG or JPEG file")
     digest = hashlib.sha256(data).hexdigest()
+    if index is not None and len(data) == st.st_size:
+        index.hashed(str(target), signature(st), digest, mime, len(data))
     return ImageInput(shown, digest, mime, len(data))
 
 
