@@ -91,11 +91,11 @@ class SpecIndex:
         try:
             with open(path, "rb") as handle:
                 racy_ns = os.fstat(handle.fileno()).st_mtime_ns
-                blob = handle.read()  # marshal.load() on a file object is ten times slower
+                raw = handle.read()  # marshal.load() on a file object is ten times slower
             frozen = gc.isenabled()
             gc.disable()  # tens of thousands of small objects, none of them cyclic
             try:
-                data = marshal.loads(blob)
+                data = marshal.loads(raw)
                 if data["stamp"] == stamp and data["format"] == FORMAT:
                     index.entries = {rel: _entry(raw) for rel, raw in data["entries"].items()}
                     index.hashes = data["hashes"]

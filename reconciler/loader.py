@@ -322,7 +322,7 @@ def _desired(
         references=references,
         source=parsed.video.from_ if parsed.video else None,
         take=parsed.take,
-        length=float(params["durationSeconds"]) if parsed.video is None else None,
+        length=float(parsed.durationSeconds or DEFAULT_DURATION) if parsed.video is None else None,
     )
     # An extension of another spec is keyed once its chain is resolved (chains.resolve).
     return replace(desired, key=spec_key(desired))
