@@ -38,6 +38,8 @@ from .spec import Desired, ImageInput, Reference
 INDEX_FILE = "spec-index.marshal"
 FORMAT = 1  # bump when what an entry holds changes shape
 
+# The modules whose code decides an entry: an edited checkout (same version) starts afresh too.
+_SOURCES = ("loader.py", "spec.py", "yamlio.py", "index.py", "facts.py", "chains.py")
 Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 
 
@@ -81,7 +83,10 @@ class SpecIndex:
     @classmethod
     def open(cls, repo: Path, loader_config: Any) -> SpecIndex:
         """The index of ``repo`` for this version and config; empty when missing or unusable."""
-        blob = json.dumps([__version__, FORMAT, loader_config], sort_keys=True, default=_plain)
+        code = [_source_hash(name) for name in _SOURCES]
+        blob = json.dumps(
+            [__version__, FORMAT, code, loader_config], sort_keys=True, default=_plain
+        )
         stamp = hashlib.sha256(blob.encode()).hexdigest()
         state = repo / "state"
         path = state / INDEX_FILE if state.is_dir() else None
@@ -225,3 +230,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted(value, key=repr)
     return repr(value)
+
+
+def _source_hash(name: str) -> str:
+    try:
+        return hashlib.sha256((Path(__file__).parent / name).read_bytes()).hexdigest()
+    except OSError:  # pragma: no cover - an installation without sources: the version decides
+        return ""

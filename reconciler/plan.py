@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 from . import diffs
 from .config import Config
@@ -44,6 +45,11 @@ class Observed:
     now: datetime | None = None  # to tell whether a locked take's provider copy has expired
     # A spec that pins a take (`take: PREFIX`): the full sha256 that prefix names (None: none).
     pinned: dict[str, str | None] = field(default_factory=dict)
+
+    @cached_property
+    def on_disk(self) -> frozenset[str]:
+        """The sha256 of every file that verifies: asked once per spec, built once per plan."""
+        return frozenset(self.verified.values())
 
 
 @dataclass(frozen=True)
@@ -122,14 +128,20 @@ def make_plan(
     opts = options or Options()
     specs = list(specs)
     wanted = {s.name for s in specs}
-    actions = [
-        replace(
-            _action_for(s, generations, outputs, lock, observed, config, opts),
-            version=generations[s.key].version if s.key in generations else None,
-        )
-        for s in sorted(specs, key=lambda s: s.name)
-        if not opts.targets or s.name in opts.targets
-    ]
+    by_key: dict[str, list[LockEntry]] = {}
+    for entry in lock.values():
+        by_key.setdefault(entry.spec_key, []).append(entry)
+    actions = []
+    for s in sorted(specs, key=lambda s: s.name):
+        if opts.targets and s.name not in opts.targets:
+            continue
+        action = _action_for(s, generations, outputs, lock, observed, config, opts, by_key)
+        gen = generations.get(s.key)
+        if gen is not None:
+            # The action was just made here and nobody else holds it: set the field in place
+            # rather than copy ten thousand frozen dataclasses.
+            object.__setattr__(action, "version", gen.version)
+        actions.append(action)
     current = {**{n: e.path for n, e in lock.items()}, **{n: o.path for n, o in outputs.items()}}
     for name in sorted(set(current) - wanted):
         if opts.targets and name not in opts.targets:
@@ -186,7 +198,7 @@ def _pinned(spec: Desired, observed: Observed, config: Config, current: str | No
     if observed.verified.get(path) == sha and current == path:
         return Action(spec.name, NOOP, spec.key, f"pinned take {sha[:16]}", path=path,
                       sha256=sha, spec=spec, state=MATERIALIZED)  # fmt: skip
-    if sha in observed.cached or any(v == sha for v in observed.verified.values()):
+    if sha in observed.cached or sha in observed.on_disk:
         return Action(spec.name, MATERIALIZE, spec.key, f"pinned take {sha[:16]}", path=path,
                       sha256=sha, old_path=current if current != path else None, spec=spec,
                       state=MATERIALIZED)  # fmt: skip
@@ -255,13 +267,18 @@ def fetchable(entry: LockEntry, now: datetime | None) -> bool:
 
 
 def known_bytes(
-    spec: Desired, gen: Generation | None, lock: dict[str, LockEntry], observed: Observed
+    spec: Desired,
+    gen: Generation | None,
+    lock: dict[str, LockEntry],
+    observed: Observed,
+    by_key: dict[str, list[LockEntry]] | None = None,
 ) -> str | None:
     """The sha256 of a finished video for this key, from the state or a lock entry whose bytes
     are at hand (its file verifies, or the object cache holds them: a lost db must not re-bill)."""
     if gen is not None and gen.state == MATERIALIZED and gen.sha256:
         return gen.sha256
-    for entry in lock.values():
+    entries = lock.values() if by_key is None else by_key.get(spec.key, [])
+    for entry in entries:
         if entry.spec_key == spec.key and (
             observed.verified.get(entry.path) == entry.sha256 or entry.sha256 in observed.cached
         ):
@@ -277,6 +294,7 @@ def _action_for(
     observed: Observed,
     config: Config,
     opts: Options,
+    by_key: dict[str, list[LockEntry]] | None = None,
 ) -> Action:
     gen = generations.get(spec.key)
     state = gen.state if gen else None
@@ -322,13 +340,13 @@ def _action_for(
                           f"from git, or `--replace {spec.name}` pays for a new one", spec=spec,
                           state=state, old_path=current_path)  # fmt: skip
         return paid(f"regenerate: the video {LOCK} names is in no file, cache or provider copy")
-    sha = entry.sha256 if entry is not None else known_bytes(spec, gen, lock, observed)
+    sha = entry.sha256 if entry is not None else known_bytes(spec, gen, lock, observed, by_key)
     if sha is not None:
         path = output_path(config, spec.name, sha)
         if observed.verified.get(path) == sha and current_path == path:
             return Action(spec.name, NOOP, spec.key, "up to date", path=path, sha256=sha, spec=spec,
                           state=MATERIALIZED)  # fmt: skip
-        on_disk = any(v == sha for v in observed.verified.values())
+        on_disk = sha in observed.on_disk
         if sha in observed.cached or on_disk:
             reason = "restore from cache" if current_key != spec.key else "file missing or changed"
             if entry is not None:

@@ -1,0 +1,179 @@
+"""Benchmark: `plan`, `status` and `validate` on a repo of N spec files, against a floor.
+
+Measures, in one run on this machine (medians of --runs processes each):
+- floor: a Python process that walks specs/, reads every file and parses it with PyYAML's C
+  loader (`yaml.load_all` with `CSafeLoader`): what any tool reading these files pays;
+- plan, cold: `reconcile plan` in a repo with no state/ (a fresh clone: no spec index either);
+- plan, warm pending: `reconcile plan` again with nothing changed, state/ present (the spec index
+  written by the previous run), nothing generated yet;
+- plan, warm materialized: the same once every spec has its video (state db, lock and files,
+  seeded through the reconciler's own lock import: no API);
+- status, materialized: `reconcile status` in that repo;
+- validate, cold: `reconcile validate` with no index;
+- with --linear: plan, cold, at 10 x N specs, against 10 x the N figure and its own floor.
+
+Each figure is printed with its ratio to the floor and the issue-11 target; exit 1 on a miss.
+Output goes to a pipe (plain lines), as in CI. `--quick` is the CI smoke: 2,000 specs, 3 runs.
+
+    python bench/plan_scale.py [--specs 10000] [--runs 5] [--linear] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reconciler import lockfile  # noqa: E402
+from reconciler.workspace import Workspace  # noqa: E402
+
+SPEC = (
+    "# bench spec {i}\nname: s{i:06d}\nmodel: veo-3.1-fast-generate-preview\nprompt: >\n"
+    "  Bench clip {i}: a red balloon drifts over a quiet harbour at dusk, gulls circling.\n"
+    'aspectRatio: "16:9"\ndurationSeconds: 8\n'
+)
+CONFIG = "outputDir: videos\ndefaults:\n  enhancePrompt: true\n"
+FLOOR = """
+import os, yaml
+loader = yaml.CSafeLoader
+for folder, dirs, files in os.walk("specs"):
+    for name in files:
+        with open(os.path.join(folder, name), "rb") as handle:
+            list(yaml.load_all(handle.read(), Loader=loader))
+"""
+TARGETS = {  # row -> the most its time may be, as a multiple of the floor
+    "plan, cold (no state)": 1.2,
+    "plan, warm, pending": 0.3,
+    "plan, warm, materialized": 0.3,
+    "status, materialized": 0.3,
+    "validate, cold": 1.2,
+}
+
+
+def make_repo(folder: Path, specs: int) -> None:
+    (folder / "specs").mkdir(parents=True)
+    (folder / "reconcile.yaml").write_text(CONFIG)
+    for i in range(specs):
+        sub = folder / "specs" / f"g{i // 500:04d}"
+        if i % 500 == 0:
+            sub.mkdir()
+        (sub / f"s{i:06d}.yaml").write_text(SPEC.format(i=i))
+
+
+class _Quiet:
+    def adopted(self, name: str, what: str) -> None:
+        pass
+
+
+def materialize(folder: Path) -> None:
+    """Every spec with its video: files in videos/, a lock naming them, and the state the
+    lock import records (the path a fresh clone takes), all in one transaction."""
+    ws = Workspace(folder)
+    try:
+        specs = ws.load().specs
+        (folder / "videos").mkdir(exist_ok=True)
+        entries = []
+        for spec in specs:
+            data = f"video of {spec.name}".encode()
+            sha = hashlib.sha256(data).hexdigest()
+            rel = ws.output_path(spec.name, sha)
+            (folder / rel).write_bytes(data)
+            entries.append(lockfile.LockEntry(spec.name, spec.key, rel, sha, len(data),
+                                              spec.model, None, None))  # fmt: skip
+        lockfile.write(ws.lock_path, entries)
+        ws.tree.db.conn.execute("PRAGMA synchronous = OFF")  # type: ignore[attr-defined]
+        with ws.tree.tx():  # type: ignore[attr-defined]
+            ws.import_lock(specs, _Quiet())  # type: ignore[arg-type]
+        ws.write_lock()
+    finally:
+        ws.close()
+
+
+def timed(cmd: list[str], cwd: Path, runs: int, *, before: object = None) -> float:
+    """Median wall time of ``runs`` processes (output to a pipe, read and dropped)."""
+    samples = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(runs):
+        if callable(before):
+            before()
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, check=False)  # fmt: skip
+        samples.append(time.perf_counter() - start)
+        if done.returncode not in (0, 2):
+            sys.exit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+    return statistics.median(samples)
+
+
+def reconcile(*args: str) -> list[str]:
+    return [sys.executable, "-m", "reconciler", *args]
+
+
+def floor(cwd: Path, runs: int) -> float:
+    return timed([sys.executable, "-c", FLOOR], cwd, runs)
+
+
+def measure(specs: int, runs: int, linear: bool) -> dict[str, tuple[float, float]]:
+    """row -> (seconds, floor seconds)."""
+    rows: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        repo = Path(scratch) / "repo"
+        make_repo(repo, specs)
+        base = floor(repo, runs)
+        rows["floor (read + C-parse every spec)"] = (base, base)
+        rows["validate, cold"] = (timed(reconcile("validate"), repo, runs), base)
+        rows["plan, cold (no state)"] = (timed(reconcile("plan"), repo, runs), base)
+        (repo / "state").mkdir()
+        timed(reconcile("plan"), repo, 1)  # writes the spec index
+        rows["plan, warm, pending"] = (timed(reconcile("plan"), repo, runs), base)
+        materialize(repo)
+        timed(reconcile("plan"), repo, 1)
+        rows["plan, warm, materialized"] = (timed(reconcile("plan"), repo, runs), base)
+        rows["status, materialized"] = (timed(reconcile("status"), repo, runs), base)
+        rows["validate, warm (index)"] = (timed(reconcile("validate"), repo, runs), base)
+        if linear:
+            shutil.rmtree(repo)
+            make_repo(repo, specs * 10)
+            big = floor(repo, max(1, runs // 2))
+            cold = timed(reconcile("plan"), repo, max(1, runs // 2))
+            rows[f"plan, cold, {specs * 10:,} specs"] = (cold, big)
+            small = rows["plan, cold (no state)"][0]
+            rows[f"  vs 10 x the {specs:,} figure (linear: <= 1.2)"] = (cold, small * 10)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--linear", action="store_true", help="also plan at 10 x --specs")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 2,000 specs, 3 runs")
+    args = parser.parse_args()
+    specs, runs = (2_000, 3) if args.quick else (args.specs, args.runs)
+    rows = measure(specs, runs, args.linear)
+    print(f"specs: {specs:,}   runs: {runs} (medians)   python {sys.version.split()[0]}")
+    ok = True
+    for row, (seconds, base) in rows.items():
+        ratio = seconds / base
+        target = TARGETS.get(row, 1.2 if row.startswith(("plan, cold,", "  vs")) else None)
+        verdict = ""
+        if target is not None:
+            verdict = f"target <= {target:g}x  " + ("ok" if ratio <= target else "MISS")
+            ok = ok and ratio <= target
+        print(f"{row:45s} {seconds:7.3f} s  {ratio:5.2f}x  {verdict}")
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
