@@ -7,6 +7,12 @@ a task keyed by (name, spec key); a reconcile starts tasks only for what is not 
 so an edit is submitted at once even while older operations are still running. Loading and
 planning run on a thread: a large repo's hashing never delays a poll.
 
+An event that names only spec files is handled in proportion to it, however large the repo: those
+files are parsed again (the rest come from the spec index kept in memory), and only the names
+whose key changed are planned, reading only their rows and files. Everything else (start, resync,
+SIGHUP, reconcile.yaml or an image changed, a settle period over) reloads and plans it all, and a
+targeted plan that would pay for a key already generated is redone in full before anything runs.
+
 A spec file that is broken mid-edit keeps its last good version in force: its videos are never
 removed because of a half-saved file.
 """
@@ -23,16 +29,21 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from . import lockfile
+from . import plan as plans
 from .client import VeoClient
 from .engine import Engine
 from .errors import ReconcileError, StateError
+from .index import SpecIndex
 from .lifecycle import CHANGES, PAID, ActionKind, Outcome, State
-from .loader import LoadResult
+from .loader import LoadResult, load_specs
 from .owners import now_iso, owner_alive
 from .plan import Action, Options, Plan
 from .shutdown import handling_signals, name_of, settle
 from .spec import Desired
+from .store import as_seen
 from .watch import Watcher
 
 META_KEY = "daemon"
@@ -60,6 +71,8 @@ class Daemon:
         self.wanted: dict[str, str] = {}  # name -> spec key currently desired
         self.paused_at = 0.0  # when a 401/403 paused submits
         self.settling_until: float | None = None  # wall-clock time the next settled spec is due
+        self.index: SpecIndex | None = None  # the spec index, kept between loads
+        self.events: set[str] | None = None  # spec files the last wake-up's events named
         self.exit_code = 0
         self.started = now_iso()
         engine.stop_on_fatal = False
@@ -123,8 +136,10 @@ class Daemon:
         if self.engine.ctx.fatal is not None and (paused_long or hup in done):
             self.engine.ctx.fatal = None
             self.reported.pop("fatal", None)
+        self.events = None
         if changed in done:
             paths = changed.result()
+            self.events = self._spec_files(paths)
             shown = ", ".join(sorted(os.path.relpath(p, self.ws.repo) for p in paths)[:3])
             return f"changed: {shown}"
         if hup in done:
@@ -164,21 +179,51 @@ class Daemon:
                 self.slots = asyncio.Semaphore(wanted)
             self.report.reloaded("reloaded reconcile.yaml")
 
+    def _spec_files(self, paths: set[str]) -> set[str] | None:
+        """The spec files (repo-relative) that ``paths`` name, or None when any path is something
+        else (reconcile.yaml, an image, a folder): then the whole repo is looked at."""
+        rels = set()
+        for path in paths:
+            rel = Path(os.path.relpath(path, self.ws.repo)).as_posix()
+            parts = rel.split("/")
+            if (
+                len(parts) < 2
+                or parts[0] != "specs"
+                or any(part.startswith(".") for part in parts)
+                or not rel.endswith((".yaml", ".yml"))
+                or os.path.isdir(path)
+            ):
+                return None
+            rels.add(rel)
+        return rels
+
+    def _load_specs(self, changed: set[str] | None) -> LoadResult:
+        result = load_specs(self.ws.repo, self.ws.config, index=self.index, changed=changed)
+        self.index = result.index
+        return result
+
     # -- one reconcile ---------------------------------------------------------------------------
 
     async def reconcile(self, reason: str, client: VeoClient | None) -> set[Path]:
         """Plan and start tasks for whatever is not under way yet; returns the images to watch."""
         self._reload_config()
         await asyncio.to_thread(self.ws.gens.check)
-        specs, unseen = self._load(await asyncio.to_thread(self.ws.load))
-        self.wanted = {s.name: s.key for s in specs}
+        changed, self.events = self.events, None
+        specs, unseen = self._load(await asyncio.to_thread(self._load_specs, changed))
+        before, self.wanted = self.wanted, {s.name: s.key for s in specs}
+        only = None
+        if changed is not None:  # only the names whose key an edit changed (added, removed)
+            only = {
+                n for n in before.keys() | self.wanted.keys() if before.get(n) != self.wanted.get(n)
+            }
         try:
-            the_plan = await asyncio.to_thread(self._plan, specs, unseen)
+            the_plan = await asyncio.to_thread(self._plan, specs, unseen, only)
         except ReconcileError as exc:
             self._say("plan", f"cannot plan: {exc}", level="error")
             return set()
         started = 0
-        self.settling_until = None
+        if only is None:  # a targeted plan leaves the other specs' settle wake-ups as they are
+            self.settling_until = None
         for action in the_plan.actions:
             if action.kind is ActionKind.BLOCKED:
                 self._say(f"blocked:{action.name}:{action.key}", action.reason, name=action.name,
@@ -226,9 +271,30 @@ class Daemon:
                   f"{self.settings.settle:g}s before paying for it", name=spec.name)  # fmt: skip
         return False
 
-    def _plan(self, specs: list[Desired], unseen: bool) -> Plan:
+    def _plan(self, specs: list[Desired], unseen: bool, only: set[str] | None = None) -> Plan:
+        if only is not None:
+            if not only:
+                return Plan([])  # saved without a change of key: nothing to do (no targets = all)
+            # The lock is taken in by full reconciles (git changes it, no event says so).
+            names = frozenset(only)
+            targeted = Options(hold_removals=unseen, targets=names)
+            lock = lockfile.read(self.ws.lock_path)
+            observed = self.ws.observe([s for s in specs if s.name in only], lock, set(only))
+            plan = plans.make_plan(
+                [s for s in specs if s.name in only], as_seen(self.ws.gens, self._keys(specs, only, lock)),
+                self.ws.outputs_of(set(only)), lock, observed, self.ws.config, targeted,
+            )  # fmt: skip
+            if not any(a.kind in PAID and a.version is not None for a in plan.actions):
+                return plan
         self.ws.import_lock(specs, self.report)
         return self.ws.plan(specs, Options(hold_removals=unseen))
+
+    def _keys(self, specs: list[Desired], only: set[str], lock: dict[str, Any]) -> set[str]:
+        """The generation rows a targeted plan reads: its specs' keys, their sources', and the
+        keys of the videos those names have now."""
+        keys = {k for s in specs if s.name in only for k in (s.key, s.source_key) if k}
+        keys |= {o.spec_key for o in self.ws.outputs_of(only).values()}
+        return keys | {lock[n].spec_key for n in only if n in lock}
 
     def _task_of(self, name: str) -> asyncio.Task[Outcome] | None:
         """The task at work on ``name`` (a chain's source, which its extensions wait for)."""

@@ -80,14 +80,22 @@ class SpecIndex:
     deps: dict[str, Stat | None] = field(default_factory=dict)  # images read for the current file
     targets: set[str] = field(default_factory=set)
 
-    @classmethod
-    def open(cls, repo: Path, loader_config: Any) -> SpecIndex:
-        """The index of ``repo`` for this version and config; empty when missing or unusable."""
+    @staticmethod
+    def stamp_of(*loader_config: Any) -> str:
+        """What the entries depend on beside the files: this code and the config it reads."""
         code = [_source_hash(name) for name in _SOURCES]
         blob = json.dumps(
             [__version__, FORMAT, code, loader_config], sort_keys=True, default=_plain
         )
-        stamp = hashlib.sha256(blob.encode()).hexdigest()
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def restart(self, stamp: str) -> SpecIndex:
+        """Another config: every entry goes (the file is rewritten by the next save)."""
+        return SpecIndex(self.path, stamp, dirty=True)
+
+    @classmethod
+    def open(cls, repo: Path, stamp: str) -> SpecIndex:
+        """The index of ``repo`` for this stamp (``stamp_of``); empty when missing or unusable."""
         state = repo / "state"
         path = state / INDEX_FILE if state.is_dir() else None
         index = cls(path, stamp)

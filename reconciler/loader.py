@@ -24,7 +24,7 @@ from . import chains
 from .config import CONFIG_FILE, Config
 from .errors import Problem, SpecErrors
 from .facts import DEFAULT_DURATION, IMAGE_MAGIC, MAX_IMAGE_BYTES, MODELS
-from .index import SpecIndex, signature
+from .index import SpecIndex, Stat, signature, stat_of
 from .spec import (
     FORBIDDEN_DEFAULTS,
     KNOWN_KEYS,
@@ -48,6 +48,7 @@ class LoadResult:
     files: dict[str, list[str]] = field(default_factory=dict)  # spec file -> names it defines
     bad_files: set[str] = field(default_factory=set)
     parsed: int = 0  # files read and parsed this time (the others came from the spec index)
+    index: SpecIndex | None = None  # the index used (watch keeps it between loads)
 
     def raise_for_problems(self) -> None:
         """For commands that stop on any invalid spec, before anything is paid for."""
@@ -58,6 +59,19 @@ class LoadResult:
 def spec_files(repo: Path, problems: list[Problem] | None = None) -> list[Path]:
     """Spec files in a stable order; hidden and editor temp files are skipped."""
     return [repo / rel for rel, _ in _walk_specs(repo, problems)]
+
+
+def _files(
+    repo: Path, index: SpecIndex, changed: set[str] | None, problems: list[Problem]
+) -> list[tuple[str, Stat | None]]:
+    """Every spec file with its stat (a full walk), or, after an event, the files the index
+    knows (stat None: taken as they were) with the ``changed`` ones stat'ed again."""
+    if changed is None:
+        return [(rel, signature(st)) for rel, st in _walk_specs(repo, problems)]
+    rels = set(index.entries) | changed
+    listed = [(rel, stat_of(repo / rel) if rel in changed else None) for rel in rels]
+    listed = [(rel, sig) for rel, sig in listed if sig is not None or rel not in changed]
+    return sorted(listed, key=lambda pair: pair[0].split("/"))
 
 
 def _walk_specs(repo: Path, problems: list[Problem] | None) -> list[tuple[str, os.stat_result]]:
@@ -99,11 +113,19 @@ def _walk_specs(repo: Path, problems: list[Problem] | None) -> list[tuple[str, o
     return found
 
 
-def load_specs(repo: Path, config: Config) -> LoadResult:
+def load_specs(
+    repo: Path,
+    config: Config,
+    *,
+    index: SpecIndex | None = None,
+    changed: set[str] | None = None,
+) -> LoadResult:
     """Load and validate every spec; never raises for user input, collects problems instead.
 
     Files whose stat (and whose images' stats) match the spec index are taken from it unread;
-    the others are parsed and the index refreshed (see ``index``).
+    the others are parsed and the index refreshed (see ``index``). ``watch`` keeps its own
+    ``index`` in memory and names the spec files an event ``changed``: only those are looked
+    at, every other file is taken as last loaded (its periodic full load checks them all).
     """
     repo = repo.resolve()
     result = LoadResult()
@@ -113,14 +135,19 @@ def load_specs(repo: Path, config: Config) -> LoadResult:
     reported = frozenset(
         p.field.split(".")[1] for p in default_problems if p.field and p.field.count(".") >= 1
     )
-    index = SpecIndex.open(repo, (config.defaults, config.models, config.lines))
+    resident = index is not None
+    stamp = SpecIndex.stamp_of(config.defaults, config.models, config.lines)
+    if index is None or index.stamp != stamp:
+        index = SpecIndex.open(repo, stamp) if index is None else index.restart(stamp)
+        changed = None
     seen: dict[str, str] = {}
     present = set()
-    for rel, st in _walk_specs(repo, result.problems):
+    for rel, sig in _files(repo, index, changed, result.problems):
         present.add(rel)
-        sig = signature(st)
-        entry = index.lookup(rel, sig)
+        # No stat: a file no event named, as the index holds it.
+        entry = index.entries[rel] if sig is None else index.lookup(rel, sig)
         if entry is None:
+            assert sig is not None
             specs, problems = load_file(repo / rel, repo, config, reported=reported, index=index)
             index.store(rel, sig, specs, problems)
             result.parsed += 1
@@ -145,7 +172,9 @@ def load_specs(repo: Path, config: Config) -> LoadResult:
             result.bad_files.add(rel)
             result.problems.extend(problems)
     index.prune(present)
-    index.save()
+    result.index = index
+    if changed is None or not resident:
+        index.save()  # after an event, watch's index is saved by its next full load
     # Chains last: a child's key includes its source's, wherever in specs/ that is defined.
     result.specs, problems = chains.resolve(result.specs)
     for problem in problems:

@@ -8,7 +8,9 @@ it is enough to rebuild the state of a fresh clone without paying for anything a
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,14 +86,31 @@ CONFLICT_FIX = (
 )
 
 
+# The last lock parsed per path, by its stat: a long-running ``watch`` reads it before every plan,
+# and it changes only when an operation finishes or git replaces it.
+_READ: dict[str, tuple[tuple[int, int, int, int], dict[str, LockEntry]]] = {}
+_RACY_NS = 2_000_000_000  # a lock written this recently may change again within its mtime's tick
+
+
 def read(path: Path) -> dict[str, LockEntry]:
     """Entries by name; a missing lock is empty, a damaged one is an error that says what to do."""
+    try:
+        st = os.stat(path)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    except OSError:
+        stamp = None
+    known = _READ.get(str(path))
+    if stamp is not None and known is not None and known[0] == stamp:
+        return dict(known[1])
     text = read_text(path)
     if text is None:
         return {}
     if conflicted(text):
         raise StateError(f"{LOCK_FILE} has unresolved merge conflicts: {CONFLICT_FIX}")
-    return parse(text)
+    entries = parse(text)
+    if stamp is not None and max(stamp[1], stamp[2]) < time.time_ns() - _RACY_NS:
+        _READ[str(path)] = (stamp, entries)
+    return dict(entries)
 
 
 def read_text(path: Path) -> str | None:

@@ -182,10 +182,14 @@ def stale_message(owner: str | None) -> str:
     )
 
 
-def as_seen(store: GenerationStore) -> dict[str, Generation]:
+def as_seen(store: GenerationStore, keys: Iterable[str] | None = None) -> dict[str, Generation]:
     """Generations with dead owners' submits shown as ``unknown``, without writing anything:
-    what ``plan`` and ``status`` show, and what the next ``apply`` will record."""
-    gens = store.generations()
+    what ``plan`` and ``status`` show, and what the next ``apply`` will record. With ``keys``,
+    only those rows (``watch`` planning the specs an edit touched)."""
+    if keys is None:
+        gens = store.generations()
+    else:
+        gens = {k: g for k in set(keys) if (g := store.get(k)) is not None}
     for key, gen in gens.items():
         if gen.state is State.SUBMITTING and store.is_stale(gen):
             gens[key] = replace(

@@ -119,10 +119,15 @@ class Workspace:
 
     # -- observe and plan ------------------------------------------------------------------------
 
-    def observe(self, specs: list[Desired], lock: dict[str, LockEntry]) -> Observed:
-        """Hash what needs it: files whose size or mtime differ from what was recorded."""
-        outputs = self.tree.outputs()
-        gens = self.gens.generations()
+    def observe(
+        self, specs: list[Desired], lock: dict[str, LockEntry], only: set[str] | None = None
+    ) -> Observed:
+        """Hash what needs it: files whose size or mtime differ from what was recorded (with
+        ``only``, just those names': ``watch`` after an edit works in proportion to it)."""
+        outputs = self.tree.outputs() if only is None else self.outputs_of(only)
+        if only is not None:
+            lock = {n: e for n, e in lock.items() if n in only}
+        gens = as_seen(self.gens, None if only is None else {s.key for s in specs})
         known = {o.path: o for o in outputs.values()}
         candidates = set(known) | {e.path for e in lock.values()}
         shas = {e.sha256 for e in lock.values()}
@@ -175,6 +180,9 @@ class Workspace:
         return planning.make_plan(
             specs, as_seen(self.gens), self.tree.outputs(), lock, observed, self.config, options
         )
+
+    def outputs_of(self, names: set[str]) -> dict[str, Output]:
+        return {n: o for n in names if (o := self.tree.output(n)) is not None}
 
     # -- records reconciled with each other --------------------------------------------------------
 
