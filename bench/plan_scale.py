@@ -111,8 +111,7 @@ def timed(cmd: list[str], cwd: Path, runs: int, *, before: object = None) -> flo
         if callable(before):
             before()
         start = time.perf_counter()
-        done = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, check=False)  # fmt: skip
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, check=False)
         samples.append(time.perf_counter() - start)
         if done.returncode not in (0, 2):
             sys.exit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")

@@ -313,14 +313,14 @@ class Daemon:
         for problem in result.problems:
             self._say(f"problem:{problem.file}", f"{problem}; keeping its last good version",
                       level="error")  # fmt: skip
+        for topic in [t for t in self.reported if t.startswith("problem:")]:
+            if topic[len("problem:") :] in result.files.keys() - result.bad_files:
+                del self.reported[topic]
         for rel in result.files:
-            if rel in result.bad_files:
-                continue
-            self.reported.pop(f"problem:{rel}", None)
-            self.last_good[rel] = by_file.get(rel, [])
-        for rel in list(self.last_good):
-            if rel not in result.files:
-                del self.last_good[rel]  # the file is gone: its specs are removed on purpose
+            if rel not in result.bad_files:
+                self.last_good[rel] = by_file.get(rel, [])
+        for rel in self.last_good.keys() - result.files.keys():
+            del self.last_good[rel]  # the file is gone: its specs are removed on purpose
         specs: dict[str, Desired] = {}
         for rel in sorted(self.last_good):
             for spec in self.last_good[rel]:

@@ -68,10 +68,13 @@ def _files(
     knows (stat None: taken as they were) with the ``changed`` ones stat'ed again."""
     if changed is None:
         return [(rel, signature(st)) for rel, st in _walk_specs(repo, problems)]
-    rels = set(index.entries) | changed
-    listed = [(rel, stat_of(repo / rel) if rel in changed else None) for rel in rels]
-    listed = [(rel, sig) for rel, sig in listed if sig is not None or rel not in changed]
-    return sorted(listed, key=lambda pair: pair[0].split("/"))
+    stats = {rel: stat_of(repo / rel) for rel in changed}
+    if not changed.issubset(index.entries):  # a new file: the index is kept in walk order
+        ordered = sorted(index.entries.keys() | changed, key=lambda rel: rel.split("/"))
+        index.entries = {rel: index.entries[rel] for rel in ordered if rel in index.entries}
+    else:
+        ordered = list(index.entries)
+    return [(rel, stats.get(rel)) for rel in ordered if rel not in changed or stats[rel]]
 
 
 def _walk_specs(repo: Path, problems: list[Problem] | None) -> list[tuple[str, os.stat_result]]:
