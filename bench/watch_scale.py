@@ -38,6 +38,10 @@ TARGET = 1.5
 EDITED = "specs/g0000/s000000.yaml"
 
 
+def lock_mtime(repo: Path) -> int:
+    return (repo / "reconcile.lock").stat().st_mtime_ns
+
+
 def edit_latency(specs: int, edits: int) -> list[float]:
     """Save -> POST for ``edits`` prompt edits of one spec in a materialized repo of ``specs``."""
     with Simulator(api_key=KEY, latency=0.2) as sim, tempfile.TemporaryDirectory() as folder:
@@ -62,6 +66,7 @@ def edit_latency(specs: int, edits: int) -> list[float]:
             samples = []
             for i in range(edits):
                 text = SPEC.format(i=0).replace("Bench clip 0:", f"Edit {i} of clip 0:")
+                before = lock_mtime(repo)
                 start = time.monotonic()
                 (repo / EDITED).write_text(text)
                 deadline = start + 30
@@ -70,10 +75,10 @@ def edit_latency(specs: int, edits: int) -> list[float]:
                 post = [r.time for r in sim.requests if r.json and
                         f"Edit {i} of clip 0:" in str(r.json)]  # fmt: skip
                 samples.append((post[0] if post else deadline) - start)
-                downloads = sim.downloads
-                while sim.downloads == downloads and time.monotonic() < deadline + 10:
+                # A quiet repo for the next edit: its video downloaded and the lock rewritten.
+                while lock_mtime(repo) == before and time.monotonic() < deadline + 10:
                     time.sleep(0.02)
-                time.sleep(0.5)  # the lock write after the download
+                time.sleep(0.3)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

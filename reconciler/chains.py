@@ -18,6 +18,9 @@ from .spec import Desired, spec_key
 
 def resolve(specs: list[Desired]) -> tuple[list[Desired], list[Problem]]:
     """Every spec keyed, extensions of specs with their source's key; problems for the rest."""
+    if all(s.source is None for s in specs):  # no chain (the common case): one pass, no calls
+        return [s if s.length == _own_length(s) else replace(s, length=_own_length(s))
+                for s in specs], []  # fmt: skip
     by_name = {s.name: s for s in specs}
     done: dict[str, Desired | None] = {}
     problems: list[Problem] = []
@@ -29,7 +32,7 @@ def resolve(specs: list[Desired]) -> tuple[list[Desired], list[Problem]]:
         if spec.name in done:
             return done[spec.name]
         if spec.source is None:
-            length = float(spec.duration) if spec.video_uri is None else None
+            length = _own_length(spec)
             # The loader sets it already: no copy of ten thousand specs for nothing.
             done[spec.name] = spec if spec.length == length else replace(spec, length=length)
             return done[spec.name]
@@ -82,6 +85,11 @@ def resolve(specs: list[Desired]) -> tuple[list[Desired], list[Problem]]:
         visit(spec, [])
     keyed = [d for d in (done.get(s.name) for s in specs) if d is not None]
     return keyed, problems
+
+
+def _own_length(spec: Desired) -> float | None:
+    """Seconds of a spec's video when it extends nothing of ours (unknown for a video by URI)."""
+    return float(spec.duration) if spec.video_uri is None else None
 
 
 def descendants(specs: list[Desired], name: str) -> list[str]:

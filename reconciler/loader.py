@@ -156,7 +156,7 @@ def load_specs(
             result.parsed += 1
         else:
             specs, problems = entry.specs, entry.problems
-        problems = list(problems)
+        problems = list(problems) if problems else []
         result.files[rel] = [s.name for s in specs]
         for spec in specs:
             if spec.name in seen:

@@ -7,6 +7,7 @@ it is enough to rebuild the state of a fresh clone without paying for anything a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -76,6 +77,11 @@ def write(path: Path, entries: list[LockEntry]) -> str:
     if path.exists() and path.read_text(encoding="utf-8", errors="replace") == text:
         return text  # untouched: keeps mtimes (and make-style tools) quiet
     atomic_write_text(path, text, failpoint="mid_lock")
+    # What was just written is known: the next read (watch plans right after) need not parse it.
+    # A rename put it there, so any other writer's file has another inode.
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        _READ[str(path)] = (_stamp(st), {e.name: e for e in sorted(entries, key=lambda e: e.name)})
     return text
 
 
@@ -86,17 +92,22 @@ CONFLICT_FIX = (
 )
 
 
-# The last lock parsed per path, by its stat: a long-running ``watch`` reads it before every plan,
-# and it changes only when an operation finishes or git replaces it.
+# The last lock parsed (or written) per path, by its stat: a long-running ``watch`` reads it before
+# every plan, and it changes only when an operation finishes or git replaces it. A parse is kept
+# only once the file is older than any timestamp tick (git's racy case): a change within the tick
+# of the read could keep size, mtime, ctime and inode alike.
 _READ: dict[str, tuple[tuple[int, int, int, int], dict[str, LockEntry]]] = {}
 _RACY_NS = 2_000_000_000  # a lock written this recently may change again within its mtime's tick
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def read(path: Path) -> dict[str, LockEntry]:
     """Entries by name; a missing lock is empty, a damaged one is an error that says what to do."""
     try:
-        st = os.stat(path)
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        stamp: tuple[int, int, int, int] | None = _stamp(os.stat(path))
     except OSError:
         stamp = None
     known = _READ.get(str(path))
