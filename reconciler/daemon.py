@@ -41,6 +41,7 @@ from .lifecycle import CHANGES, PAID, ActionKind, Outcome, State
 from .loader import LoadResult, load_specs
 from .owners import now_iso, owner_alive
 from .plan import Action, Options, Plan
+from .reload import swap_edited
 from .shutdown import handling_signals, name_of, settle
 from .spec import Desired
 from .store import as_seen
@@ -72,6 +73,8 @@ class Daemon:
         self.paused_at = 0.0  # when a 401/403 paused submits
         self.settling_until: float | None = None  # wall-clock time the next settled spec is due
         self.index: SpecIndex | None = None  # the spec index, kept between loads
+        self.last_load: LoadResult | None = None
+        self.specs, self.unseen = list[Desired](), False  # last reconcile's specs, names unseen
         self.events: set[str] | None = None  # spec files the last wake-up's events named
         self.exit_code = 0
         self.started = now_iso()
@@ -198,8 +201,12 @@ class Daemon:
         return rels
 
     def _load_specs(self, changed: set[str] | None) -> LoadResult:
-        result = load_specs(self.ws.repo, self.ws.config, index=self.index, changed=changed)
-        self.index = result.index
+        result = None
+        if changed is not None and self.last_load is not None:
+            result = swap_edited(self.ws.repo, self.ws.config, self.last_load, changed)
+        if result is None:
+            result = load_specs(self.ws.repo, self.ws.config, index=self.index, changed=changed)
+        self.index, self.last_load = result.index, result
         return result
 
     # -- one reconcile ---------------------------------------------------------------------------
@@ -209,13 +216,21 @@ class Daemon:
         self._reload_config()
         await asyncio.to_thread(self.ws.gens.check)
         changed, self.events = self.events, None
-        specs, unseen = self._load(await asyncio.to_thread(self._load_specs, changed))
-        before, self.wanted = self.wanted, {s.name: s.key for s in specs}
+        result = await asyncio.to_thread(self._load_specs, changed)
+        before = self.wanted
         only = None
-        if changed is not None:  # only the names whose key an edit changed (added, removed)
+        if result.swapped is not None:  # valid files edited in place: only their specs moved
+            specs, unseen = self._swap(result.swapped), self.unseen
+            self.wanted = {**before, **{n: s.key for n, s in result.swapped.items()}}
+            only = {n for n, s in result.swapped.items() if before.get(n) != s.key}
+        else:
+            specs, unseen = self._load(result)
+            self.wanted = {s.name: s.key for s in specs}
+        if changed is not None and only is None:  # the names whose key changed (added, removed)
             only = {
                 n for n in before.keys() | self.wanted.keys() if before.get(n) != self.wanted.get(n)
             }
+        self.specs, self.unseen = specs, unseen
         try:
             the_plan = await asyncio.to_thread(self._plan, specs, unseen, only)
         except ReconcileError as exc:
@@ -303,6 +318,12 @@ class Daemon:
 
     def _forget(self, task_key: str, _task: asyncio.Task[Outcome]) -> None:
         self.active.pop(task_key, None)
+
+    def _swap(self, swapped: dict[str, Desired]) -> list[Desired]:
+        """The last reconcile's specs with an edit's swapped in (their files stay valid)."""
+        for spec in swapped.values():
+            self.last_good[spec.file] = [swapped.get(s.name, s) for s in self.last_good[spec.file]]
+        return [swapped.get(s.name, s) for s in self.specs]
 
     def _load(self, result: LoadResult) -> tuple[list[Desired], bool]:
         """Valid files as they are now; broken files as they last were when valid. The flag is

@@ -49,6 +49,8 @@ class LoadResult:
     bad_files: set[str] = field(default_factory=set)
     parsed: int = 0  # files read and parsed this time (the others came from the spec index)
     index: SpecIndex | None = None  # the index used (watch keeps it between loads)
+    chained: bool = False  # some spec extends another (an edit may move keys in other files)
+    swapped: dict[str, Desired] | None = None  # watch, after an edit: the only specs re-read
 
     def raise_for_problems(self) -> None:
         """For commands that stop on any invalid spec, before anything is paid for."""
@@ -180,6 +182,7 @@ def load_specs(
         index.save()  # after an event, watch's index is saved by its next full load
     # Chains last: a child's key includes its source's, wherever in specs/ that is defined.
     result.specs, problems = chains.resolve(result.specs)
+    result.chained = any(s.source is not None for s in result.specs) or bool(problems)
     for problem in problems:
         result.bad_files.add(problem.file)
         result.problems.append(problem)
@@ -357,7 +360,9 @@ def _desired(
         length=float(parsed.durationSeconds or DEFAULT_DURATION) if parsed.video is None else None,
     )
     # An extension of another spec is keyed once its chain is resolved (chains.resolve).
-    return replace(desired, key=spec_key(desired))
+    # Keyed in place: the object is new and nobody else holds it (a copy per spec is measurable).
+    object.__setattr__(desired, "key", spec_key(desired))
+    return desired
 
 
 def _kind(data: Any) -> str:
