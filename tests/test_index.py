@@ -15,6 +15,7 @@ from reconciler import lockfile
 from reconciler.config import load_config
 from reconciler.index import INDEX_FILE
 from reconciler.loader import LoadResult, load_specs
+from reconciler.reload import swap_edited
 
 MODEL = "veo-3.1-generate-preview"
 
@@ -313,3 +314,28 @@ def test_a_lock_read_is_kept_until_the_file_changes(tmp_path: Path) -> None:
     assert set(lockfile.read(path)) == {"a"}
     lockfile.write(path, [entry("a"), entry("b")])  # a new file (atomic write): a new stat
     assert set(lockfile.read(path)) == {"a", "b"}
+
+
+def test_an_edit_in_place_is_swapped_into_the_last_load(tmp_path: Path) -> None:
+    """watch after an edit of valid files: their specs swapped in, nothing else looked at; a new,
+    deleted or broken file, a renamed spec or a chain anywhere means a full load (None)."""
+    root = three(tmp_path)
+    config = load_config(root)
+    last = load_specs(root, config)
+    (root / "specs/b.yaml").write_text(spec("b", "A lighthouse in a storm."))
+    swapped = swap_edited(root, config, last, {"specs/b.yaml"})
+    assert swapped is not None and swapped.parsed == 1 and set(swapped.swapped or {}) == {"b"}
+    full = load_specs(root, config)
+    assert swapped.specs == full.specs and swapped.files == full.files
+    (root / "specs/b.yaml").write_text(spec("renamed"))
+    assert swap_edited(root, config, swapped, {"specs/b.yaml"}) is None
+    (root / "specs/b.yaml").write_text("name: [broken\n")
+    assert swap_edited(root, config, swapped, {"specs/b.yaml"}) is None
+    (root / "specs/new.yaml").write_text(spec("new"))
+    assert swap_edited(root, config, swapped, {"specs/new.yaml"}) is None
+    (root / "specs/b.yaml").unlink()
+    assert swap_edited(root, config, swapped, {"specs/b.yaml"}) is None
+    (root / "specs/d.yaml").write_text(spec("d") + "video: {from: a}\n")
+    chained = load_specs(root, config)
+    (root / "specs/a.yaml").write_text(spec("a", "A lighthouse in a storm."))
+    assert chained.chained and swap_edited(root, config, chained, {"specs/a.yaml"}) is None
