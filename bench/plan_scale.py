@@ -20,7 +20,10 @@ it prints the same verdicts but fails only if the spec index stops working (in t
 warm load of every spec must take at most half the CPU of a cold one): at 2,000 specs the
 start-up alone is several floors.
 
-    python bench/plan_scale.py [--specs 10000] [--runs 5] [--linear] [--quick]
+    python bench/plan_scale.py [--specs 10000] [--runs 5] [--linear] [--quick] [--code DIR]
+
+`--code DIR` runs the commands from another checkout (say, main before this work) against the
+same repos and floor; the repos are still made and seeded with this checkout's code.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ for folder, dirs, files in os.walk("specs"):
         with open(os.path.join(folder, name), "rb") as handle:
             list(yaml.load_all(handle.read(), Loader=loader))
 """
+CODE = ROOT  # the checkout whose reconciler the timed commands run (--code)
 TARGETS = {  # row -> the most its time may be, as a multiple of the floor
     "plan, cold (no state)": 1.2,
     "plan, warm, pending": 0.3,
@@ -110,7 +114,7 @@ def materialize(folder: Path) -> None:
 def timed(cmd: list[str], cwd: Path, runs: int, *, before: object = None) -> float:
     """Median wall time of ``runs`` processes (output to a pipe, read and dropped)."""
     samples = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(CODE)}
     for _ in range(runs):
         if callable(before):
             before()
@@ -183,7 +187,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--linear", action="store_true", help="also plan at 10 x --specs")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 2,000 specs, 3 runs")
+    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose code runs")
     args = parser.parse_args()
+    global CODE
+    CODE = args.code.resolve()
     specs, runs = (2_000, 3) if args.quick else (args.specs, args.runs)
     rows, index_cpu = measure(specs, runs, args.linear, quick=args.quick)
     quick = args.quick
