@@ -5,7 +5,7 @@ This module is all that `reconcile --help` and `--version` import: the commands 
 theme and are imported only when they run, so a command's name, module and one-line summary are
 written once more in `COMMANDS` below (a test checks that they match).
 
-- `review`: validate, plan, show, status: nothing is paid or written;
+- `review`: validate, plan, show, status: nothing is paid, the state is only read;
 - `run`: apply and watch, which pay; sim, the simulator they can run against;
 - `team`: lock merge, adopt, resolve: repairs after teammates' work, without paying;
 - `maintenance`: init, verify, gc, gallery, takes, cost;
