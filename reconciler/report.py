@@ -262,11 +262,15 @@ def render_saved(data: dict[str, Any], out: TextIO, *, markdown: bool = False) -
     console = _console(out)
     actions = [a for a in data.get("actions", []) if a.get("action") != ActionKind.NOOP]
     if markdown:
-        lines = ["| | spec | action | cost | why |", "|---|---|---|---|---|"]
+        # A blank line first: a table cannot interrupt the paragraph `show` starts with.
+        lines = ["", "| | spec | action | cost | why |", "|---|---|---|---|---|"]
         for a in actions:
             cost = money(a.get("cost_usd")) if a.get("action") in PAID else ""
-            lines.append(f"| | `{a['name']}` | {a['action']} | {cost} | {_md(a['reason'])} |")
-        console.print("\n".join(lines))
+            symbol = SYMBOLS[ActionKind(a["action"])].strip() or "·"
+            lines.append(
+                f"| `{symbol}` | `{a['name']}` | {a['action']} | {cost} | {_md(a['reason'])} |"
+            )
+        console.print("\n".join(lines) + "\n")
     else:
         table = Table(box=None, show_header=True, pad_edge=False)
         for column in ("", "name", "action", "cost", "why"):

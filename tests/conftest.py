@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from pg import pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL, a database per test)
+from s3 import bucket, s3_env  # noqa: F401  (fixtures: moto's S3 server, a bucket per test)
 
 from reconciler import failpoints
 from reconciler.cli import main

@@ -1,6 +1,6 @@
 """Layer 2: runs of the engine in this process, several in one asyncio loop, against the simulator.
 
-``Apply`` is one ``reconcile apply --yes`` wired the way ``cli.apply`` wires it (its own
+``Apply`` is one ``reconcile apply --yes`` wired the way ``cli.run.apply`` wires it (its own
 ``Workspace`` on the repo, its own ``Engine``, the same settings from the same environment), minus
 the rendering. Two of them in one loop race each other through the state db exactly as two
 processes do (a claim is a compare-and-swap in sqlite, never a lock in memory), without paying a

@@ -171,3 +171,26 @@ def pg_url(pg_server: Databases) -> Iterator[str]:
     url = pg_server.create()
     yield url
     pg_server.dispose(url)
+
+
+def db_rows(url: str, sql: str, *args: object) -> list[tuple[object, ...]]:
+    import psycopg  # the [postgres] extra: imported where a test needs it
+
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+
+
+def text_columns_holding(url: str, needle: str) -> list[str]:
+    """Every text column of every table in the database that holds ``needle`` anywhere."""
+    columns = db_rows(url, "SELECT table_schema, table_name, column_name FROM "
+                           "information_schema.columns WHERE data_type IN ('text', "
+                           "'character varying', 'character', 'json', 'jsonb') AND table_schema "
+                           "NOT IN ('pg_catalog', 'information_schema')")  # fmt: skip
+    assert columns, "no text columns found: the scan would prove nothing"
+    return [
+        f"{schema}.{table}.{column}"
+        for schema, table, column in columns
+        if db_rows(
+            url, f'SELECT 1 FROM "{schema}"."{table}" WHERE "{column}" LIKE %s', f"%{needle}%"
+        )
+    ]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
+import ffmpeg
 import pytest
 
 from reconciler.mp4 import Mp4Info, make_mp4, probe
@@ -132,21 +130,13 @@ def test_truncated_file_rejected(tmp_path: Path) -> None:
         probe(path)
 
 
-@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe not installed")
 @pytest.mark.parametrize(("width", "height", "duration"), [(1280, 720, 8), (1080, 1920, 15)])
-def test_ffprobe_agrees(tmp_path: Path, width: int, height: int, duration: float) -> None:
-    """ffprobe sees an H.264 24 fps video track and an AAC 48 kHz track with our metadata."""
+def test_ffmpeg_agrees(tmp_path: Path, width: int, height: int, duration: float) -> None:
+    """ffmpeg reads the stand-in's container as an H.264 24 fps video track and an AAC 48 kHz
+    track with our metadata (its media data is no codec's: nothing is decoded)."""
     path = tmp_path / "v.mp4"
     path.write_bytes(make_mp4(duration_s=duration, width=width, height=height, seed=b"x"))
-    out = subprocess.run(
-        ["ffprobe", "-v", "quiet", "-print_format", "json", "-show_format", "-show_streams", path],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    info = json.loads(out)
-    assert float(info["format"]["duration"]) == pytest.approx(duration)
-    video, audio = info["streams"]
-    assert (video["codec_name"], video["width"], video["height"]) == ("h264", width, height)
-    assert video["r_frame_rate"] == "24/1"
-    assert (audio["codec_name"], audio["sample_rate"], audio["channels"]) == ("aac", "48000", 2)
+    seen = ffmpeg.probe(path, decode=False)
+    assert seen.duration == pytest.approx(duration)
+    assert (seen.video_codec, seen.width, seen.height, seen.fps) == ("h264", width, height, "24")
+    assert (seen.audio_codec, seen.sample_rate, seen.channels) == ("aac", 48000, "stereo")

@@ -14,6 +14,7 @@ import time
 
 import pytest
 from conftest import API_KEY, Repo, assert_key_nowhere
+from pg import db_rows, text_columns_holding
 
 from reconciler.sim import Simulator
 
@@ -35,29 +36,6 @@ def tree(repo: Repo, name: str, count: int) -> Repo:
 
 def shared_env(repo: Repo, url: str) -> dict[str, str]:
     return repo.env(RECONCILE_STATE=url)
-
-
-def db_rows(url: str, sql: str, *args: object) -> list[tuple[object, ...]]:
-    import psycopg
-
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
-
-
-def text_columns_holding(url: str, needle: str) -> list[str]:
-    """Every text column of every table in the database that holds ``needle`` anywhere."""
-    columns = db_rows(url, "SELECT table_schema, table_name, column_name FROM "
-                           "information_schema.columns WHERE data_type IN ('text', "
-                           "'character varying', 'character', 'json', 'jsonb') AND table_schema "
-                           "NOT IN ('pg_catalog', 'information_schema')")  # fmt: skip
-    assert columns, "no text columns found: the scan would prove nothing"
-    return [
-        f"{schema}.{table}.{column}"
-        for schema, table, column in columns
-        if db_rows(
-            url, f'SELECT 1 FROM "{schema}"."{table}" WHERE "{column}" LIKE %s', f"%{needle}%"
-        )
-    ]
 
 
 # -- choosing the store --------------------------------------------------------------------------
