@@ -5,15 +5,16 @@ Kept apart from the CLI so the wording of a plan or a summary can be tested as d
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
-from rich.table import Table
-
-from .engine import Summary
 from .lifecycle import PAID, ActionKind
 from .money import Spending, money
 from .plan import Action, Plan
+
+if TYPE_CHECKING:  # rich and the engine load only when a terminal or an apply needs them
+    from rich.console import Console
+
+    from .engine import Summary
 
 SYMBOLS = {
     ActionKind.CREATE: "+",
@@ -30,6 +31,8 @@ TERMINAL_ROWS = 100  # a terminal shows the rows that matter first, then says ho
 
 
 def _console(out: TextIO) -> Console:
+    from rich.console import Console
+
     # Off a terminal nothing limits the width: keep one row per line for CI logs and grep.
     return Console(file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 200)
 
@@ -48,6 +51,8 @@ def _table(
         if rest:
             out.write(f"({rest})\n")
         return
+    from rich.table import Table
+
     console = _console(out)
     table = Table(box=None, show_header=True, pad_edge=False)
     for index, header in enumerate(headers):
@@ -272,6 +277,8 @@ def render_saved(data: dict[str, Any], out: TextIO, *, markdown: bool = False) -
             )
         console.print("\n".join(lines) + "\n")
     else:
+        from rich.table import Table
+
         table = Table(box=None, show_header=True, pad_edge=False)
         for column in ("", "name", "action", "cost", "why"):
             table.add_column(column, no_wrap=column != "why")
