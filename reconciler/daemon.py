@@ -29,12 +29,10 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import lockfile
 from . import plan as plans
-from .client import VeoClient
-from .engine import Engine
 from .errors import ReconcileError, StateError
 from .index import SpecIndex
 from .lifecycle import CHANGES, PAID, ActionKind, Outcome, State
@@ -45,7 +43,11 @@ from .reload import swap_edited
 from .shutdown import handling_signals, name_of, settle
 from .spec import Desired
 from .store import as_seen
-from .watch import Watcher
+
+if TYPE_CHECKING:  # `status` imports this module for its heartbeat record: no HTTP stack for it
+    from .client import VeoClient
+    from .engine import Engine
+    from .watch import Watcher
 
 META_KEY = "daemon"
 
@@ -85,6 +87,8 @@ class Daemon:
     # -- the loop --------------------------------------------------------------------------------
 
     async def run(self) -> int:
+        from .watch import Watcher  # watchdog: only a running daemon needs it
+
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, self._on_hup, wake)
@@ -217,8 +221,7 @@ class Daemon:
         await asyncio.to_thread(self.ws.gens.check)
         changed, self.events = self.events, None
         result = await asyncio.to_thread(self._load_specs, changed)
-        before = self.wanted
-        only = None
+        before, only = self.wanted, None
         if result.swapped is not None:  # valid files edited in place: only their specs moved
             specs, unseen = self._swap(result.swapped), self.unseen
             self.wanted = {**before, **{n: s.key for n, s in result.swapped.items()}}
@@ -227,9 +230,8 @@ class Daemon:
             specs, unseen = self._load(result)
             self.wanted = {s.name: s.key for s in specs}
         if changed is not None and only is None:  # the names whose key changed (added, removed)
-            only = {
-                n for n in before.keys() | self.wanted.keys() if before.get(n) != self.wanted.get(n)
-            }
+            now = self.wanted
+            only = {n for n in before.keys() | now.keys() if before.get(n) != now.get(n)}
         self.specs, self.unseen = specs, unseen
         try:
             the_plan = await asyncio.to_thread(self._plan, specs, unseen, only)

@@ -120,14 +120,15 @@ class Workspace:
     # -- observe and plan ------------------------------------------------------------------------
 
     def observe(
-        self, specs: list[Desired], lock: dict[str, LockEntry], only: set[str] | None = None
-    ) -> Observed:
-        """Hash what needs it: files whose size or mtime differ from what was recorded (with
-        ``only``, just those names': ``watch`` after an edit works in proportion to it)."""
-        outputs = self.tree.outputs() if only is None else self.outputs_of(only)
-        if only is not None:
-            lock = {n: e for n, e in lock.items() if n in only}
-        gens = as_seen(self.gens, None if only is None else {s.key for s in specs})
+        self, specs: list[Desired], lock: dict[str, LockEntry], only: set[str] | None = None,
+        read: tuple[dict[str, Generation], dict[str, Output]] | None = None,
+    ) -> Observed:  # fmt: skip
+        """Hash files whose size or mtime differ from the record (``only``: those names', watch)."""
+        gens, outputs = read or (
+            as_seen(self.gens, None if only is None else {s.key for s in specs}),
+            self.tree.outputs() if only is None else self.outputs_of(only),
+        )
+        lock = lock if only is None else {n: e for n, e in lock.items() if n in only}
         known = {o.path: o for o in outputs.values()}
         candidates = set(known) | {e.path for e in lock.values()}
         shas = {e.sha256 for e in lock.values()}
@@ -176,10 +177,9 @@ class Workspace:
 
     def plan(self, specs: list[Desired], options: Options | None = None) -> Plan:
         lock = lockfile.read(self.lock_path)
-        observed = self.observe(specs, lock)
-        return planning.make_plan(
-            specs, as_seen(self.gens), self.tree.outputs(), lock, observed, self.config, options
-        )
+        read = as_seen(self.gens), self.tree.outputs()  # once: ten thousand rows take a while
+        observed = self.observe(specs, lock, read=read)
+        return planning.make_plan(specs, *read, lock, observed, self.config, options)
 
     def outputs_of(self, names: set[str]) -> dict[str, Output]:
         return {n: o for n in names if (o := self.tree.output(n)) is not None}
