@@ -26,6 +26,7 @@ from conftest import API_KEY, ROOT, Repo
 
 from reconciler import sim as simmod
 from reconciler.gallery import Card, href, poster_jpeg, poster_time, render, states_in
+from reconciler.index import INDEX_FILE
 from reconciler.sim import Simulator
 
 FAST = "veo-3.1-fast-generate-preview"
@@ -322,10 +323,12 @@ def failing_repo(repo: Repo, sim: Simulator) -> Repo:
 
 
 def state_files(repo: Repo) -> dict[str, bytes]:
+    """Every file of the state (the db, the cache, the lock), not the gallery nor the spec index:
+    a cache of parsed spec files that any command may refresh (as `git status` refreshes git's)."""
     return {
         str(p.relative_to(repo.path)): p.read_bytes()
         for p in sorted((repo.path / "state").rglob("*"))
-        if p.is_file() and "gallery" not in p.parts
+        if p.is_file() and "gallery" not in p.parts and p.name != INDEX_FILE
     }
 
 
