@@ -10,7 +10,9 @@ Each sample edits the prompt of one spec (a new key: one paid POST). Prints the 
 ratio scale/floor against the issue-11 target (<= 1.5x); exit 1 on a miss. `--quick` (the CI
 smoke) uses 2,000 specs and fewer edits.
 
-    python bench/watch_scale.py [--specs 10000] [--edits 8] [--quick]
+    python bench/watch_scale.py [--specs 10000] [--edits 8] [--quick] [--code DIR]
+
+`--code DIR` runs the daemon from another checkout (say, main before this work).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from plan_scale import SPEC, make_repo, materialize  # noqa: E402
 from reconciler.sim import Simulator  # noqa: E402
 
 KEY = "bench-key"
+CODE = ROOT  # the checkout whose daemon runs (--code)
 TARGET = 1.5
 EDITED = "specs/g0000/s000000.yaml"
 
@@ -49,7 +52,7 @@ def edit_latency(specs: int, edits: int) -> list[float]:
         make_repo(repo, specs)
         materialize(repo)
         env = {**os.environ, "RECONCILE_API_BASE": sim.base_url, "GPTPROTO_API_KEY": KEY,
-               "PYTHONPATH": str(ROOT)}  # fmt: skip
+               "PYTHONPATH": str(CODE)}  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "watch", "--poll-interval", "0.2",
              "--settle", "0"],
@@ -92,7 +95,10 @@ def main() -> int:
     parser.add_argument("--specs", type=int, default=10_000)
     parser.add_argument("--edits", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="CI smoke: 2,000 specs, 5 edits")
+    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose code runs")
     args = parser.parse_args()
+    global CODE
+    CODE = args.code.resolve()
     specs, edits = (2_000, 5) if args.quick else (args.specs, args.edits)
     floor = statistics.median(edit_latency(1, edits)) * 1000
     scale = statistics.median(edit_latency(specs, edits)) * 1000
