@@ -222,7 +222,7 @@ class Daemon:
         changed, self.events = self.events, None
         result = await asyncio.to_thread(self._load_specs, changed)
         before, only = self.wanted, None
-        if result.swapped is not None:  # valid files edited in place: only their specs moved
+        if result.swapped is not None and not result.bad_files:  # then last_good is the load
             specs, unseen = self._swap(result.swapped), self.unseen
             self.wanted = {**before, **{n: s.key for n, s in result.swapped.items()}}
             only = {n for n, s in result.swapped.items() if before.get(n) != s.key}
