@@ -208,7 +208,7 @@ def check_defaults(config: Config) -> list[Problem]:
         return problems
     # Check the values the way a spec that sets nothing else would see them.
     probe = {"name": "defaults", "model": MODELS[0], "prompt": "defaults", **usable}
-    doc = Document(usable, top or 1, {k: v for k, v in lines.items() if v is not None})
+    doc = Document(usable, top or 1, lines={k: v for k, v in lines.items() if v is not None})
     try:
         parsed = SpecDoc.model_validate(probe)
     except ValidationError as exc:

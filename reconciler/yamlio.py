@@ -59,12 +59,26 @@ class _Loader(_Base):
 class Document:
     """One YAML document: its data, the line it starts on, and the line of each key.
 
-    ``key_lines`` maps a dotted key path (``prompt``, ``limits.concurrency``) to its line.
+    ``key_lines`` maps a dotted key path (``prompt``, ``limits.concurrency``) to its line. A
+    document parsed from text keeps its node instead, and walks it for key lines only when a
+    message asks for one: a valid spec never needs them.
     """
 
     data: Any
     line: int
-    key_lines: dict[str, int] = field(default_factory=dict)
+    lines: dict[str, int] | None = None
+    node: yaml.Node | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key_lines(self) -> dict[str, int]:
+        if self.lines is None:
+            found: dict[str, int] = {}
+            if self.node is not None:
+                _walk(self.node, "", found, "", set())
+            object.__setattr__(self, "lines", found)
+            object.__setattr__(self, "node", None)
+        assert self.lines is not None
+        return self.lines
 
     def line_of(self, key: object) -> int:
         return self.key_lines.get(str(key), self.line)
@@ -108,8 +122,8 @@ def load_documents(path: Path, rel: str) -> tuple[list[Document], list[Problem]]
         while loader.check_node():
             node = loader.get_node()
             line = node.start_mark.line + 1
-            key_lines: dict[str, int] = {}
-            problems.extend(_walk(node, "", key_lines, rel, set()))
+            if _duplicated(node, set()):  # said with lines; otherwise lines wait for a message
+                problems.extend(_walk(node, "", {}, rel, set()))
             try:
                 data = loader.construct_document(node)
             except (ValueError, TypeError, OverflowError) as exc:
@@ -120,7 +134,7 @@ def load_documents(path: Path, rel: str) -> tuple[list[Document], list[Problem]]
                 loader.recursive_objects.clear()
                 continue
             if data is not None:
-                docs.append(Document(data, line, key_lines))
+                docs.append(Document(data, line, node=node))
     except yaml.MarkedYAMLError as exc:
         return [], [_yaml_problem(exc, rel, text)]
     except yaml.reader.ReaderError as exc:
@@ -184,6 +198,18 @@ def _bad_scalar(node: yaml.Node) -> tuple[yaml.ScalarNode, Exception] | None:
     finally:
         probe.dispose()
     return None
+
+
+def _duplicated(node: yaml.Node, seen: set[int]) -> bool:
+    """Whether some mapping in the document writes a key twice (``_walk`` then says where)."""
+    if id(node) in seen:
+        return False
+    seen.add(id(node))
+    if not isinstance(node, yaml.MappingNode):  # as ``_walk``: mappings in mappings
+        return False
+    keys = [(k.tag, k.value) for k, _ in node.value
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge"]  # fmt: skip
+    return len(set(keys)) != len(keys) or any(_duplicated(v, seen) for _, v in node.value)
 
 
 def _walk(
