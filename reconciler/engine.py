@@ -74,6 +74,7 @@ class Engine:
         return VeoClient(
             self.api, timeout=self.tuning.http_timeout,
             resubmit_after_server_error=self.ws.config.resubmit_after_server_error,
+            pool=self.concurrency,
         )  # fmt: skip
 
     async def apply(self, plan: Plan, *, options: Options | None = None) -> Summary:

@@ -70,6 +70,10 @@ class Router(Protocol):
 
     def route(self, h: Handler) -> None: ...
 
+    def connected(self) -> None:
+        """A client opened a TCP connection (counted: a client should reuse its pool)."""
+        ...
+
 
 class Answered(Exception):
     """Raised after a response was sent early, to unwind the request's handling."""
@@ -151,6 +155,7 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.conns_lock:
             self.server.conns.add(self.connection)
+        self.server.router.connected()
 
     def finish(self) -> None:
         with self.server.conns_lock:
