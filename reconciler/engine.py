@@ -67,6 +67,9 @@ class Engine:
         self.concurrency = self.tuning.concurrency_for(ws.config.concurrency)
         # apply stops at the first 401/403; watch only pauses submits until its next resync.
         self.stop_on_fatal = True
+        # Inside apply, the videos' deferred fsyncs are waited for once, at the end; an action
+        # run on its own (watch) waits for its own before it returns.
+        self._batched = False
 
     def client(self) -> VeoClient | None:
         if self.api is None:
@@ -74,7 +77,6 @@ class Engine:
         return VeoClient(
             self.api, timeout=self.tuning.http_timeout,
             resubmit_after_server_error=self.ws.config.resubmit_after_server_error,
-            pool=self.concurrency,
         )  # fmt: skip
 
     async def apply(self, plan: Plan, *, options: Options | None = None) -> Summary:
@@ -85,6 +87,7 @@ class Engine:
         self.ctx.polls = 0
         slots = asyncio.Semaphore(self.concurrency)
         client = self.client() if plan.changes else None
+        self._batched = True
         tasks = [
             asyncio.create_task(self.run_action(action, client, slots, opts), name=action.name)
             for action in plan.actions
@@ -95,6 +98,7 @@ class Engine:
         try:
             results = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            self._batched = False
             reaper.cancel()
             if client is not None:
                 await client.aclose()
@@ -114,6 +118,8 @@ class Engine:
                 summary.outcomes.append(await self._interrupted(action))
             else:
                 raise result
+        # The videos this run wrote are on disk before the lock names them (objects.Syncer).
+        await asyncio.to_thread(self.ws.cache.syncer.drain)
         await asyncio.to_thread(self.ws.write_lock)
         summary.fatal = str(self.ctx.fatal) if self.ctx.fatal else None
         summary.stopped = self.stop.requested
@@ -136,6 +142,15 @@ class Engine:
         self, action: Action, client: VeoClient | None, slots: asyncio.Semaphore, opts: Options
     ) -> Outcome:
         """Carry one action to its end; every API trouble becomes the Outcome, never an exception."""
+        try:
+            return await self._run_action(action, client, slots, opts)
+        finally:
+            if not self._batched:
+                await asyncio.to_thread(self.ws.cache.syncer.drain)
+
+    async def _run_action(
+        self, action: Action, client: VeoClient | None, slots: asyncio.Semaphore, opts: Options
+    ) -> Outcome:
         ctx = self.ctx
         try:
             if action.kind is ActionKind.NOOP:

@@ -23,6 +23,7 @@ from .errors import (
     PermanentError,
     TransientError,
 )
+from .landing import Landing
 from .lifecycle import (
     PAID,
     Event,
@@ -44,6 +45,10 @@ from .submit import Submission
 from .wire import OpResult
 
 FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to be claimed
+# Polls of an operation start at this share of the shortest run of its kind seen in this run:
+# before that it is all but certainly still running, and each poll costs a request (quota, CPU).
+# A shorter one than ever seen is found late by at most that share of the shortest, once.
+FIRST_POLL_SHARE = 0.7
 
 
 def claimed_elsewhere(gen: Generation, waited: float) -> str:
@@ -61,7 +66,8 @@ async def place(ctx: Context, spec: Desired, sha: str) -> Outcome:
     if not ctx.still_wanted(spec.name, spec.key):
         message = "the spec changed meanwhile; bytes kept in cache"
         return Outcome(spec.name, OutcomeState.SUPERSEDED, message)
-    outcome: Outcome = await ctx.db(outputs.place, ctx.ws, spec, sha)
+    # The run waits for these fsyncs at its end (Engine.apply): see objects.py's docstring.
+    outcome: Outcome = await ctx.db(outputs.place, ctx.ws, spec, sha, defer_sync=True)
     ctx.reporter.materialized(spec.name, outcome.message)
     return outcome
 
@@ -229,6 +235,8 @@ class _KeyTask(KeyWork):
         ctx, spec = self.ctx, self.spec
         self.report.polling(spec.name, operation)
         started = time.monotonic()
+        # Learned only from operations POSTed by this task just now: started is their POST.
+        kind = (spec.model, spec.resolution, spec.duration) if self.key in ctx.submitted else None
         while True:
             failpoints.hit("before_poll")
             ctx.polls += 1
@@ -262,10 +270,15 @@ class _KeyTask(KeyWork):
                 self.report.retrying(spec.name, f"polling keeps failing ({exc}); will resume "
                                      "next run")  # fmt: skip
                 return None
-            if result.done:
-                return result
             waited = time.monotonic() - started
-            if not await ctx.stop.pause(ctx.tuning.poll_delay(waited)):
+            if result.done:
+                if kind is not None:
+                    ctx.durations[kind] = min(waited, ctx.durations.get(kind, waited))
+                return result
+            delay = ctx.tuning.poll_delay(waited)
+            if kind is not None and kind in ctx.durations:
+                delay = max(delay, FIRST_POLL_SHARE * ctx.durations[kind] - waited)
+            if not await ctx.stop.pause(delay):
                 return None
 
     async def _op_error(self, operation: str, error: PermanentError) -> State | None:
@@ -286,22 +299,20 @@ class _KeyTask(KeyWork):
 
     async def download(self, gen: Generation) -> None:
         """Stream the video into the cache (retried whole), then record the verified bytes."""
-        ctx, cache = self.ctx, self.ctx.ws.cache
+        ctx = self.ctx
 
         async def once() -> tuple[str, int]:
-            incoming = await ctx.db(cache.begin)
+            landing = Landing(ctx.ws.cache)
             try:
 
                 async def sink(chunk: bytes) -> None:
-                    await ctx.db(incoming.write, chunk)
+                    await landing.feed(chunk)
                     failpoints.hit("mid_download")
 
                 await self.client.download(gen.video_uri or "", gen.file_id, sink)
-                if incoming.head[4:8] != b"ftyp":
-                    raise TransientError("the downloaded file is not an MP4 video")
-                done: tuple[str, int] = await ctx.db(incoming.commit)
+                done = await landing.finish()
             finally:
-                await ctx.db(incoming.discard)
+                await landing.close()
             failpoints.hit("after_download")
             return done
 
