@@ -48,17 +48,18 @@ class Landing:
         while len(self._inflight) > AHEAD:
             await self._inflight.popleft()
 
-    def _take(self) -> bytes:
-        piece = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        self._parts, self._gathered = [], 0
+    def _take(self) -> list[bytes]:
+        """The chunks gathered so far, as they came: not joined, which would copy every byte."""
+        piece, self._parts, self._gathered = self._parts, [], 0
         return piece
 
-    def _write(self, piece: bytes) -> None:
+    def _write(self, piece: list[bytes]) -> None:
         if self._incoming is None:
             self._incoming = self.cache.begin()
-        self._incoming.write(piece)
+        for chunk in piece:
+            self._incoming.write(chunk)
 
-    def _complete(self, rest: bytes) -> tuple[str, int]:
+    def _complete(self, rest: list[bytes]) -> tuple[str, int]:
         self._write(rest)
         assert self._incoming is not None
         if self._incoming.head[4:8] != b"ftyp":
