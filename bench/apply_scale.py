@@ -107,10 +107,9 @@ def main() -> int:
     correct = result["videos"] == specs and result["duplicates"] == 0 and result["posts"] == specs
     if not correct:
         print(f"WRONG: {result['videos']:.0f} videos, {result['duplicates']:.0f} duplicate POSTs")
-    if args.quick:
-        ok = correct and ratio <= 1.5
-    else:
-        ok = correct and ratio <= 1.1 and cpu_ms <= 5.0
+    # The smoke checks the result and a loose ratio: CI machines vary; the full run, the targets.
+    targets = ratio <= 1.5 if args.quick else ratio <= 1.1 and cpu_ms <= 5.0
+    ok = correct and targets
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -240,9 +240,9 @@ class _KeyTask(KeyWork):
         kind = (spec.model, spec.resolution, spec.duration) if self.key in ctx.submitted else None
         while True:
             early = FIRST_POLL_SHARE * ctx.durations.get(kind, 0.0) if kind else 0.0
-            if early > time.monotonic() - started:
-                if not await ctx.stop.pause(early - (time.monotonic() - started)):
-                    return None
+            ahead = early - (time.monotonic() - started)
+            if ahead > 0 and not await ctx.stop.pause(ahead):
+                return None
             failpoints.hit("before_poll")
             ctx.polls += 1
             try:
