@@ -119,7 +119,7 @@ class Engine:
             else:
                 raise result
         # The videos this run wrote are on disk before the lock names them (objects.Syncer).
-        await asyncio.to_thread(self.ws.cache.syncer.drain)
+        await self._synced()
         await asyncio.to_thread(self.ws.write_lock)
         summary.fatal = str(self.ctx.fatal) if self.ctx.fatal else None
         summary.stopped = self.stop.requested
@@ -146,7 +146,16 @@ class Engine:
             return await self._run_action(action, client, slots, opts)
         finally:
             if not self._batched:
-                await asyncio.to_thread(self.ws.cache.syncer.drain)
+                await self._synced()
+
+    async def _synced(self) -> None:
+        """Wait for the deferred fsyncs of the videos written; a disk that refuses one is said
+        (the files are in place and the next run checks them), as an inline fsync's error was."""
+        try:
+            await asyncio.to_thread(self.ws.cache.syncer.drain)
+        except OSError as exc:
+            where = exc.filename or "a video"
+            self.reporter.failed(str(where), f"could not be flushed to disk: {exc.strerror or exc}")
 
     async def _run_action(
         self, action: Action, client: VeoClient | None, slots: asyncio.Semaphore, opts: Options

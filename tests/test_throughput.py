@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import sqlite3
 from collections import Counter
 from contextlib import closing
@@ -19,7 +20,7 @@ from reconciler.config import ApiSettings
 from reconciler.errors import TransientError
 from reconciler.landing import PIECE, Landing
 from reconciler.lifecycle import Event, Generation, State
-from reconciler.objects import ObjectCache
+from reconciler.objects import ObjectCache, Syncer
 from reconciler.sim import Simulator
 from reconciler.sqlite_store import SqliteStore
 
@@ -158,3 +159,24 @@ def test_a_relaxed_commit_survives_sigkill(repo: Repo, sim: Simulator) -> None:
     result = repo.apply()
     assert result.returncode == 0, result.stdout + result.stderr
     assert sim.paid_posts == 1 and len(repo.videos()) == 1
+
+
+def test_deferred_fsyncs_are_waited_for_and_their_failures_said(tmp_path: Path) -> None:
+    """The syncer fsyncs what it was given (a file retired meanwhile is no error), each folder
+    once; ``drain`` returns when all are done, and raises what the disk refused."""
+    syncer = Syncer()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for i in range(5):
+        (kept / f"v{i}.mp4").write_bytes(b"x" * 1000)
+        syncer.add(kept / f"v{i}.mp4")
+    (kept / "v0.mp4").unlink()
+    syncer.drain()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "v.mp4").write_bytes(b"x")
+    shutil.rmtree(gone)
+    syncer.add(gone / "v.mp4")
+    with pytest.raises(OSError):
+        syncer.drain()
+    syncer.drain()  # said once
