@@ -63,7 +63,8 @@ def run(specs: int, concurrency: int, latency: float) -> dict[str, float]:
         wall = time.monotonic() - start
         cpu = children_cpu() - cpu0
         if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.splitlines()[-15:])
+            said = [ln for ln in proc.stderr.splitlines() if not ln.startswith("INFO")]
+            tail = "\n".join(said[-15:])
             raise SystemExit(f"apply failed ({proc.returncode}):\n{tail}")
         videos = len(list((repo / "videos").iterdir()))
         stats = sim.stats()

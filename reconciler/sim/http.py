@@ -83,6 +83,9 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False  # stop() must never wait on a client that keeps its connection open
+    # The listen backlog: socketserver's 5 drops the SYNs of a burst of fresh connections (50
+    # POSTs at once), and each dropped one is retried by the client's kernel a second later.
+    request_queue_size = 128
 
     def __init__(self, addr: tuple[str, int], router: Router, role: str) -> None:
         self.router = router
