@@ -20,7 +20,7 @@ from .errors import TransientError
 from .objects import Incoming, ObjectCache
 
 PIECE = 1 << 20
-AHEAD = 8  # pieces handed to the writer and not yet written: the most memory a download holds
+AHEAD = 2  # pieces handed to the writer, not yet written: 2 MiB more RSS at most (8: 6 MiB)
 
 
 class Landing:
