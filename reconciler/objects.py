@@ -9,7 +9,8 @@ Every file is written the same way: a temp file in the target folder, fsync, ren
 folder. A reader (or a crash) never sees half a file. Downloaded videos take one exception: their
 fsyncs are left to a ``Syncer`` thread and waited for at the end of the run, not before the rename.
 A 256 MiB video is written to the page cache at memory speed, while its fsync waits for the disk
-(120 MiB/s on the development machine: two seconds, twice, for the object and its output). A
+(from 0.1 s to 2 s on the development machine, with the disk's other traffic; twice, for the
+object and its output). A
 killed process loses nothing either way (the bytes are the kernel's once written); only a power
 cut before the end of the run can leave a renamed video short, and that is found and mended like
 any damaged file: a cache object is checked against its name before it is served (``verify``),
