@@ -14,7 +14,7 @@ from .client import VeoClient
 from .config import ApiSettings
 from .errors import FatalError, ReconcileError, StateError, TransientError
 from .events import Reporter
-from .generate import Context, generate, place, wait_for_source
+from .generate import Context, Slot, generate, place, wait_for_source
 from .lifecycle import ActionKind, Outcome, OutcomeState, State
 from .outputs import remove
 from .pacing import Pacer, Tuning
@@ -180,8 +180,12 @@ class Engine:
             source = await wait_for_source(ctx, action)  # before a slot: never held waiting
             if isinstance(source, Outcome):
                 return source
-            async with slots:
-                return await generate(ctx, client, action, opts, source_uri=source)
+            slot = Slot(slots)  # given back as soon as the operation is done (generate.Slot)
+            await slot.hold()
+            try:
+                return await generate(ctx, client, action, opts, source_uri=source, slot=slot)
+            finally:
+                slot.release()
         except FatalError as exc:
             ctx.fatal = ctx.fatal or exc
             if self.stop_on_fatal:

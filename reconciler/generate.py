@@ -53,6 +53,28 @@ FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to
 FIRST_POLL_SHARE = 0.8
 
 
+class Slot:
+    """A place among the operations in flight (``--concurrency``): held while this key's job is
+    being submitted or runs at the provider, given back once it is done, so the next POST goes
+    out while these bytes are downloaded and placed (the client bounds downloads on its own).
+    Each wave of operations no longer waits for the last one's download: at 1,000 specs of 1 s,
+    that was 0.1-0.2 s per wave."""
+
+    def __init__(self, slots: asyncio.Semaphore | None = None) -> None:
+        self._slots = slots
+        self.held = False
+
+    async def hold(self) -> None:
+        if not self.held and self._slots is not None:
+            await self._slots.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held and self._slots is not None:
+            self.held = False
+            self._slots.release()
+
+
 def claimed_elsewhere(gen: Generation, waited: float) -> str:
     """Whose claim a follower gave up waiting on, and the ways to take it over."""
     return (
@@ -107,6 +129,7 @@ async def generate(
     opts: Options,
     *,
     source_uri: str | None = None,
+    slot: Slot | None = None,
 ) -> Outcome:
     """Drive one key to bytes in the cache, then place them; every outcome is returned."""
     spec = action.spec
@@ -127,7 +150,9 @@ async def generate(
         patience=FOLLOW_PENDING_TURNS,
     )
     try:
-        return await _KeyTask(ctx, client, spec, source_uri=source_uri).run(intent)
+        task = _KeyTask(ctx, client, spec, source_uri=source_uri)
+        task.slot = slot or Slot()
+        return await task.run(intent)
     except Deferred as deferred:
         return Outcome(spec.name, deferred.state, str(deferred))
 
@@ -139,6 +164,8 @@ def _row_and_cache(ws: Workspace, key: str) -> tuple[Generation | None, bool]:
 
 
 class _KeyTask(KeyWork):
+    slot = Slot()
+
     async def run(self, intent: Intent) -> Outcome:
         name, ctx = self.spec.name, self.ctx
         following = 0.0  # when this task started waiting on another process's claim
@@ -146,6 +173,10 @@ class _KeyTask(KeyWork):
             gen, cached = await ctx.db(_row_and_cache, ctx.ws, self.key)
             step = next_step(gen, cached=cached, intent=intent)
             intent.submit = False  # once passed by (or taken), a submit is never made later
+            if step in (Step.SUBMIT, Step.POLL):
+                await self.slot.hold()  # a job being submitted or running takes a place
+            elif step in (Step.DOWNLOAD, Step.PLACE):
+                self.slot.release()  # done at the provider: the next one may start
             if step is Step.SUBMIT:
                 gen = await Submission(
                     self.ctx, self.client, self.spec, source_uri=self.source_uri
