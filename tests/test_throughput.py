@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import API_KEY, SPEC, Repo
 
+from reconciler import sim as simmod
 from reconciler.client import DOWNLOAD_SLOTS, POLL_SLOTS, VeoClient
 from reconciler.config import ApiSettings
 from reconciler.errors import TransientError
@@ -180,3 +181,19 @@ def test_deferred_fsyncs_are_waited_for_and_their_failures_said(tmp_path: Path) 
     with pytest.raises(OSError):
         syncer.drain()
     syncer.drain()  # said once
+
+
+def test_a_done_operation_gives_its_place_to_the_next_post(repo: Repo, sim: Simulator) -> None:
+    """--concurrency 1: while the first video's download waits out a 429 (1 s), the second spec
+    is already POSTed (the first operation is done, no longer in flight at the provider), and
+    no two operations ever run at the provider at once."""
+    write_specs(repo, 2)
+    sim.inject("download", simmod.rate_limited(1.0))
+    result = repo.apply("--concurrency", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    downloads = [r.time for r in sim.requests if r.path.endswith(":download")]
+    posts = [r.time for r in sim.requests if r.method == "POST"]
+    assert len(posts) == 2 and len(downloads) == 3  # the refused one, then one per video
+    assert downloads[0] < posts[1] < downloads[1], (posts, downloads)
+    first, second = sorted(sim.operations.values(), key=lambda op: op.created)
+    assert second.created >= first.finished_at
