@@ -7,12 +7,22 @@ Two habits that keep the promises:
 - The POST goes over a fresh connection every time. A pooled keep-alive connection that the server
   closed while idle fails *after* the request is written, which would look exactly like the
   ambiguous case and park a spec as ``unknown`` for nothing.
+- Polls and downloads share one keep-alive pool of a few connections, entered through two
+  semaphores (``POLL_SLOTS`` and ``DOWNLOAD_SLOTS``) whose sum is the pool's size, so httpcore
+  never queues and a poll never waits behind a long download. httpcore's pool checks every
+  connection it holds (a syscall or two each) on each request and each release: measured here
+  with 50 operations in flight, 0.7 ms of CPU per poll on 2 connections, 1.3 ms on 8, 4.1 ms on
+  50. A poll takes a millisecond on loopback and tens over the internet against the seconds
+  between two polls of one operation, so two connections carry 50 operations' polls. A pool
+  smaller than the requests in flight with no semaphore in front closes a connection after
+  nearly every request instead (3,145 TCP connections for 1,000 specs).
 - Redirects are followed by hand: the key goes only to the configured API origins, never to the
   storage host a download redirects to (httpx would forward custom headers across origins).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -36,7 +46,22 @@ from .wire import (
 )
 
 MAX_REDIRECTS = 5
-DOWNLOAD_CHUNK = 1024 * 1024
+# httpcore hands a body up in reads of at most 64 KiB: 4,096 trips through httpcore, h11 and anyio
+# for a 256 MiB video, and that, not the wire, was the download's pace (770 MiB/s of CPU-bound
+# reading here, against 1.5 GiB/s at 1 MiB). The size bounds what one read returns of what the
+# event loop has already received (asyncio reads 256 KiB at a time), so small answers cost the
+# same. A class attribute of httpcore's HTTP/1.1 connection, the one knob there is: set here,
+# the only module that speaks HTTP, and only where that version of httpcore has it.
+READ_SIZE = 1 << 20
+try:
+    from httpcore._async.http11 import AsyncHTTP11Connection
+except ImportError:  # pragma: no cover - another httpcore layout: its own read size stands
+    pass
+else:
+    if getattr(AsyncHTTP11Connection, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
+        AsyncHTTP11Connection.READ_NUM_BYTES = READ_SIZE
+POLL_SLOTS = 2  # connections polls use at once (the POST has its own, fresh each time)
+DOWNLOAD_SLOTS = 4  # downloads at once
 
 
 class VeoClient:
@@ -52,9 +77,16 @@ class VeoClient:
         self.settings = settings
         self._submit_table = SUBMIT_RETRYING_5XX if resubmit_after_server_error else None
         headers = {"user-agent": f"reconciler/{__version__}"}
+        pool = POLL_SLOTS + DOWNLOAD_SLOTS
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=15.0), headers=headers, follow_redirects=False
+            timeout=httpx.Timeout(timeout, connect=15.0),
+            headers=headers,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
         )
+        self._polls = asyncio.Semaphore(POLL_SLOTS)  # in front of the pool: it never queues
+        self._downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
+        self._origins = settings.origins
         self._submit_http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout * 2, connect=15.0),
             headers=headers,
@@ -70,7 +102,7 @@ class VeoClient:
         """The key header, only for the configured API origins."""
         parts = urlsplit(url)
         if self.settings.api_key and (parts.scheme, parts.hostname or "", parts.port) in (
-            self.settings.origins
+            self._origins
         ):
             return {"x-goog-api-key": self.settings.api_key}
         return {}
@@ -121,7 +153,8 @@ class VeoClient:
             f"{self.settings.query_base}/v1beta/models/{model}/operations/{operation_id(operation)}"
         )
         try:
-            response = await self._http.get(url, headers=self._auth(url))
+            async with self._polls:
+                response = await self._http.get(url, headers=self._auth(url))
         except httpx.TransportError as exc:
             detail = f"polling failed ({type(exc).__name__})"
             raise transport_error(Call.POLL, Failure.SENT, detail) from exc
@@ -153,7 +186,10 @@ class VeoClient:
         url = self.download_url(video_uri, file_id)
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                async with self._http.stream("GET", url, headers=self._auth(url)) as response:
+                async with (
+                    self._downloads,
+                    self._http.stream("GET", url, headers=self._auth(url)) as response,
+                ):
                     if response.is_redirect and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
                         continue
@@ -162,7 +198,8 @@ class VeoClient:
                         raise self._answer_error(Call.DOWNLOAD, response, subject=file_id or "")
                     expected = response.headers.get("content-length")
                     size = 0
-                    async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
+                    # As they arrive: the sink gathers them into pieces for its writer thread.
+                    async for chunk in response.aiter_bytes():
                         await sink(chunk)
                         size += len(chunk)
                     if expected is not None and int(expected) != size:

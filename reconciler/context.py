@@ -47,6 +47,9 @@ class Context:
     still_wanted: Callable[[str, str], bool] = lambda _name, _key: True
     run_limit: RunLimit = field(default_factory=RunLimit)  # what this run may still spend
     polls: int = 0  # polls sent in this run (the summary reports them per operation)
+    # The shortest time from POST to a poll that saw it done, per (model, resolution, seconds),
+    # among operations submitted in this run: polls before most of it has passed are skipped.
+    durations: dict[tuple[str, str, int], float] = field(default_factory=dict)
     # The task working on a name in this run (apply) or daemon, for chains: an extension waits
     # for its source's task before it is submitted.
     source_task: Callable[[str], asyncio.Task[Any] | None] = lambda _name: None

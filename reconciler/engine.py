@@ -14,7 +14,7 @@ from .client import VeoClient
 from .config import ApiSettings
 from .errors import FatalError, ReconcileError, StateError, TransientError
 from .events import Reporter
-from .generate import Context, generate, place, wait_for_source
+from .generate import Context, Slot, generate, place, wait_for_source
 from .lifecycle import ActionKind, Outcome, OutcomeState, State
 from .outputs import remove
 from .pacing import Pacer, Tuning
@@ -67,6 +67,9 @@ class Engine:
         self.concurrency = self.tuning.concurrency_for(ws.config.concurrency)
         # apply stops at the first 401/403; watch only pauses submits until its next resync.
         self.stop_on_fatal = True
+        # Inside apply, the videos' deferred fsyncs are waited for once, at the end; an action
+        # run on its own (watch) waits for its own before it returns.
+        self._batched = False
 
     def client(self) -> VeoClient | None:
         if self.api is None:
@@ -84,6 +87,7 @@ class Engine:
         self.ctx.polls = 0
         slots = asyncio.Semaphore(self.concurrency)
         client = self.client() if plan.changes else None
+        self._batched = True
         tasks = [
             asyncio.create_task(self.run_action(action, client, slots, opts), name=action.name)
             for action in plan.actions
@@ -94,6 +98,7 @@ class Engine:
         try:
             results = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            self._batched = False
             reaper.cancel()
             if client is not None:
                 await client.aclose()
@@ -113,6 +118,8 @@ class Engine:
                 summary.outcomes.append(await self._interrupted(action))
             else:
                 raise result
+        # The videos this run wrote are on disk before the lock names them (objects.Syncer).
+        await self._synced()
         await asyncio.to_thread(self.ws.write_lock)
         summary.fatal = str(self.ctx.fatal) if self.ctx.fatal else None
         summary.stopped = self.stop.requested
@@ -135,6 +142,24 @@ class Engine:
         self, action: Action, client: VeoClient | None, slots: asyncio.Semaphore, opts: Options
     ) -> Outcome:
         """Carry one action to its end; every API trouble becomes the Outcome, never an exception."""
+        try:
+            return await self._run_action(action, client, slots, opts)
+        finally:
+            if not self._batched:
+                await self._synced()
+
+    async def _synced(self) -> None:
+        """Wait for the deferred fsyncs of the videos written; a disk that refuses one is said
+        (the files are in place and the next run checks them), as an inline fsync's error was."""
+        try:
+            await asyncio.to_thread(self.ws.cache.syncer.drain)
+        except OSError as exc:
+            where = exc.filename or "a video"
+            self.reporter.failed(str(where), f"could not be flushed to disk: {exc.strerror or exc}")
+
+    async def _run_action(
+        self, action: Action, client: VeoClient | None, slots: asyncio.Semaphore, opts: Options
+    ) -> Outcome:
         ctx = self.ctx
         try:
             if action.kind is ActionKind.NOOP:
@@ -155,8 +180,12 @@ class Engine:
             source = await wait_for_source(ctx, action)  # before a slot: never held waiting
             if isinstance(source, Outcome):
                 return source
-            async with slots:
-                return await generate(ctx, client, action, opts, source_uri=source)
+            slot = Slot(slots)  # given back as soon as the operation is done (generate.Slot)
+            await slot.hold()
+            try:
+                return await generate(ctx, client, action, opts, source_uri=source, slot=slot)
+            finally:
+                slot.release()
         except FatalError as exc:
             ctx.fatal = ctx.fatal or exc
             if self.stop_on_fatal:

@@ -19,7 +19,7 @@ from .spec import Desired
 from .workspace import Workspace
 
 
-def place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
+def place(ws: Workspace, spec: Desired, sha: str, *, defer_sync: bool = False) -> Outcome:
     """Put the cached bytes ``sha`` at the spec's content-hashed path and record it.
 
     A cache object whose bytes no longer match its name is not served: one only the team's
@@ -27,10 +27,10 @@ def place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
     clone's locked file) stands in for it, else the run says what is missing.
     """
     with ws.files:
-        return _place(ws, spec, sha)
+        return _place(ws, spec, sha, defer_sync)
 
 
-def _place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
+def _place(ws: Workspace, spec: Desired, sha: str, defer_sync: bool) -> Outcome:
     rel = ws.output_path(spec.name, sha)
     if not ws.cache.fetch(sha):
         found = _find_on_disk(ws, sha)
@@ -39,7 +39,7 @@ def _place(ws: Workspace, spec: Desired, sha: str) -> Outcome:
         ws.cache.add_file(found)
     target = ws.repo / rel
     if not (target.is_file() and sha256_file(target)[0] == sha):
-        ws.cache.materialize(sha, target)
+        ws.cache.materialize(sha, target, defer_sync=defer_sync)
         failpoints.hit("after_rename")
     ws.record_output(spec, sha, target.stat().st_size, rel)
     return Outcome(spec.name, OutcomeState.MATERIALIZED, rel, path=rel)

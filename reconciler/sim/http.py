@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 _MAX_BODY = 64 << 20
-_CHUNK = 64 * 1024
+_CHUNK = 1 << 20  # a video leaves in slices of this (views, not copies): loopback-speed bodies
 _GOOGLE_STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -70,6 +70,10 @@ class Router(Protocol):
 
     def route(self, h: Handler) -> None: ...
 
+    def connected(self) -> None:
+        """A client opened a TCP connection (counted: a client should reuse its pool)."""
+        ...
+
 
 class Answered(Exception):
     """Raised after a response was sent early, to unwind the request's handling."""
@@ -79,6 +83,9 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False  # stop() must never wait on a client that keeps its connection open
+    # The listen backlog: socketserver's 5 drops the SYNs of a burst of fresh connections (50
+    # POSTs at once), and each dropped one is retried by the client's kernel a second later.
+    request_queue_size = 128
 
     def __init__(self, addr: tuple[str, int], router: Router, role: str) -> None:
         self.router = router
@@ -151,6 +158,7 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.conns_lock:
             self.server.conns.add(self.connection)
+        self.server.router.connected()
 
     def finish(self) -> None:
         with self.server.conns_lock:
@@ -246,8 +254,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         end = len(data) // 2 if cut else len(data)
+        view = memoryview(data)
         for i in range(0, end, _CHUNK):
-            self.wfile.write(data[i : min(i + _CHUNK, end)])
+            self.wfile.write(view[i : min(i + _CHUNK, end)])
         if cut:  # the promised length never arrives: the client must notice the short body
             self.close_connection = True
 

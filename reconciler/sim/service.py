@@ -220,6 +220,7 @@ class Service:
         self.post_requests = 0
         self.polls = 0
         self.downloads = 0
+        self.connections = 0  # TCP connections accepted, by either server
         self.requests: list[RecordedRequest] = []
         self.redirect_requests: list[RecordedRequest] = []
         self.operations: dict[str, SimOperation] = {}
@@ -289,10 +290,15 @@ class Service:
                 "post_requests": self.post_requests,
                 "polls": self.polls,
                 "downloads": self.downloads,
+                "connections": self.connections,
                 "operations": ops,
             }
 
     # -- for the HTTP layer (simulator.py), not for tests --------------------------------------
+
+    def connected(self) -> None:
+        with self._lock:
+            self.connections += 1
 
     def _note_post(self) -> None:
         with self._lock:

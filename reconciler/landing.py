@@ -1,0 +1,105 @@
+"""A download's bytes on their way into the object cache, at the speed of the wire.
+
+The event loop only receives: the bytes are gathered into pieces of ``PIECE`` bytes, and each
+piece is hashed and written on one thread of the download's own while the next arrives, at most
+``AHEAD`` pieces behind, so memory stays flat whatever the video's size (a few MiB) and the
+loop never waits on the disk or on sha256 (about 1 GB/s here: a 256 MiB video hashed inline
+would stall every other poll for a quarter of a second). Each byte is hashed once, as it is
+written; the object is trusted from then on (``ObjectCache.trusted``). A small video (one piece)
+costs one thread hop in all: begin, write, check and commit together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .errors import TransientError
+from .objects import Incoming, ObjectCache
+
+PIECE = 1 << 20
+AHEAD = 2  # pieces handed to the writer, not yet written: 2 MiB more RSS at most (8: 6 MiB)
+
+
+class Landing:
+    """Feed it the chunks of one download, then ``finish``; ``close`` in every case."""
+
+    def __init__(self, cache: ObjectCache) -> None:
+        self.cache = cache
+        self._parts: list[bytes] = []
+        self._gathered = 0
+        self._incoming: Incoming | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._inflight: deque[asyncio.Future[Any]] = deque()
+
+    async def feed(self, chunk: bytes) -> None:
+        self._parts.append(chunk)
+        self._gathered += len(chunk)
+        if self._gathered < PIECE:
+            return
+        piece = self._take()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="landing")
+        future = asyncio.get_running_loop().run_in_executor(self._writer, self._write, piece)
+        future.add_done_callback(_retrieved)
+        self._inflight.append(future)
+        while len(self._inflight) > AHEAD:
+            await self._inflight.popleft()
+
+    def _take(self) -> list[bytes]:
+        """The chunks gathered so far, as they came: not joined, which would copy every byte."""
+        piece, self._parts, self._gathered = self._parts, [], 0
+        return piece
+
+    def _write(self, piece: list[bytes]) -> None:
+        if self._incoming is None:
+            self._incoming = self.cache.begin()
+        for chunk in piece:
+            self._incoming.write(chunk)
+
+    def _complete(self, rest: list[bytes]) -> tuple[str, int]:
+        self._write(rest)
+        assert self._incoming is not None
+        if self._incoming.head[4:8] != b"ftyp":
+            raise TransientError("the downloaded file is not an MP4 video")
+        # Written whole and hashed on the way: fsynced by the syncer, not before the rename.
+        done = self._incoming.commit(defer_sync=True)
+        self._incoming = None  # committed: nothing left for close() to drop
+        return done
+
+    async def finish(self) -> tuple[str, int]:
+        """Write what is left, check the container, commit under the hash: (sha256, size)."""
+        rest = self._take()
+        if self._writer is None:
+            done: tuple[str, int] = await asyncio.to_thread(self._complete, rest)
+            return done
+        while self._inflight:
+            await self._inflight.popleft()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._complete, rest)
+
+    async def close(self) -> None:
+        """Drop whatever was not committed (safe after ``finish``), and the writer thread. The
+        writer runs in order, so the drop comes after any piece still being written."""
+        writer, self._writer = self._writer, None
+        self._inflight.clear()
+        if writer is None:
+            if self._incoming is not None:
+                await asyncio.to_thread(self._discard)
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(writer, self._discard)
+        finally:
+            writer.shutdown(wait=False)
+
+    def _discard(self) -> None:
+        if self._incoming is not None:
+            self._incoming.discard()
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A piece's failure is raised by ``finish``, or dropped with the download: never logged."""
+    if not future.cancelled():
+        future.exception()

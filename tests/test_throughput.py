@@ -1,0 +1,199 @@
+"""The apply loop's costs (issue 11): one pool of connections for polls and downloads, polls
+skipped while an operation is surely running, bytes hashed once on their way into the cache, and
+fsyncs only where a power cut could cost money. Real simulator, real sqlite files."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import sqlite3
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from conftest import API_KEY, SPEC, Repo
+
+from reconciler import sim as simmod
+from reconciler.client import DOWNLOAD_SLOTS, POLL_SLOTS, VeoClient
+from reconciler.config import ApiSettings
+from reconciler.errors import TransientError
+from reconciler.landing import PIECE, Landing
+from reconciler.lifecycle import Event, Generation, State
+from reconciler.objects import ObjectCache, Syncer
+from reconciler.sim import Simulator
+from reconciler.sqlite_store import SqliteStore
+
+MODEL = "veo-3.1-fast-generate-preview"
+
+
+def write_specs(repo: Repo, count: int) -> None:
+    for i in range(count):
+        repo.write(f"specs/s{i}.yaml", SPEC.format(name=f"s{i}", prompt=f"Clip number {i}."))
+
+
+def test_polls_and_downloads_share_a_few_kept_alive_connections(repo: Repo, sim: Simulator) -> None:
+    """20 specs at concurrency 10: one fresh connection per POST (a stale keep-alive connection
+    could make a POST look ambiguous), and every poll and download over a pool of a few."""
+    write_specs(repo, 20)
+    result = repo.apply("--concurrency", "10")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(repo.videos()) == 20 and sim.paid_posts == 20
+    assert sim.polls >= 20 and sim.downloads == 20
+    assert sim.connections <= 20 + POLL_SLOTS + DOWNLOAD_SLOTS, sim.connections
+
+
+def test_later_operations_are_not_polled_while_surely_running(repo: Repo, sim: Simulator) -> None:
+    """One at a time, operations of 1 s polled every 0.1 s: the first is polled all along (about
+    ten times); the next ones start at 80% of the shortest seen, so a few polls each."""
+    sim.set_latency(1.0)
+    write_specs(repo, 3)
+    result = repo.apply("--concurrency", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    per_op = Counter(r.path.rsplit("/", 1)[-1] for r in sim.requests if "/operations/" in r.path)
+    first, *later = (
+        per_op[op.id] for op in sorted(sim.operations.values(), key=lambda o: o.created)
+    )
+    assert first >= 8, per_op
+    assert all(n <= 5 for n in later), per_op
+    assert len(repo.videos()) == 3
+
+
+def test_a_large_video_is_hashed_once_and_lands_whole(tmp_path: Path) -> None:
+    """Several pieces through the writer thread: the object is named by the hash of exactly the
+    bytes served, trusted without a second read, and its temp file is gone."""
+    size = 5 * PIECE + 12345
+    with Simulator(api_key=API_KEY, latency=0.0, video_size=size) as sim:
+        settings = ApiSettings(sim.base_url, sim.base_url, API_KEY)
+        cache = ObjectCache(tmp_path / "objects")
+
+        async def fetch() -> tuple[str, int]:
+            client = VeoClient(settings)
+            try:
+                op = await client.submit(MODEL, {"instances": [{"prompt": "A long take."}]})
+                result = await client.poll(MODEL, op)
+                assert result.done and result.video_uri
+                landing = Landing(cache)
+                try:
+                    await client.download(result.video_uri, result.file_id, landing.feed)
+                    return await landing.finish()
+                finally:
+                    await landing.close()
+            finally:
+                await client.aclose()
+
+        sha, got = asyncio.run(fetch())
+        served = sim.served_bytes(next(iter(sim.operations.values())).file_id or "")
+    cache.syncer.drain()
+    assert got == size and sha == hashlib.sha256(served).hexdigest()
+    assert cache.path(sha).read_bytes() == served
+    assert sha in cache.trusted  # verify() will not read it again in this process
+    assert not list((tmp_path / "objects").glob(".incoming.*"))
+
+
+def test_bytes_that_are_not_a_video_leave_nothing_behind(tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path / "objects")
+
+    async def land() -> None:
+        landing = Landing(cache)
+        try:
+            for _ in range(3):
+                await landing.feed(b"<html>" + b"x" * PIECE)
+            await landing.finish()
+        finally:
+            await landing.close()
+
+    with pytest.raises(TransientError, match="not an MP4"):
+        asyncio.run(land())
+    assert not [p for p in (tmp_path / "objects").rglob("*") if p.is_file()]
+
+
+def statements(store: SqliteStore) -> list[str]:
+    seen: list[str] = []
+    store.db.conn.set_trace_callback(seen.append)
+    return seen
+
+
+def test_only_the_writes_around_the_post_wait_for_the_disk(tmp_path: Path) -> None:
+    """The claim and the operation name are committed with synchronous=FULL (an fsync of the
+    WAL: they survive a power cut); an operation finished or a video downloaded with NORMAL
+    (they survive the process being killed, and are found again for free after a power cut)."""
+    store = SqliteStore(tmp_path / "state.db")
+    seed = Generation(spec_key="k", name="a", model=MODEL, resolution="720p", duration=8,
+                      state=State.NEW, cost=1.2)  # fmt: skip
+    seen = statements(store)
+
+    def sync_of(event: Event, **kw: object) -> str:
+        seen.clear()
+        assert store.transition("k", event, **kw) is not None  # type: ignore[arg-type]
+        pragmas = [s for s in seen if s.startswith("PRAGMA synchronous")]
+        begin = seen.index("BEGIN IMMEDIATE")
+        return pragmas[0] if pragmas and seen.index(pragmas[0]) < begin else "NORMAL"
+
+    assert sync_of(Event.SUBMIT, seed=seed).endswith("FULL")
+    assert sync_of(Event.ACCEPTED, operation="operations/x").endswith("FULL")
+    assert sync_of(Event.FINISHED, video_uri="u", file_id="f") == "NORMAL"
+    assert sync_of(Event.DOWNLOADED, sha256="0" * 64, bytes=1) == "NORMAL"
+    store.close()
+    # What was committed is there for the next process (killed or not: no fsync needed for that).
+    with closing(sqlite3.connect(tmp_path / "state.db")) as conn:
+        state, operation = conn.execute(
+            "SELECT state, operation FROM generations WHERE spec_key = 'k'"
+        ).fetchone()
+    assert (state, operation) == ("materialized", "operations/x")
+    reopened = SqliteStore(tmp_path / "state.db")
+    assert reopened.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    reopened.close()
+
+
+@pytest.mark.slow
+def test_a_relaxed_commit_survives_sigkill(repo: Repo, sim: Simulator) -> None:
+    """SIGKILL right after `finished` was committed without an fsync (synchronous=NORMAL): the
+    next process reads it (the WAL is the kernel's once written), downloads without a new POST."""
+    repo.write("specs/a.yaml", SPEC.format(name="a", prompt="Killed once it finished."))
+    killed = repo.apply(env=repo.env(RECONCILE_FAILPOINTS="after_succeeded:1"))
+    assert killed.returncode < 0, killed.stderr
+    with closing(sqlite3.connect(repo.path / "state" / "reconciler.db")) as conn:
+        state, uri = conn.execute("SELECT state, video_uri FROM generations").fetchone()
+    assert state == "succeeded" and uri
+    result = repo.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sim.paid_posts == 1 and len(repo.videos()) == 1
+
+
+def test_deferred_fsyncs_are_waited_for_and_their_failures_said(tmp_path: Path) -> None:
+    """The syncer fsyncs what it was given (a file retired meanwhile is no error), each folder
+    once; ``drain`` returns when all are done, and raises what the disk refused."""
+    syncer = Syncer()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for i in range(5):
+        (kept / f"v{i}.mp4").write_bytes(b"x" * 1000)
+        syncer.add(kept / f"v{i}.mp4")
+    (kept / "v0.mp4").unlink()
+    syncer.drain()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "v.mp4").write_bytes(b"x")
+    shutil.rmtree(gone)
+    syncer.add(gone / "v.mp4")
+    with pytest.raises(OSError):
+        syncer.drain()
+    syncer.drain()  # said once
+
+
+def test_a_done_operation_gives_its_place_to_the_next_post(repo: Repo, sim: Simulator) -> None:
+    """--concurrency 1: while the first video's download waits out a 429 (1 s), the second spec
+    is already POSTed (the first operation is done, no longer in flight at the provider), and
+    no two operations ever run at the provider at once."""
+    write_specs(repo, 2)
+    sim.inject("download", simmod.rate_limited(1.0))
+    result = repo.apply("--concurrency", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    downloads = [r.time for r in sim.requests if r.path.endswith(":download")]
+    posts = [r.time for r in sim.requests if r.method == "POST"]
+    assert len(posts) == 2 and len(downloads) == 3  # the refused one, then one per video
+    assert downloads[0] < posts[1] < downloads[1], (posts, downloads)
+    first, second = sorted(sim.operations.values(), key=lambda op: op.created)
+    assert second.created >= first.finished_at
