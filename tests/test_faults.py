@@ -482,6 +482,7 @@ def test_redirected_download_gets_no_key_and_key_is_nowhere(tmp_path: Path) -> N
 # -- timeouts ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 4 s of retries and waits: out of the dev loop
 def test_submit_timeout_is_unknown_poll_timeout_is_retried(repo: Repo, sim: Simulator) -> None:
     """A POST whose answer never comes in time may have been accepted: unknown, never resubmitted
     by itself; a poll that times out is just retried."""

@@ -110,6 +110,7 @@ def test_a_daily_budget_bounds_every_run_of_the_day(repo: Repo, sim: Simulator) 
     assert "Budget: today $3.20 of $3.50 spent" in plan.stdout
 
 
+@pytest.mark.slow  # over 4 s of retries and waits: out of the dev loop
 def test_answers_that_prove_nothing_was_accepted_are_refunded(repo: Repo, sim: Simulator) -> None:
     """429s cost nothing: a run limited to one video's price still converges through them."""
     write_spec(repo)
@@ -187,6 +188,7 @@ def test_an_http_error_on_a_paid_job_is_retried_not_final(
     assert repo.status()["hero"]["state"] == "materialized"
 
 
+@pytest.mark.slow  # over 4 s of retries and waits: out of the dev loop
 def test_a_lasting_download_404_leaves_the_job_resumable(repo: Repo, sim: Simulator) -> None:
     """Within the file's lifetime a 404 may be a lagging replica: the spec stays succeeded, and
     the next run downloads it with no new POST."""
@@ -202,6 +204,7 @@ def test_a_lasting_download_404_leaves_the_job_resumable(repo: Repo, sim: Simula
     assert sim.paid_posts == 1
 
 
+@pytest.mark.slow  # over 4 s of retries and waits: out of the dev loop
 def test_a_download_404_past_the_files_expiry_is_final(repo: Repo, sim: Simulator) -> None:
     """Once the provider's keeping time has passed, a 404 is what it seems: failed, with the way
     out named, and never paid again by itself."""

@@ -127,6 +127,7 @@ def test_a_lasting_404_on_poll_makes_the_spec_unknown_with_both_ways_out(repo: R
     assert repo.sim.paid_posts == 1
 
 
+@pytest.mark.slow  # over 4 s of retries and waits: out of the dev loop
 def test_lost_bytes_after_the_provider_deleted_them_plan_a_paid_regeneration(repo: Repo) -> None:
     """Cache and output gone: while the provider keeps its copy the video is downloaded again for
     free; once that copy is past its expiry the plan says it will pay, instead of retrying a dead
