@@ -211,9 +211,11 @@ def main() -> int:
     index_works = warm <= 0.5 * cold
     print(f"spec index, in-process CPU: load_specs cold {cold:.3f} s, warm {warm:.3f} s "
           f"({warm / cold:.2f}x; at most 0.5x: {'ok' if index_works else 'MISS'})")  # fmt: skip
-    print("PASS" if ok else "FAIL")
-    if quick:
+    if quick:  # the smoke gates on the index alone; the targets are printed, not enforced
+        print(f"targets: {'all met' if ok else 'some MISS (see above)'}")
+        print("PASS (smoke: the spec index saves the parse)" if index_works else "FAIL")
         return 0 if index_works else 1
+    print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
 
