@@ -49,8 +49,12 @@ FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to
 # Polls of an operation start at this share of the shortest run of its kind seen in this run:
 # before that it is all but certainly still running, and each poll costs a request (quota, CPU):
 # 1,000 operations of 1 s polled every 0.2 s took 4.3 polls each, now 2-3. One shorter than any
-# seen so far is found late by at most that share of the shortest.
+# seen so far is found late by at most that share of the shortest. An operation found done at its
+# first poll ran for at most the time waited, perhaps far less (the provider got faster; the wait
+# itself was the skip): it counts as half of it, so a slow spike is forgotten in a few operations
+# instead of shrinking by 0.8 per operation (a daemon keeps what it learned for its whole life).
 FIRST_POLL_SHARE = 0.8
+DONE_AT_FIRST_POLL = 0.5
 
 
 class Slot:
@@ -274,6 +278,7 @@ class _KeyTask(KeyWork):
         started = time.monotonic()
         # Learned only from operations POSTed by this task just now: started is their POST.
         kind = (spec.model, spec.resolution, spec.duration) if self.key in ctx.submitted else None
+        seen_running = False  # a poll saw it running: the time waited is then a tight bound
         while True:
             early = FIRST_POLL_SHARE * ctx.durations.get(kind, 0.0) if kind else 0.0
             ahead = early - (time.monotonic() - started)
@@ -314,8 +319,10 @@ class _KeyTask(KeyWork):
             waited = time.monotonic() - started
             if result.done:
                 if kind is not None:
-                    ctx.durations[kind] = min(waited, ctx.durations.get(kind, waited))
+                    ran = waited if seen_running else waited * DONE_AT_FIRST_POLL
+                    ctx.durations[kind] = min(ran, ctx.durations.get(kind, ran))
                 return result
+            seen_running = True
             if not await ctx.stop.pause(ctx.tuning.poll_delay(waited)):
                 return None
 

@@ -9,8 +9,11 @@ An entry is trusted only while its file's size, mtime, ctime and inode are those
 are the stats of the images its specs read (a first frame's bytes are part of the spec key). The
 racy case is git's too: a file changed within the timestamp granularity of the index's own write
 could keep its recorded stat, so an entry whose mtime or ctime is not older than the index file is
-parsed again (and the index rewritten, which clears it). Images are hashed once per stat as well:
-a changed image is read again, an unchanged one never.
+parsed again (and the index rewritten, which clears it). An index kept in memory (``watch``) has
+no file to compare with, so each entry also remembers when it was read: a file whose mtime is
+within ``SLACK_NS`` of that moment (2 s, FAT's granularity; NFS, SMB and HFS+ are
+coarse too) is read again until a later read sees it older. Images are hashed once per stat as
+well, with the same rule: a changed image is read again, an unchanged one never.
 
 The index is tied to the reconciler's version and to what the loader reads of ``reconcile.yaml``
 (defaults and models): another version or another config starts it afresh. It is plain data in
@@ -27,6 +30,7 @@ import json
 import marshal
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,8 @@ from .errors import Problem
 from .spec import Desired, ImageInput, Reference
 
 INDEX_FILE = "spec-index.marshal"
-FORMAT = 1  # bump when what an entry holds changes shape
+FORMAT = 2  # bump when what an entry holds changes shape
+SLACK_NS = 2_000_000_000  # a stat this close to its read may hide a later edit of the same tick
 
 # The modules whose code decides an entry: an edited checkout (same version) starts afresh too.
 _SOURCES = ("loader.py", "spec.py", "yamlio.py", "index.py", "facts.py", "chains.py")
@@ -65,6 +70,7 @@ class Entry:
     problems: list[Problem]
     images: dict[str, Stat | None] = field(default_factory=dict)
     targets: frozenset[str] = frozenset()  # the images' resolved paths (keys of the hashes)
+    seen_ns: int = 0  # wall clock when the file was read (0: trust the stat alone)
 
 
 @dataclass
@@ -74,7 +80,7 @@ class SpecIndex:
     path: Path | None  # None: nowhere to keep it (no state/ yet); it still serves this run
     stamp: str
     entries: dict[str, Entry] = field(default_factory=dict)
-    hashes: dict[str, tuple[Stat, str, str, int]] = field(default_factory=dict)
+    hashes: dict[str, tuple[Stat, str, str, int, int]] = field(default_factory=dict)
     racy_ns: int = -1  # entries with mtime/ctime >= this are re-read (the index file's mtime)
     dirty: bool = False
     deps: dict[str, Stat | None] = field(default_factory=dict)  # images read for the current file
@@ -125,20 +131,28 @@ class SpecIndex:
     def lookup(self, rel: str, stat: Stat) -> Entry | None:
         """The entry for ``rel`` if its file and its images are as recorded (and not racy)."""
         entry = self.entries.get(rel)
-        if entry is None or entry.stat != stat or self._racy(stat):
+        if entry is None or entry.stat != stat or self._racy(stat, entry.seen_ns):
             return None
         for written, recorded in entry.images.items():
             now = stat_of(written)
-            if now != recorded or (now is not None and self._racy(now)):
+            if now != recorded or (now is not None and self._racy(now, entry.seen_ns)):
                 return None
         return entry
 
-    def _racy(self, stat: Stat) -> bool:
-        return self.racy_ns >= 0 and (stat[1] >= self.racy_ns or stat[2] >= self.racy_ns)
+    def _racy(self, stat: Stat, seen_ns: int) -> bool:
+        """Whether a file with this stat may have changed since it was read without its stat
+        showing it: touched no earlier than the index file's write, or than its own read."""
+        # An edit in the tick of the read keeps mtime (and ctime) as read: the mtime says so. A
+        # change that keeps mtime (touch -r, chmod) moves ctime, checked against the index file.
+        if seen_ns > 0 and stat[1] >= seen_ns - SLACK_NS:
+            return True
+        return self.racy_ns >= 0 and max(stat[1], stat[2]) >= self.racy_ns
 
     def store(self, rel: str, stat: Stat, specs: list[Desired], problems: list[Problem]) -> None:
         """Record a file just parsed, with the images read meanwhile (``deps``)."""
-        self.entries[rel] = Entry(stat, specs, problems, dict(self.deps), frozenset(self.targets))
+        self.entries[rel] = Entry(
+            stat, specs, problems, dict(self.deps), frozenset(self.targets), time.time_ns()
+        )
         self.deps.clear()
         self.targets.clear()
         self.dirty = True
@@ -149,7 +163,7 @@ class SpecIndex:
         self.deps[written] = stat
         self.targets.add(target)
         known = self.hashes.get(target)
-        if known is None or known[0] != stat or self._racy(stat):
+        if known is None or known[0] != stat or self._racy(stat, known[4]):
             return None
         return known[1], known[2], known[3]
 
@@ -157,7 +171,7 @@ class SpecIndex:
         self.deps[written] = stat_of(written)
 
     def hashed(self, target: str, stat: Stat, sha: str, mime: str, size: int) -> None:
-        self.hashes[target] = (stat, sha, mime, size)
+        self.hashes[target] = (stat, sha, mime, size, time.time_ns())
         self.dirty = True
 
     def prune(self, present: set[str]) -> None:
@@ -203,11 +217,11 @@ def _raw(entry: Entry) -> tuple[Any, ...]:
         for s in entry.specs
     )  # fmt: skip
     problems = tuple((p.file, p.message, p.line, p.field) for p in entry.problems)
-    return entry.stat, specs, problems, entry.images, tuple(sorted(entry.targets))
+    return entry.stat, specs, problems, entry.images, tuple(sorted(entry.targets)), entry.seen_ns
 
 
 def _entry(raw: Any) -> Entry:
-    stat, specs, problems, images, targets = raw
+    stat, specs, problems, images, targets, seen_ns = raw
     return Entry(
         stat=tuple(stat),
         specs=[
@@ -220,6 +234,7 @@ def _entry(raw: Any) -> Entry:
         problems=[Problem(*p) for p in problems],
         images=images,
         targets=frozenset(targets),
+        seen_ns=seen_ns,
     )  # fmt: skip
 
 

@@ -96,18 +96,23 @@ class Syncer:
                         return
                     continue
                 batch, self._pending, self._busy = self._pending, [], True
-            try:
-                for path in batch:
+            # Every file and folder is tried, whatever failed before it: one bad file must not
+            # leave the rest of the batch unsynced behind a lock that names them.
+            for path in batch:
+                try:
                     with contextlib.suppress(FileNotFoundError):  # retired meanwhile
                         fd = os.open(path, os.O_RDONLY)
                         try:
                             os.fsync(fd)
                         finally:
                             os.close(fd)
-                for folder in dict.fromkeys(path.parent for path in batch):
+                except OSError as exc:
+                    self._error = self._error or exc
+            for folder in dict.fromkeys(path.parent for path in batch):
+                try:
                     fsync_dir(folder)
-            except OSError as exc:
-                self._error = self._error or exc
+                except OSError as exc:
+                    self._error = self._error or exc
 
     def drain(self) -> None:
         with self._cond:
@@ -204,14 +209,20 @@ def _clone_or_copy(src: BinaryIO, dst: BinaryIO) -> None:
         return
     except OSError:
         pass
+    size = os.fstat(src.fileno()).st_size
     try:
         while os.copy_file_range(src.fileno(), dst.fileno(), 64 * CHUNK):
             pass
+        # A file system may end the copy early and say 0 (some FUSE and network ones): a short
+        # copy would be recorded as the video, so it is made again the plain way.
+        if os.fstat(dst.fileno()).st_size == size:
+            return
     except OSError:  # another file system (EXDEV on old kernels), or not supported
-        src.seek(0)
-        dst.seek(0)
-        dst.truncate()
-        shutil.copyfileobj(src, dst, CHUNK)
+        pass
+    src.seek(0)
+    dst.seek(0)
+    dst.truncate()
+    shutil.copyfileobj(src, dst, CHUNK)
 
 
 class Remote(Protocol):

@@ -60,6 +60,26 @@ def test_later_operations_are_not_polled_while_surely_running(repo: Repo, sim: S
     assert len(repo.videos()) == 3
 
 
+@pytest.mark.slow  # a 2.5 s spike, then four operations in turn
+def test_a_slow_operation_is_forgotten_once_they_are_fast_again(repo: Repo, sim: Simulator) -> None:
+    """A spike (the first operation takes 2.5 s), then operations of 0.2 s, one at a time: the
+    first polls of later ones start early enough that the fifth is found within 0.8 s of its
+    POST (counting every operation found at its first poll as the whole wait, it was 1.3 s)."""
+    sim.set_latency(0.2)
+    sim.inject("submit", simmod.slow(2.5), times=1)
+    write_specs(repo, 5)
+    result = repo.apply("--concurrency", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    ops = sorted(sim.operations.values(), key=lambda o: o.created)
+    found = []
+    for op in ops:
+        polls = [r.time for r in sim.requests if r.path.endswith(f"/operations/{op.id}")]
+        found.append(max(polls) - op.created)
+    assert found[0] >= 2.5, found
+    assert found[-1] < 0.8, found
+    assert len(repo.videos()) == 5
+
+
 def test_a_large_video_is_hashed_once_and_lands_whole(tmp_path: Path) -> None:
     """Several pieces through the writer thread: the object is named by the hash of exactly the
     bytes served, trusted without a second read, and its temp file is gone."""
