@@ -184,7 +184,7 @@ def parse(text: str) -> dict[str, LockEntry]:
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SHA = re.compile(r"[0-9a-f]{64}")
-_VALUE = r'(null|"[^"\\\n]*"|[0-9]+)'
+_VALUE = r'(null|"[^"\\\n]*"|0|[1-9][0-9]*)'  # no leading zero: YAML reads 0178 otherwise
 _ENTRY = re.compile(
     r"\n  ([a-z0-9][a-z0-9_-]*):\n" + "".join(rf"    {name}: {_VALUE}\n" for name in FIELDS)
 )
@@ -238,7 +238,7 @@ def _fast(text: str) -> dict[str, Any] | None:
                     current[key] = value[1:-1]
             elif value == "null":
                 current[key] = None
-            elif value.isdigit() and value.isascii():
+            elif value.isdigit() and value.isascii() and (value == "0" or value[0] != "0"):
                 current[key] = int(value)
             else:
                 return None

@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import yaml
 from conftest import SPEC, Repo, png_bytes
 
 from reconciler import lockfile
@@ -379,3 +380,12 @@ def test_an_entry_read_in_its_files_tick_is_racy_with_no_index_file(tmp_path: Pa
     old = (120, now - 10 * SLACK_NS, now, 8)
     fresh.store("specs/b.yaml", old, [], [])
     assert fresh.lookup("specs/b.yaml", old) is not None
+
+
+def test_a_hand_edited_number_with_a_leading_zero_reads_as_yaml_reads_it() -> None:
+    """The fast paths take only the integers `render` writes; `bytes: 01234` (YAML 1.1: octal)
+    goes to YAML, so the lock means one thing whichever reader meets it."""
+    text = lockfile.render([entry("a", bytes=1234)])
+    odd = text.replace("bytes: 1234", "bytes: 01234")
+    assert odd != text
+    assert lockfile.parse(odd)["a"].bytes == yaml.safe_load(odd)["specs"]["a"]["bytes"] == 0o1234
