@@ -233,9 +233,16 @@ def state_url(config: Config, env: Mapping[str, str] | None = None) -> str | Non
     ``RECONCILE_STATE`` wins over ``state:``, so CI can point a checkout at the team's database
     (a password there is the user's choice: the environment is not committed)."""
     env = os.environ if env is None else env
-    value = env.get(STATE_ENV, "").strip()
-    if not value:
+    if STATE_ENV not in env:
         return config.state
+    value = env[STATE_ENV].strip()
+    if not value:
+        # A CI secret that is missing expands to nothing; the runner's own sqlite db would see
+        # none of the team's operations in flight and pay for them again.
+        raise ReconcileError(
+            f"{STATE_ENV} is set but empty (a missing CI secret?): set it to the team's "
+            "postgresql:// URL, or unset it to use reconcile.yaml's state: or the local sqlite db"
+        )
     problem = state_url_problem(value)
     if problem is not None:
         raise ReconcileError(f"{STATE_ENV}: {problem}")
@@ -256,19 +263,35 @@ def state_url_problem(value: str) -> str | None:
     return None
 
 
+def _split_libpq(url: str) -> tuple[str, str, str, str]:
+    """(scheme, user, password or "", the rest) as libpq splits a URL: the user part runs to the
+    first ``@`` before any ``/``, so a password may hold ``?`` or ``#`` (urlsplit would cut it
+    there and show the rest)."""
+    scheme, _, rest = url.partition("://")
+    slash = rest.find("/")
+    at = rest.find("@", 0, slash if slash >= 0 else len(rest))
+    if at < 0:
+        return scheme, "", "", rest
+    user, _, password = rest[:at].partition(":")
+    return scheme, user, password, rest[at + 1 :]
+
+
+_SECRET_PARAMS = ("password", "sslpassword")
+
+
 def _has_password(url: str) -> bool:
-    parts = urlsplit(url)
-    in_query = any(k == "password" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return parts.password is not None or in_query
+    _, _, password, rest = _split_libpq(url)
+    query = rest.partition("?")[2]
+    in_query = any(k in _SECRET_PARAMS for k, _ in parse_qsl(query, keep_blank_values=True))
+    return bool(password) or in_query
 
 
 def state_label(url: str) -> str:
-    """The URL as it may be shown (status, errors): never its password."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.partition(':')[0]}{at}{hosts}"
-    query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("password="))
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+    """The URL as it may be shown (status, errors): never its password, however it is written."""
+    scheme, user, _, rest = _split_libpq(url)
+    where, _, query = rest.partition("?")
+    kept = "&".join(p for p in query.split("&") if p and p.split("=", 1)[0] not in _SECRET_PARAMS)
+    return f"{scheme}://{user + '@' if user else ''}{where}" + (f"?{kept}" if kept else "")
 
 
 def shared_objects(config: Config, env: dict[str, str] | None = None) -> str | None:

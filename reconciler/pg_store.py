@@ -133,8 +133,12 @@ class PgStore:
     def _connect(self) -> Conn:
         try:
             params = conninfo_to_dict(self.url)
-        except psycopg.ProgrammingError as exc:
-            raise StateError(f"state: {self.where} is not a usable libpq URL ({exc})") from None
+        except psycopg.ProgrammingError:
+            # libpq's message quotes the bad token, which may be a piece of the password.
+            raise StateError(
+                f"state: {self.where} is not a usable libpq URL (check its syntax and that "
+                "special characters are percent-encoded)"
+            ) from None
         defaults: dict[str, Any] = {"connect_timeout": 10, "application_name": "reconciler"}
         extra = {k: v for k, v in defaults.items() if k not in params}
         try:

@@ -83,6 +83,13 @@ class S3Objects:
                 self._check_bucket()
             return self._client
 
+    def _drop_client(self) -> None:
+        """Forget a client that could not use the bucket, closing its pool (a daemon retries:
+        each retry must not leave a pool of connections behind)."""
+        client, self._client = self._client, None
+        with contextlib.suppress(Exception):
+            client.close()
+
     def _check_bucket(self) -> None:
         """A missing bucket must never read as "no object is shared": HEAD of an object cannot
         tell the two apart, and a plan would then offer to pay for every video again."""
@@ -91,11 +98,11 @@ class S3Objects:
         except Exception as exc:
             status = _status(exc)
             if status == 404:
-                self._client = None
+                self._drop_client()
                 raise StoreError(f"{self.url}: no such bucket (check objects: in reconcile.yaml "
                                  "or RECONCILE_OBJECTS, and AWS_ENDPOINT_URL)") from None  # fmt: skip
             if status is None:
-                self._client = None
+                self._drop_client()
                 raise self._error("reach", None, exc) from None
             # 403 and the like: some keys may read objects without listing the bucket.
 

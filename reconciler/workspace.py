@@ -79,10 +79,11 @@ class Workspace:
         self.rescue_path = state_dir / rescue.RESCUE_FILE
 
     def close(self) -> None:
-        self.gens.close()
-        if self.tree is not self.gens:
-            self.tree.close()
-        self.cache.close()
+        with contextlib.ExitStack() as stack:  # each is closed even when one before it fails
+            stack.callback(self.cache.close)
+            if self.tree is not self.gens:
+                stack.callback(self.tree.close)
+            stack.callback(self.gens.close)
 
     def read_config(self) -> Config:
         """reconcile.yaml, with the sandbox's output folder when running against the simulator."""
@@ -222,9 +223,8 @@ class Workspace:
             resolution=entry.resolution, duration=entry.duration, cost=entry.cost,
             state=State.RUNNING,
         )  # fmt: skip
-        adopted = self.gens.transition(
-            entry.spec_key, (Event.ACCEPTED, Event.ADOPT), seed=seed, operation=entry.operation
-        )
+        events = (Event.ACCEPTED, Event.ADOPT)
+        adopted = self.gens.transition(entry.spec_key, events, seed=seed, operation=entry.operation)
         if adopted is not None:
             reporter.accepted(entry.name, entry.operation)
         return adopted is not None

@@ -58,9 +58,12 @@ def run_action(repo: Repo, tmp_path: Path, **given: str) -> tuple[int, dict[str,
                     for k, v in step.get("env", {}).items()}  # fmt: skip
         folder = EXPR.sub(lambda m: str(evaluate(m.group(1), inputs)),
                           step.get("working-directory", "."))  # fmt: skip
-        done = subprocess.run(["bash", "-c", step["run"]], cwd=repo.path / folder,
-                              env={**env, **step_env}, capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+        script = runner / "step.sh"
+        script.write_text(step["run"])
+        # As GitHub runs a `shell: bash` step: errexit and pipefail on, whatever the script says.
+        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+                              cwd=repo.path / folder, env={**env, **step_env},
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
         if done.returncode != 0:
             return done.returncode, {}, done.stdout + done.stderr
     outputs = dict(line.split("=", 1) for line in output.read_text().splitlines() if "=" in line)
@@ -123,3 +126,27 @@ def test_a_bad_command_or_a_shell_in_args_runs_nothing(repo: Repo, tmp_path: Pat
     code, _, log = run_action(repo, tmp_path, command="plan", args="; touch pwned")
     assert code != 0
     assert not (repo.path / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_a_free_materialize_is_not_a_change_and_an_invalid_spec_fails_the_step(
+    repo: Repo, sim: Simulator, tmp_path: Path
+) -> None:
+    """A fresh runner whose videos are not in git plans only free materializes: the step passes
+    with changes=false (no comment on every pull request). A spec that does not validate fails
+    the step and sets no outputs."""
+    repo.processes = True
+    repo.write("specs/hero.yaml", SPEC)
+    code, _, log = run_action(repo, tmp_path, command="apply")
+    assert code == 0, log
+    for video in (repo.path / "videos").iterdir():
+        video.unlink()
+    code, outputs, summary = run_action(repo, tmp_path, command="plan")
+    assert code == 0, summary
+    assert "materialize" in summary
+    assert outputs["changes"] == "false"
+    repo.write("specs/broken.yaml", "name: broken\nmodel: veo-3.1-fast-generate-preview\n")
+    code, outputs, log = run_action(repo, tmp_path, command="plan")
+    assert code == 1 and outputs == {}
+    assert "broken.yaml" in log
+    assert sim.paid_posts == 1

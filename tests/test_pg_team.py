@@ -46,6 +46,10 @@ def shared_env(repo: Repo, url: str) -> dict[str, str]:
     [
         ("postgresql://alice:hunter2@db.example/videos", "holds a password"),
         ("postgresql://db.example/videos?password=hunter2", "holds a password"),
+        ("postgresql://db.example/videos?sslpassword=hunter2", "holds a password"),
+        # libpq reads the user part up to the first @: this password holds a ? (and a #)
+        ("postgresql://alice:pa?hunter2@db.example/videos", "holds a password"),
+        ("postgresql://alice:pa#hunter2@db.example/videos", "holds a password"),
         ("mysql://db.example/videos", "must be a PostgreSQL URL"),
     ],
 )
@@ -66,6 +70,37 @@ def test_a_state_url_with_a_password_or_another_scheme_is_refused(
 def test_a_bad_state_url_in_the_environment_names_the_variable(offline_repo: Repo) -> None:
     result = offline_repo.run("plan", env=offline_repo.env(RECONCILE_STATE="sqlite:///x.db"))
     assert result.returncode == 1 and "RECONCILE_STATE: must be a PostgreSQL URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://alice:pa?hunter2@127.0.0.1:1/videos",
+        "postgresql://alice:hun%zzter2@127.0.0.1:1/videos",
+        "postgresql://127.0.0.1:1/videos?password=a%zzhunter2",
+        "postgresql://alice:hunter2@127.0.0.1:1/videos?sslpassword=hunter2",
+    ],
+)
+def test_no_piece_of_a_password_in_the_environment_is_ever_shown(
+    offline_repo: Repo, url: str
+) -> None:
+    """CI masks a secret only whole: neither the store's label nor libpq's complaint about a
+    badly encoded URL may show a piece of it."""
+    pytest.importorskip("psycopg")
+    offline_repo.write("specs/a.yaml", SPEC.format(name="a", prompt="Local."))
+    result = offline_repo.run("status", env=offline_repo.env(RECONCILE_STATE=url))
+    assert result.returncode == 1
+    assert "hunter" not in result.stdout + result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_set_but_empty_state_variable_is_refused(offline_repo: Repo) -> None:
+    """An empty RECONCILE_STATE is a missing CI secret, not a wish for a runner's own sqlite db
+    (which would see none of the team's operations in flight, and pay for them again)."""
+    offline_repo.write("specs/a.yaml", SPEC.format(name="a", prompt="Local."))
+    result = offline_repo.run("plan", env=offline_repo.env(RECONCILE_STATE=" "))
+    assert result.returncode == 1
+    assert "RECONCILE_STATE is set but empty" in result.stderr, result.stderr
 
 
 def test_status_names_the_local_state_store(offline_repo: Repo) -> None:
