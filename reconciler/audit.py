@@ -13,10 +13,10 @@ from typing import Any
 
 from . import lockfile
 from .facts import frame_size
+from .files import is_regular, sha256_file
 from .lifecycle import Generation, State, remote_expiry
 from .lockfile import LockEntry
 from .mp4 import probe
-from .objects import is_regular, sha256_file
 from .spec import Desired
 from .store import Output, as_seen
 from .workspace import Workspace

@@ -118,7 +118,7 @@ class Engine:
                 summary.outcomes.append(await self._interrupted(action))
             else:
                 raise result
-        # The videos this run wrote are on disk before the lock names them (objects.Syncer).
+        # The videos this run wrote are on disk before the lock names them (files.Syncer).
         await self._synced()
         await asyncio.to_thread(self.ws.write_lock)
         summary.fatal = str(self.ctx.fatal) if self.ctx.fatal else None

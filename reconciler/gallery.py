@@ -30,9 +30,9 @@ from . import lockfile
 from .audit import status_rows
 from .errors import ReconcileError
 from .facts import DEFAULT_ASPECT_RATIO, EXTENSION_SECONDS
+from .files import atomic_file, atomic_write_text
 from .lifecycle import CHANGES, ActionKind
 from .money import money
-from .objects import atomic_file, atomic_write_text
 from .owners import now_iso
 from .plan import estimate
 from .spec import Desired

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import StateError
-from .objects import atomic_write_text, is_regular
+from .files import atomic_write_text, is_regular
 
 LOCK_FILE = "reconcile.lock"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

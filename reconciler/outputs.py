@@ -13,8 +13,8 @@ from pathlib import Path
 
 from . import failpoints, lockfile
 from .errors import StateError
+from .files import sha256_file
 from .lifecycle import Outcome, OutcomeState
-from .objects import sha256_file
 from .spec import Desired
 from .workspace import Workspace
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from . import lockfile
 from .errors import ReconcileError
+from .files import is_regular, sha256_file
 from .lifecycle import Event, State
 from .lockfile import LOCK_FILE, LockEntry
-from .objects import is_regular, sha256_file
 from .spec import Desired
 from .workspace import Workspace
 

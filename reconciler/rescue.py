@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .objects import atomic_write_text
+from .files import atomic_write_text
 
 RESCUE_FILE = "rescued.jsonl"
 

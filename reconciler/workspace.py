@@ -25,11 +25,12 @@ from .config import Config, load_config, shared_objects, state_label, state_url
 from .errors import ReconcileError
 from .events import Reporter
 from .facts import video_identity
+from .files import atomic_write_text, is_regular, sha256_file, sweep_temp
 from .lifecycle import Event, Generation, State, remote_expiry
 from .loader import LoadResult, load_specs
 from .lockfile import LockEntry
 from .money import Spending, windows
-from .objects import ObjectCache, Remote, atomic_write_text, is_regular, sha256_file, sweep_temp
+from .objects import ObjectCache, Remote
 from .owners import now_iso
 from .plan import Observed, Options, Plan
 from .s3objects import S3Objects

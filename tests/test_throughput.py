@@ -19,9 +19,10 @@ from reconciler import sim as simmod
 from reconciler.client import DOWNLOAD_SLOTS, POLL_SLOTS, VeoClient
 from reconciler.config import ApiSettings
 from reconciler.errors import TransientError
+from reconciler.files import Syncer
 from reconciler.landing import PIECE, Landing
 from reconciler.lifecycle import Event, Generation, State
-from reconciler.objects import ObjectCache, Syncer
+from reconciler.objects import ObjectCache
 from reconciler.sim import Simulator
 from reconciler.sqlite_store import SqliteStore
 
