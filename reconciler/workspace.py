@@ -112,11 +112,10 @@ class Workspace:
     def spending(self) -> Spending:
         """The ledger's charges today and this month (UTC), beside reconcile.yaml's budget."""
         day, month = (w.since for w in windows(per_day=0.0, per_month=0.0))
-        config = self.config
+        c = self.config
         return Spending(
-            today=self.gens.spent(day), month=self.gens.spent(month),
-            per_run=config.budget_per_run, per_day=config.budget_per_day,
-            per_month=config.budget_per_month,
+            today=self.gens.spent(day), month=self.gens.spent(month), per_run=c.budget_per_run,
+            per_day=c.budget_per_day, per_month=c.budget_per_month,
         )  # fmt: skip
 
     # -- observe and plan ------------------------------------------------------------------------
