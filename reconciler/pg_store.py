@@ -56,7 +56,7 @@ from .errors import StateError
 from .lifecycle import Event, Generation, State
 from .money import Window, over
 from .owners import now_iso, owner_alive, this_owner
-from .store import charge, expected, stale_claim, stale_message
+from .store import charge, expected, recover_stale, stale_claim
 
 SCHEMA = "reconciler"
 Conn = psycopg.Connection[dict[str, Any]]
@@ -410,16 +410,7 @@ class PgStore:
         return not self.connected(gen.owner or "")
 
     def recover_stale(self) -> list[Generation]:
-        recovered = []
-        for gen in self._where(State.SUBMITTING):
-            if self.is_stale(gen):
-                done = self.transition(
-                    gen.spec_key, Event.AMBIGUOUS, expect_version=gen.version,
-                    message=stale_message(gen.owner),
-                )  # fmt: skip
-                if done is not None:
-                    recovered.append(done)
-        return recovered
+        return recover_stale(self, self._where(State.SUBMITTING))
 
 
 def _spent(conn: Conn, since: str) -> float:

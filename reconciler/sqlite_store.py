@@ -43,7 +43,7 @@ from .errors import StateError
 from .lifecycle import Event, Generation, State
 from .money import Window, over
 from .owners import now_iso, this_owner
-from .store import Output, charge, expected, stale_claim, stale_message
+from .store import Output, charge, expected, recover_stale, stale_claim
 
 
 def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
@@ -335,16 +335,7 @@ class SqliteStore:
         return stale_claim(gen.owner, gen.claimed_at)
 
     def recover_stale(self) -> list[Generation]:
-        recovered = []
-        for gen in self.generations().values():
-            if gen.state is State.SUBMITTING and self.is_stale(gen):
-                done = self.transition(
-                    gen.spec_key, Event.AMBIGUOUS, expect_version=gen.version,
-                    message=stale_message(gen.owner),
-                )  # fmt: skip
-                if done is not None:
-                    recovered.append(done)
-        return recovered
+        return recover_stale(self, self.generations().values())
 
     # -- this working tree (TreeStore) ------------------------------------------------------------
 

@@ -182,6 +182,21 @@ def stale_message(owner: str | None) -> str:
     )
 
 
+def recover_stale(store: GenerationStore, submitting: Iterable[Generation]) -> list[Generation]:
+    """Record each dead owner's submit among ``submitting`` as ``unknown``, each one a
+    compare-and-swap (a row another process moved on meanwhile is left alone); what changed."""
+    recovered = []
+    for gen in submitting:
+        if gen.state is State.SUBMITTING and store.is_stale(gen):
+            done = store.transition(
+                gen.spec_key, Event.AMBIGUOUS, expect_version=gen.version,
+                message=stale_message(gen.owner),
+            )  # fmt: skip
+            if done is not None:
+                recovered.append(done)
+    return recovered
+
+
 def as_seen(store: GenerationStore, keys: Iterable[str] | None = None) -> dict[str, Generation]:
     """Generations with dead owners' submits shown as ``unknown``, without writing anything:
     what ``plan`` and ``status`` show, and what the next ``apply`` will record. With ``keys``,
