@@ -28,14 +28,8 @@ KEY = "bench-key"
 SPEC = "name: big\nmodel: veo-3.1-fast-generate-preview\nprompt: A long slow pan, {size} bytes.\n"
 
 
-def peak_rss_mb(args: list[str], cwd: Path, env: dict[str, str]) -> float:
-    """Peak RSS of one child process: its VmHWM (high-water mark), read until it exits.
-
-    The kernel's high-water mark of the exec'd image, so the parent's own memory (which holds
-    the simulator's video) cannot leak into the figure the way a fork's rusage can.
-    """
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+def wait_peak_kb(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for ``proc`` to exit, sampling its VmHWM (the kernel's high-water mark of its RSS)."""
     peak_kb = 0
     status = Path(f"/proc/{proc.pid}/status")
     while proc.poll() is None:
@@ -46,6 +40,18 @@ def peak_rss_mb(args: list[str], cwd: Path, env: dict[str, str]) -> float:
         except (OSError, ValueError):
             pass
         time.sleep(0.01)
+    return peak_kb
+
+
+def peak_rss_mb(args: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Peak RSS of one child process: its VmHWM (high-water mark), read until it exits.
+
+    The kernel's high-water mark of the exec'd image, so the parent's own memory (which holds
+    the simulator's video) cannot leak into the figure the way a fork's rusage can.
+    """
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    peak_kb = wait_peak_kb(proc)
     err = proc.stderr.read().decode() if proc.stderr else ""
     if proc.stderr:
         proc.stderr.close()

@@ -37,6 +37,8 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from download_memory import wait_peak_kb  # noqa: E402  (bench/ is the script's folder)
+
 from reconciler.sim import Simulator  # noqa: E402
 
 KEY = "bench-key"
@@ -77,16 +79,7 @@ def run_apply(sim: Simulator, repo: Path) -> dict[str, float]:
     threading.Thread(target=warm, args=(sim,), daemon=True).start()
     proc = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
-    peak_kb = 0
-    status = Path(f"/proc/{proc.pid}/status")
-    while proc.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_kb = max(peak_kb, int(line.split()[1]))
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.01)
+    peak_kb = wait_peak_kb(proc)
     exited = time.monotonic()
     done.set()
     watcher.join()
