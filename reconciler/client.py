@@ -42,6 +42,7 @@ from .wire import (
     operation_id,
     operation_name,
     parse_operation,
+    redact,
     transport_error,
 )
 
@@ -116,8 +117,7 @@ class VeoClient:
 
     def _redact(self, text: str) -> str:
         """Whatever a server echoes (request headers included) never carries the key onwards."""
-        key = self.settings.api_key
-        return text.replace(key, "***") if key else text
+        return redact(text, self.settings.api_key)
 
     async def submit(self, model: str, body: dict[str, Any]) -> str:
         """The paid call. Returns the operation name; raises AmbiguousError if the answer was lost."""

@@ -48,6 +48,22 @@ FILE_MODE = 0o666 & ~_read_umask()
 FICLONE = 0x40049409  # linux/fs.h: share extents between files (btrfs, xfs, overlay on those)
 
 
+# A file's identity as caches key it (the spec index, the lock's parse): any write moves one.
+Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+
+
+def signature(st: os.stat_result) -> Stat:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def stat_of(path: str | Path) -> Stat | None:
+    """The signature of whatever ``path`` names now (symlinks followed), None when nothing."""
+    try:
+        return signature(os.stat(path))
+    except (OSError, ValueError):
+        return None
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -91,11 +107,7 @@ class Syncer:
             for path in batch:
                 try:
                     with contextlib.suppress(FileNotFoundError):  # retired meanwhile
-                        fd = os.open(path, os.O_RDONLY)
-                        try:
-                            os.fsync(fd)
-                        finally:
-                            os.close(fd)
+                        fsync_dir(path)  # opens read-only and fsyncs: a file as well as a folder
                 except OSError as exc:
                     self._error = self._error or exc
             for folder in dict.fromkeys(path.parent for path in batch):

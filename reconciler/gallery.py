@@ -19,7 +19,6 @@ import contextlib
 import html
 import os
 import re
-import shutil
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -30,7 +29,7 @@ from . import lockfile
 from .audit import status_rows
 from .errors import ReconcileError
 from .facts import DEFAULT_ASPECT_RATIO, EXTENSION_SECONDS
-from .files import atomic_file, atomic_write_text
+from .files import atomic_file, atomic_write_text, clone_or_copy
 from .lifecycle import CHANGES, ActionKind
 from .money import money
 from .owners import now_iso
@@ -397,7 +396,7 @@ def _place(
         copy = out / MEDIA / f"{stem}.mp4"
         if not copy.exists() or copy.stat().st_size != video.stat().st_size:
             with atomic_file(copy) as fh, video.open("rb") as src:
-                shutil.copyfileobj(src, fh, 1 << 20)
+                clone_or_copy(src, fh)
         keep.add(copy)
         video = copy
     card = replace(card, video=href(video, out))

@@ -37,6 +37,7 @@ from typing import Any
 
 from . import __version__
 from .errors import Problem
+from .files import Stat, stat_of
 from .spec import Desired, ImageInput, Reference
 
 INDEX_FILE = "spec-index.marshal"
@@ -45,19 +46,6 @@ SLACK_NS = 2_000_000_000  # a stat this close to its read may hide a later edit 
 
 # The modules whose code decides an entry: an edited checkout (same version) starts afresh too.
 _SOURCES = ("loader.py", "spec.py", "yamlio.py", "index.py", "facts.py", "chains.py")
-Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
-
-
-def signature(st: os.stat_result) -> Stat:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-def stat_of(path: str | Path) -> Stat | None:
-    """The signature of whatever ``path`` names now (symlinks followed), None when nothing."""
-    try:
-        return signature(os.stat(path))
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass

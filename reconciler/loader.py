@@ -24,7 +24,8 @@ from . import chains
 from .config import CONFIG_FILE, Config
 from .errors import Problem, SpecErrors
 from .facts import DEFAULT_DURATION, IMAGE_MAGIC, MAX_IMAGE_BYTES, MODELS
-from .index import SpecIndex, Stat, signature, stat_of
+from .files import Stat, signature, stat_of
+from .index import SpecIndex
 from .spec import (
     FORBIDDEN_DEFAULTS,
     KNOWN_KEYS,
@@ -56,11 +57,6 @@ class LoadResult:
         """For commands that stop on any invalid spec, before anything is paid for."""
         if self.problems:
             raise SpecErrors(self.problems)
-
-
-def spec_files(repo: Path, problems: list[Problem] | None = None) -> list[Path]:
-    """Spec files in a stable order; hidden and editor temp files are skipped."""
-    return [repo / rel for rel, _ in _walk_specs(repo, problems)]
 
 
 def _files(

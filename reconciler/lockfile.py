@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import StateError
-from .files import atomic_write_text, is_regular
+from .files import Stat, atomic_write_text, is_regular, signature
 
 LOCK_FILE = "reconcile.lock"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -81,7 +81,10 @@ def write(path: Path, entries: list[LockEntry]) -> str:
     # A rename put it there, so any other writer's file has another inode.
     with contextlib.suppress(OSError):
         st = os.stat(path)
-        _READ[str(path)] = (_stamp(st), {e.name: e for e in sorted(entries, key=lambda e: e.name)})
+        _READ[str(path)] = (
+            signature(st),
+            {e.name: e for e in sorted(entries, key=lambda e: e.name)},
+        )
     return text
 
 
@@ -96,18 +99,14 @@ CONFLICT_FIX = (
 # every plan, and it changes only when an operation finishes or git replaces it. A parse is kept
 # only once the file is older than any timestamp tick (git's racy case): a change within the tick
 # of the read could keep size, mtime, ctime and inode alike.
-_READ: dict[str, tuple[tuple[int, int, int, int], dict[str, LockEntry]]] = {}
+_READ: dict[str, tuple[Stat, dict[str, LockEntry]]] = {}
 _RACY_NS = 2_000_000_000  # a lock written this recently may change again within its mtime's tick
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def read(path: Path) -> dict[str, LockEntry]:
     """Entries by name; a missing lock is empty, a damaged one is an error that says what to do."""
     try:
-        stamp: tuple[int, int, int, int] | None = _stamp(os.stat(path))
+        stamp: Stat | None = signature(os.stat(path))
     except OSError:
         stamp = None
     known = _READ.get(str(path))

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import Config
-from .index import SpecIndex, stat_of
+from .files import stat_of
+from .index import SpecIndex
 from .loader import LoadResult, check_defaults, load_file
 from .spec import Desired
 

@@ -335,7 +335,8 @@ class SqliteStore:
         return stale_claim(gen.owner, gen.claimed_at)
 
     def recover_stale(self) -> list[Generation]:
-        return recover_stale(self, self.generations().values())
+        rows = self._rows("generations", "state = ?", [State.SUBMITTING.value])
+        return recover_stale(self, [Generation.from_row(r) for r in rows])
 
     # -- this working tree (TreeStore) ------------------------------------------------------------
 

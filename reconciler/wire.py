@@ -206,6 +206,12 @@ TRANSPORT: dict[Call, dict[Failure, Callable[[Call, str], ApiError]]] = {
 }  # fmt: skip
 
 
+def redact(text: str, secret: str | None) -> str:
+    """``text`` without ``secret``: a server that echoes request headers must not carry the key
+    into the state db, a log or the screen."""
+    return text.replace(secret, "***") if secret else text
+
+
 def answer_error(
     call: Call,
     status: int,
@@ -221,8 +227,7 @@ def answer_error(
     ``secret`` is cut out of the provider's words first: a gateway that echoes request headers
     in its error page must not carry the key into the state db or onto the screen.
     """
-    if secret:
-        body = body.replace(secret, "***")
+    body = redact(body, secret)
     message = body.strip()[:300] or f"HTTP {status}"
     try:
         err = json.loads(body).get("error")

@@ -169,7 +169,7 @@ def _guard(
     """Everything that must hold before the first POST: cost, budget, a key, approval."""
     from ..config import API_KEY_ENV
     from ..lifecycle import PAID, ActionKind
-    from ..money import money
+    from ..money import EPSILON, money
 
     paid = the_plan.paid
     if max_cost is not None and paid:
@@ -179,7 +179,7 @@ def _guard(
                 f"cannot estimate the cost of {unknown}: add its model and resolution to "
                 "`pricing` in reconcile.yaml; nothing was submitted"
             )
-        if the_plan.cost > max_cost + 1e-9:
+        if the_plan.cost > max_cost + EPSILON:
             raise CostLimitExceeded(
                 f"the plan costs {money(the_plan.cost)}, more than --max-cost "
                 f"{money(max_cost)}; nothing was submitted"
