@@ -29,7 +29,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import lockfile
 from . import plan as plans
@@ -296,22 +296,21 @@ class Daemon:
             names = frozenset(only)
             targeted = Options(hold_removals=unseen, targets=names)
             lock = lockfile.read(self.ws.lock_path)
-            observed = self.ws.observe([s for s in specs if s.name in only], lock, set(only))
-            plan = plans.make_plan(
-                [s for s in specs if s.name in only], as_seen(self.ws.gens, self._keys(specs, only, lock)),
-                self.ws.outputs_of(set(only)), lock, observed, self.ws.config, targeted,
-            )  # fmt: skip
+            targets = [s for s in specs if s.name in only]
+            outputs = self.ws.outputs_of(set(only))
+            # The rows it reads (once, for observing and planning, as Workspace.plan does): its
+            # specs' keys, their sources', and the keys of the videos those names have now.
+            keys = {k for s in targets for k in (s.key, s.source_key) if k}
+            keys |= {o.spec_key for o in outputs.values()} | {
+                lock[n].spec_key for n in only if n in lock
+            }
+            read = as_seen(self.ws.gens, keys), outputs
+            observed = self.ws.observe(targets, lock, set(only), read=read)
+            plan = plans.make_plan(targets, *read, lock, observed, self.ws.config, targeted)
             if not any(a.kind in PAID and a.version is not None for a in plan.actions):
                 return plan
         self.ws.import_lock(specs, self.report)
         return self.ws.plan(specs, Options(hold_removals=unseen))
-
-    def _keys(self, specs: list[Desired], only: set[str], lock: dict[str, Any]) -> set[str]:
-        """The generation rows a targeted plan reads: its specs' keys, their sources', and the
-        keys of the videos those names have now."""
-        keys = {k for s in specs if s.name in only for k in (s.key, s.source_key) if k}
-        keys |= {o.spec_key for o in self.ws.outputs_of(only).values()}
-        return keys | {lock[n].spec_key for n in only if n in lock}
 
     def _task_of(self, name: str) -> asyncio.Task[Outcome] | None:
         """The task at work on ``name`` (a chain's source, which its extensions wait for)."""
