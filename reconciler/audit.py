@@ -190,9 +190,9 @@ def needed(ws: Workspace, specs: list[Desired]) -> set[str]:
     return keep
 
 
-def collect(ws: Workspace, specs: list[Desired]) -> list[Garbage]:
-    """Cached objects that no current spec, output or lock entry refers to."""
-    keep = needed(ws, specs)
+def collect(ws: Workspace, keep: set[str]) -> list[Garbage]:
+    """Cached objects outside ``keep`` (``needed``: what a current spec, output or lock entry
+    refers to)."""
     garbage = []
     root = ws.cache.root
     if root.is_dir():
@@ -211,13 +211,12 @@ def delete(ws: Workspace, garbage: list[Garbage]) -> None:
         ws.cache.path(item.sha256).unlink(missing_ok=True)
 
 
-def collect_shared(ws: Workspace, specs: list[Desired]) -> list[Garbage]:
-    """Objects in the team's shared store that nothing in THIS tree refers to. Other clones,
-    branches and CI runners cannot be seen from here: what they need is garbage to this list."""
+def collect_shared(ws: Workspace, keep: set[str]) -> list[Garbage]:
+    """Objects in the team's shared store outside ``keep``, what THIS tree refers to. Other
+    clones, branches and CI runners cannot be seen from here: what they need is garbage here."""
     remote = ws.cache.remote
     if remote is None:
         return []
-    keep = needed(ws, specs)
     listed = sorted(remote.listing())
     return [Garbage(sha, size, remote.where(sha)) for sha, size in listed if sha not in keep]
 

@@ -67,7 +67,7 @@ def verify(sim: bool) -> None:
 @friendly
 def gc(dry_run: bool, remote: bool, sim: bool) -> None:
     """Delete cached videos that no current spec, output or lock entry needs."""
-    from ..audit import collect, collect_shared, delete, delete_shared
+    from ..audit import collect, collect_shared, delete, delete_shared, needed
     from ..takes import owners
     from ..workspace import Workspace
 
@@ -76,9 +76,9 @@ def gc(dry_run: bool, remote: bool, sim: bool) -> None:
         if remote and ws.cache.remote is None:
             raise ReconcileError("--remote: no shared object store is configured (objects: "
                                  "s3://… in reconcile.yaml, or RECONCILE_OBJECTS)")  # fmt: skip
-        specs = load_valid(ws)
-        garbage = collect(ws, specs)
-        shared = collect_shared(ws, specs) if remote else []
+        keep = needed(ws, load_valid(ws))  # read once, for the local cache and the bucket
+        garbage = collect(ws, keep)
+        shared = collect_shared(ws, keep) if remote else []
         known = owners(ws.gens.attempts())
         verb = "would delete" if dry_run else "deleted"
         for item in garbage:
