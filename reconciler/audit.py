@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from . import lockfile
-from .facts import frame_size
+from .facts import REMOTE_FILE_SECONDS, frame_size
 from .files import is_regular, sha256_file
-from .lifecycle import Generation, State, remote_expiry
+from .index import SpecIndex
+from .lifecycle import Generation, State, expiry_text, parse_time, remote_expiry
 from .lockfile import LockEntry
 from .mp4 import probe
 from .spec import Desired
@@ -31,16 +33,23 @@ def current_output(
     return outputs.get(name) or lock.get(name)
 
 
+Records = tuple[dict[str, Generation], dict[str, Output], dict[str, LockEntry]]
+
+
+def read_records(ws: Workspace) -> Records:
+    """The generations (as ``plan`` and ``status`` show them), the outputs and the lock."""
+    return as_seen(ws.gens), ws.tree.outputs(), lockfile.read(ws.lock_path)
+
+
 def status_rows(
-    ws: Workspace, specs: list[Desired], *, invalid_files: bool = False
-) -> list[dict[str, Any]]:
+    ws: Workspace, specs: list[Desired], *, invalid_files: bool = False,
+    read: Records | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
     """One row per spec (and per output whose spec is gone), for ``reconcile status``.
 
     The file is looked at too: a materialized spec whose video was deleted or edited says so.
     """
-    gens = as_seen(ws.gens)
-    outputs = ws.tree.outputs()
-    lock = lockfile.read(ws.lock_path)
+    gens, outputs, lock = read or read_records(ws)
     rows = []
     for spec in sorted(specs, key=lambda s: s.name):
         gen = gens.get(spec.key)
@@ -77,11 +86,43 @@ def status_rows(
     return rows
 
 
+def memo_inputs(
+    ws: Workspace, specs: list[Desired], read: Records, index: SpecIndex | None, since_ns: int
+) -> tuple[list[str], int] | None:
+    """What a ``plan`` or ``status`` answer was made from beside the files every memo stats
+    (the outputs the records name, the images the specs read), and the moment (ns) it stops
+    holding: a provider's copy expiring, the next UTC day for the spending shown. None when
+    the answer must not be memoized: rows that another host may change (PostgreSQL, a shared
+    object store), or a submission whose claim goes stale with time."""
+    gens, outputs, lock = read
+    if ws.gens is not ws.tree or ws.cache.remote is not None or ws.sandbox or index is None:
+        return None
+    if any(g.state is State.SUBMITTING for g in gens.values()):
+        return None
+    paths = {o.path for o in outputs.values()} | {e.path for e in lock.values()}
+    for spec in specs:
+        gen = gens.get(spec.key)
+        if gen is not None and gen.sha256:
+            paths.add(ws.output_path(spec.name, gen.sha256))
+    for read_file in index.entries.values():
+        paths.update(read_file.images)
+        paths.update(read_file.targets)
+    since = datetime.fromtimestamp(since_ns / 1e9, UTC)
+    moments = [datetime.combine(since.date() + timedelta(days=1), datetime.min.time(), UTC)]
+    moments += [e for g in gens.values() if (e := remote_expiry(g)) is not None]
+    for entry in lock.values():
+        if (made := parse_time(entry.generated)) is not None:
+            moments.append(made + timedelta(seconds=REMOTE_FILE_SECONDS))
+        if (ends := parse_time(entry.expires)) is not None:
+            moments.append(ends)
+    until = min(m for m in moments if m > since)
+    return sorted(paths), int(until.timestamp() * 1e9)
+
+
 def _remote(gen: Generation | None, locked: Output | LockEntry | None) -> tuple[str | None, ...]:
     """The provider's copy of a spec's video and when it goes: from the state, else the lock."""
     if gen is not None and gen.video_uri:
-        expiry = remote_expiry(gen)
-        return gen.video_uri, expiry.strftime("%Y-%m-%dT%H:%M:%SZ") if expiry else None
+        return gen.video_uri, expiry_text(gen)
     if isinstance(locked, LockEntry):
         return locked.uri, locked.expires
     return None, None

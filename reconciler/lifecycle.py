@@ -209,6 +209,12 @@ def remote_expiry(gen: Generation) -> datetime | None:
     return None if finished is None else finished + timedelta(seconds=REMOTE_FILE_SECONDS)
 
 
+def expiry_text(gen: Generation) -> str | None:
+    """``remote_expiry`` as the lock and ``status`` write it."""
+    expiry = remote_expiry(gen)
+    return expiry.strftime("%Y-%m-%dT%H:%M:%SZ") if expiry else None
+
+
 def parse_time(text: str | None) -> datetime | None:
     """A time as the state and the lock write it (ISO, UTC, to the second); None when it is not."""
     if not text:
