@@ -106,22 +106,94 @@ def _newest(stats: list[Any]) -> int:
     return max((max(st[1], st[2]) for st in found if st is not None), default=0)
 
 
-def key(command: str, args: object) -> str:
-    """What an answer is for beside its inputs: the command, its arguments, the environment
-    (where the state lives, the width of the output...), and this Python."""
+def key(args: tuple[object, ...]) -> str:
+    """What an answer is for beside its inputs: the command and its arguments (``canonical``),
+    the environment (where the state lives, the width of the output...), and this Python."""
     env = sorted((k, v) for k, v in os.environ.items() if k not in _VOLATILE)
-    blob = repr((FORMAT, command, args, env, sys.version, sys.executable))
+    blob = repr((FORMAT, args, env, sys.version, sys.executable))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def canonical(
+    command: str, *, fmt: str | None = None, as_json: bool = False, detailed: bool = False,
+    targets: tuple[str, ...] = (), replace: tuple[str, ...] = (), retry_failed: bool = False,
+    resubmit_unknown: bool = False,
+) -> tuple[object, ...]:  # fmt: skip
+    """A command's options as its answer depends on them: the same from click's parse (the
+    commands) and from ``parse_argv`` (before click is imported)."""
+    if command == "status":
+        return ("status", as_json)
+    fmt = "json" if as_json and fmt is None else fmt or "text"
+    names = (tuple(sorted(set(targets))), tuple(sorted(set(replace))))
+    return ("plan", fmt, detailed, *names, retry_failed, resubmit_unknown)
+
+
+_FLAGS = {
+    "plan": {"--json": "as_json", "--detailed-exitcode": "detailed",
+             "--retry-failed": "retry_failed", "--resubmit-unknown": "resubmit_unknown"},
+    "status": {"--json": "as_json"},
+}  # fmt: skip
+_VALUES = {"plan": {"--format": "fmt", "--target": "targets", "--replace": "replace"}, "status": {}}
+
+
+def parse_argv(argv: list[str]) -> tuple[str, tuple[object, ...]] | None:
+    """(repo, ``canonical`` options) of a plain ``[--repo DIR] plan|status [OPTION]...``; None
+    for anything else (help, --out, --sim, a typo...), which goes to click as always."""
+    repo, args = ".", list(argv)
+    if args and args[0].startswith("--repo="):
+        repo, args = args[0][len("--repo=") :], args[1:]
+    elif args[:1] == ["--repo"] and len(args) > 1:
+        repo, args = args[1], args[2:]
+    if not repo or not args or args[0] not in _FLAGS:
+        return None
+    command, rest = args[0], args[1:]
+    options: dict[str, Any] = {}
+    while rest:
+        name, eq, value = rest.pop(0).partition("=")
+        if name in _FLAGS[command] and not eq:
+            options[_FLAGS[command][name]] = True
+            continue
+        field = _VALUES[command].get(name)
+        if field is None:
+            return None
+        if not eq:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        if not value or value.startswith("-"):
+            return None
+        if field == "fmt":
+            if "fmt" in options or value not in ("text", "json", "markdown"):
+                return None
+            options["fmt"] = value
+        else:
+            options[field] = (*options.get(field, ()), value)
+    return repo, canonical(command, **options)
+
+
+def replay_argv(argv: list[str]) -> None:
+    """``python -m reconciler`` and ``reconcile``: answer from the memo, without importing
+    click or any command, when the command line is a plain plan or status whose answer holds;
+    otherwise return, and click runs the command."""
+    parsed = parse_argv(argv)
+    if parsed is None or not os.path.isdir(parsed[0]) or sys.stdout.isatty():
+        return
+    answer = Memo(Path(os.path.realpath(parsed[0])), parsed[1]).replay()
+    if answer is not None:
+        stdout, stderr, code = answer
+        sys.stdout.write(stdout)
+        sys.stderr.write(stderr)
+        sys.exit(code)
 
 
 class Memo:
     """The memo of one repo, read at a command's start."""
 
-    def __init__(self, repo: Path, command: str, args: object) -> None:
+    def __init__(self, repo: Path, args: tuple[object, ...]) -> None:
         self.started_ns = time.time_ns()
         self.repo = repo
         self.path = repo / "state" / MEMO_FILE
-        self.key = key(command, args)
+        self.key = key(args)
         self.data: dict[str, object] = {}
         with contextlib.suppress(Exception):  # missing, corrupt, another layout: a full run
             data = marshal.loads(self.path.read_bytes())

@@ -199,11 +199,11 @@ def test_an_answer_stops_at_its_moment(offline_repo: Repo, settled: None) -> Non
     """A provider's copy expiring (or the next day's spending) ends an answer's validity."""
     offline_repo.write("specs/a.yaml", spec("a"))
     (offline_repo.path / "state").mkdir()
-    kept = memo.Memo(offline_repo.path, "plan", ())
+    kept = memo.Memo(offline_repo.path, ("plan",))
     kept.record(("out", "", 0), paths=[], until_ns=time.time_ns() + 60_000_000_000)
-    assert memo.Memo(offline_repo.path, "plan", ()).replay() == ("out", "", 0)
+    assert memo.Memo(offline_repo.path, ("plan",)).replay() == ("out", "", 0)
     kept.record(("out", "", 0), paths=[], until_ns=time.time_ns())
-    assert memo.Memo(offline_repo.path, "plan", ()).replay() is None
+    assert memo.Memo(offline_repo.path, ("plan",)).replay() is None
 
 
 def test_files_written_within_the_racy_window_are_never_trusted(offline_repo: Repo) -> None:
@@ -223,3 +223,56 @@ def test_a_fresh_clone_gets_no_state_from_plan_status_or_validate(
     for command in ("plan", "status", "validate", "plan", "status"):
         assert offline_repo.run(command).returncode == 0
     assert not (offline_repo.path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["plan"], (".", ("plan", "text", False, (), (), False, False))),
+        (["--repo", "r", "plan", "--json"], ("r", ("plan", "json", False, (), (), False, False))),
+        (["--repo=r", "plan", "--format=markdown", "--json"],
+         ("r", ("plan", "markdown", False, (), (), False, False))),
+        (["plan", "--target", "b", "--target=a", "--replace", "a", "--detailed-exitcode"],
+         (".", ("plan", "text", True, ("a", "b"), ("a",), False, False))),
+        (["plan", "--retry-failed", "--resubmit-unknown"],
+         (".", ("plan", "text", False, (), (), True, True))),
+        (["status", "--json"], (".", ("status", True))),
+        (["status"], (".", ("status", False))),
+        (["plan", "--out", "p.json"], None),
+        (["plan", "--sim"], None),
+        (["plan", "--help"], None),
+        (["plan", "-h"], None),
+        (["plan", "--target"], None),
+        (["plan", "--target", "--json"], None),
+        (["plan", "--format", "yaml"], None),
+        (["plan", "--format", "json", "--format", "text"], None),
+        (["plan", "--json=1"], None),
+        (["status", "--format", "json"], None),
+        (["apply"], None),
+        (["--repo"], None),
+        (["--version"], None),
+        ([], None),
+    ],
+)  # fmt: skip
+def test_only_a_plain_plan_or_status_is_answered_before_click(
+    argv: list[str], expected: object
+) -> None:
+    """Anything else (help, --out, --sim, a typo, another command) goes to click untouched."""
+    assert memo.parse_argv(argv) == expected
+
+
+@pytest.mark.slow
+def test_a_real_process_replays_the_answer_the_command_recorded(
+    offline_repo: Repo, settled: None
+) -> None:
+    """`python -m reconciler` answers from the memo the command wrote (same key both ways), and
+    prints exactly what the command printed."""
+    materialized(offline_repo)
+    for args in (("plan", "--detailed-exitcode"), ("status", "--json")):
+        first, _ = run(offline_repo, *args)
+        (offline_repo.path / "state" / INDEX_FILE).unlink()
+        again = offline_repo.run_process(*args)
+        assert not (offline_repo.path / "state" / INDEX_FILE).exists()  # nothing was loaded
+        assert (again.stdout, again.stderr, again.returncode) == (
+            first.stdout, first.stderr, first.returncode,
+        )  # fmt: skip

@@ -9,14 +9,12 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
+from ..memo import Memo, canonical
 from .common import asset_repo, friendly, make_options, run_options
-
-if TYPE_CHECKING:
-    from ..memo import Memo
 
 
 @click.command()
@@ -61,8 +59,12 @@ def plan(
     """Show what apply would do and what it would cost. Never calls the API."""
     fmt = "json" if as_json and fmt is None else fmt or "text"
     repo = asset_repo().resolve()
-    args = (fmt, detailed_exitcode, sorted(kw.items()))
-    memo = _memo(repo, "plan", args) if out is None and not sim else None
+    args = canonical(
+        "plan", fmt=fmt, detailed=detailed_exitcode, targets=kw["targets"],
+        replace=kw["replace"], retry_failed=kw["retry_failed"],
+        resubmit_unknown=kw["resubmit_unknown"],
+    )  # fmt: skip
+    memo = _memo(repo, args) if out is None and not sim else None
     from .. import planfile, report
     from ..audit import memo_inputs
     from ..workspace import Workspace
@@ -125,7 +127,7 @@ def show(plan_path: Path, fmt: str) -> None:
 def status(as_json: bool, sim: bool) -> None:
     """One row per spec: name, state, path, sha256, error."""
     repo = asset_repo().resolve()
-    memo = None if sim else _memo(repo, "status", as_json)
+    memo = None if sim else _memo(repo, canonical("status", as_json=as_json))
     from .. import report
     from ..audit import memo_inputs, read_records, status_rows
     from ..daemon import META_KEY, describe
@@ -160,14 +162,12 @@ def status(as_json: bool, sim: bool) -> None:
         _answer(memo, (text.getvalue(), notes.getvalue(), 0), inputs)
 
 
-def _memo(repo: Path, command: str, args: object) -> Memo | None:
+def _memo(repo: Path, args: tuple[object, ...]) -> Memo | None:
     """The answer memo for a command whose output goes to a pipe (a terminal's rich table
     depends on its size), after replaying its answer and exiting when nothing it read changed."""
-    from ..memo import Memo
-
     if sys.stdout.isatty():
         return None
-    memo = Memo(repo, command, args)
+    memo = Memo(repo, args)
     answer = memo.replay()
     if answer is None:
         return memo
