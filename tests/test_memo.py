@@ -195,6 +195,20 @@ def test_a_state_row_in_flight_or_a_shared_store_is_never_memoized(
     assert not run(offline_repo, "plan")[1]
 
 
+def test_a_shared_postgresql_state_is_always_read(
+    offline_repo: Repo, settled: None, pg_url: str
+) -> None:
+    """Another host may change the rows at any time, with no file here to show it: no memo."""
+    offline_repo.write("specs/a.yaml", spec("a"))
+    (offline_repo.path / "state").mkdir()
+    env = offline_repo.env(RECONCILE_STATE=pg_url)
+    for command in ("plan", "status", "plan", "status"):
+        (offline_repo.path / "state" / INDEX_FILE).unlink(missing_ok=True)
+        assert offline_repo.run(command, env=env).returncode == 0
+        assert (offline_repo.path / "state" / INDEX_FILE).exists()  # computed, not replayed
+    assert not (offline_repo.path / "state" / MEMO_FILE).exists()
+
+
 def test_an_answer_stops_at_its_moment(offline_repo: Repo, settled: None) -> None:
     """A provider's copy expiring (or the next day's spending) ends an answer's validity."""
     offline_repo.write("specs/a.yaml", spec("a"))
