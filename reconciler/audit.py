@@ -16,7 +16,7 @@ from . import lockfile
 from .facts import REMOTE_FILE_SECONDS, frame_size
 from .files import is_regular, sha256_file
 from .index import SpecIndex
-from .lifecycle import Generation, State, expiry_text, parse_time, remote_expiry
+from .lifecycle import TIMESTAMP, Generation, State, expiry_text, parse_time
 from .lockfile import LockEntry
 from .mp4 import probe
 from .spec import Desired
@@ -108,15 +108,35 @@ def memo_inputs(
         paths.update(read_file.images)
         paths.update(read_file.targets)
     since = datetime.fromtimestamp(since_ns / 1e9, UTC)
-    moments = [datetime.combine(since.date() + timedelta(days=1), datetime.min.time(), UTC)]
-    moments += [e for g in gens.values() if (e := remote_expiry(g)) is not None]
-    for entry in lock.values():
-        if (made := parse_time(entry.generated)) is not None:
-            moments.append(made + timedelta(seconds=REMOTE_FILE_SECONDS))
-        if (ends := parse_time(entry.expires)) is not None:
-            moments.append(ends)
-    until = min(m for m in moments if m > since)
+    kept = timedelta(seconds=REMOTE_FILE_SECONDS)  # a copy expires this long after it was made
+    moments = [
+        datetime.combine(since.date() + timedelta(days=1), datetime.min.time(), UTC),
+        _first_after([g.remote_until for g in gens.values()], since),
+        _first_after([g.finished_at for g in gens.values() if not g.remote_until], since, kept),
+        _first_after([e.generated for e in lock.values()], since, kept),
+        _first_after([e.expires for e in lock.values()], since),
+    ]
+    until = min(m for m in moments if m is not None)
     return sorted(paths), int(until.timestamp() * 1e9)
+
+
+def _first_after(
+    stamps: list[str | None], after: datetime, shift: timedelta = timedelta()
+) -> datetime | None:
+    """The earliest of these times plus ``shift`` that is later than ``after``. The tool's own
+    timestamps (fixed width, UTC) order as text: of those, only the earliest is parsed."""
+    since = after - shift
+    mark = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    texts = [s for s in stamps if s]
+    found = []
+    for ours in sorted(s for s in texts if TIMESTAMP.match(s) and s > mark):
+        if (moment := parse_time(ours)) is not None:
+            found.append(moment)
+            break
+    for other in texts:
+        if not TIMESTAMP.match(other) and (moment := parse_time(other)) is not None:
+            found += [moment] if moment > since else []
+    return min(found) + shift if found else None
 
 
 def _remote(gen: Generation | None, locked: Output | LockEntry | None) -> tuple[str | None, ...]:

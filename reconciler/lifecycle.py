@@ -32,7 +32,7 @@ from typing import Any
 
 from .facts import REMOTE_FILE_SECONDS
 
-_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z", re.ASCII)
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z", re.ASCII)
 
 
 class State(StrEnum):
@@ -195,12 +195,13 @@ class Generation:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Generation:
-        gen = cls(**{k: v for k, v in row.items() if k in COLUMNS})
+        gen = cls(**{k: v for k, v in row.items() if k in _COLUMN_SET})
         gen.state = State(gen.state)
         return gen
 
 
 COLUMNS = tuple(f.name for f in fields(Generation))
+_COLUMN_SET = frozenset(COLUMNS)  # looked up for every column of every row read
 
 
 def remote_expiry(gen: Generation) -> datetime | None:
@@ -223,9 +224,10 @@ def parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        if _STAMP.match(text):  # what this tool writes: five times faster than strptime
-            numbers = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19])
-            return datetime(*map(int, numbers), tzinfo=UTC)
+        if TIMESTAMP.match(text):  # what this tool writes: five times faster than strptime
+            year, month, day = int(text[0:4]), int(text[5:7]), int(text[8:10])
+            hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
+            return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         return None

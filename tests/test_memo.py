@@ -13,13 +13,16 @@ import hashlib
 import os
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import SPEC, Repo, png_bytes
 
 from reconciler import lockfile, memo
+from reconciler.audit import memo_inputs, read_records
 from reconciler.events import Reporter
+from reconciler.facts import REMOTE_FILE_SECONDS
 from reconciler.index import INDEX_FILE
 from reconciler.lifecycle import Event, State
 from reconciler.memo import MEMO_FILE
@@ -37,8 +40,11 @@ def spec(name: str, prompt: str = "A lighthouse at dusk.") -> str:
     return SPEC.format(name=name, prompt=prompt).lstrip()
 
 
-def materialized(repo: Repo, names: tuple[str, ...] = ("a", "b")) -> None:
-    """Specs with their videos, the lock naming them and the state its import records (no API)."""
+def materialized(
+    repo: Repo, names: tuple[str, ...] = ("a", "b"), *, generated: str | None = None
+) -> None:
+    """Specs with their videos, the lock naming them and the state its import records (no API);
+    ``generated``: when the provider made them (its copy expires two days later)."""
     for name in names:
         repo.write(f"specs/{name}.yaml", spec(name, f"Clip {name}, a harbour at dusk."))
     ws = Workspace(repo.path)
@@ -50,7 +56,8 @@ def materialized(repo: Repo, names: tuple[str, ...] = ("a", "b")) -> None:
             sha = hashlib.sha256(data).hexdigest()
             repo.write_bytes(ws.output_path(s.name, sha), data)
             entries.append(lockfile.LockEntry(s.name, s.key, ws.output_path(s.name, sha), sha,
-                                              len(data), s.model, None, None))  # fmt: skip
+                                              len(data), s.model, "operations/x" if generated
+                                              else None, generated))  # fmt: skip
         lockfile.write(ws.lock_path, entries)
         ws.import_lock(specs, Reporter())
         ws.write_lock()
@@ -218,6 +225,25 @@ def test_an_answer_stops_at_its_moment(offline_repo: Repo, settled: None) -> Non
     assert memo.Memo(offline_repo.path, ("plan",)).replay() == ("out", "", 0)
     kept.record(("out", "", 0), paths=[], until_ns=time.time_ns())
     assert memo.Memo(offline_repo.path, ("plan",)).replay() is None
+
+
+def test_an_answer_holds_until_the_first_provider_copy_expires(offline_repo: Repo) -> None:
+    """The moment a plan's reasons change by the clock alone (a copy the provider deletes) is
+    when its answer stops; else the next UTC day (the spending shown)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    made = now - timedelta(seconds=REMOTE_FILE_SECONDS) + timedelta(minutes=5)
+    materialized(offline_repo, generated=made.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    ws = Workspace(offline_repo.path, read_only=True)
+    try:
+        result = ws.load()
+        inputs = memo_inputs(ws, result.specs, read_records(ws), result.index, time.time_ns())
+    finally:
+        ws.close()
+    assert inputs is not None
+    assert inputs[1] == int((now + timedelta(minutes=5)).timestamp() * 1e9)
+    assert sorted(p for p in inputs[0] if p.startswith("videos/")) == [
+        video(offline_repo, n).relative_to(offline_repo.path).as_posix() for n in ("a", "b")
+    ]
 
 
 def test_files_written_within_the_racy_window_are_never_trusted(offline_repo: Repo) -> None:
