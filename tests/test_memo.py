@@ -113,6 +113,15 @@ def _new_spec(repo: Repo) -> None:
     repo.write("specs/more/c.yaml", spec("c"))
 
 
+def _delete_spec(repo: Repo) -> None:
+    (repo.path / "specs" / "b.yaml").unlink()
+
+
+def _move_spec(repo: Repo) -> None:
+    (repo.path / "specs" / "deeper").mkdir()
+    (repo.path / "specs" / "b.yaml").rename(repo.path / "specs" / "deeper" / "b.yaml")
+
+
 def _touch_output(repo: Repo) -> None:
     path = video(repo, "a")
     path.write_bytes(b"edited in place")
@@ -150,7 +159,7 @@ def _drop_cached_object(repo: Repo) -> None:
 
 
 CHANGES = [
-    _edit_spec, _new_spec, _touch_output, _date_output, _delete_output, _edit_lock,
+    _edit_spec, _new_spec, _delete_spec, _move_spec, _touch_output, _date_output, _delete_output, _edit_lock,
     _change_config, _other_process_writes_state, _drop_cached_object,
 ]  # fmt: skip
 
