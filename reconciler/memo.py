@@ -252,13 +252,13 @@ class Memo:
         stats = fingerprint(self.repo, paths)
         if _newest(stats) >= self.started_ns - SLACK_NS:
             return
-        answers = self.data.get("answers")
-        if self.data.get("digest") != _digest(stats) or self.data.get("paths") != paths:
+        digest, answers = _digest(stats), self.data.get("answers")
+        if self.data.get("digest") != digest or self.data.get("paths") != paths:
             answers = None
         answers = dict(answers) if isinstance(answers, dict) else {}
         answers[self.key] = (until_ns, *answer)
         blob = marshal.dumps(
-            {"format": FORMAT, "digest": _digest(stats), "paths": paths, "answers": answers}
+            {"format": FORMAT, "digest": digest, "paths": paths, "answers": answers}
         )
         import tempfile  # here only: a replay never writes
 
