@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from . import lockfile
-from .facts import frame_size
+from .facts import REMOTE_FILE_SECONDS, frame_size
 from .files import is_regular, sha256_file
-from .lifecycle import Generation, State, remote_expiry
+from .index import SpecIndex
+from .lifecycle import TIMESTAMP, Generation, State, expiry_text, parse_time
 from .lockfile import LockEntry
 from .mp4 import probe
 from .spec import Desired
@@ -31,16 +33,23 @@ def current_output(
     return outputs.get(name) or lock.get(name)
 
 
+Records = tuple[dict[str, Generation], dict[str, Output], dict[str, LockEntry]]
+
+
+def read_records(ws: Workspace) -> Records:
+    """The generations (as ``plan`` and ``status`` show them), the outputs and the lock."""
+    return as_seen(ws.gens), ws.tree.outputs(), lockfile.read(ws.lock_path)
+
+
 def status_rows(
-    ws: Workspace, specs: list[Desired], *, invalid_files: bool = False
-) -> list[dict[str, Any]]:
+    ws: Workspace, specs: list[Desired], *, invalid_files: bool = False,
+    read: Records | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
     """One row per spec (and per output whose spec is gone), for ``reconcile status``.
 
     The file is looked at too: a materialized spec whose video was deleted or edited says so.
     """
-    gens = as_seen(ws.gens)
-    outputs = ws.tree.outputs()
-    lock = lockfile.read(ws.lock_path)
+    gens, outputs, lock = read or read_records(ws)
     rows = []
     for spec in sorted(specs, key=lambda s: s.name):
         gen = gens.get(spec.key)
@@ -77,11 +86,63 @@ def status_rows(
     return rows
 
 
+def memo_inputs(
+    ws: Workspace, specs: list[Desired], read: Records, index: SpecIndex | None, since_ns: int
+) -> tuple[list[str], int] | None:
+    """What a ``plan`` or ``status`` answer was made from beside the files every memo stats
+    (the outputs the records name, the images the specs read), and the moment (ns) it stops
+    holding: a provider's copy expiring, the next UTC day for the spending shown. None when
+    the answer must not be memoized: rows that another host may change (PostgreSQL, a shared
+    object store), or a submission whose claim goes stale with time."""
+    gens, outputs, lock = read
+    if ws.gens is not ws.tree or ws.cache.remote is not None or ws.sandbox or index is None:
+        return None
+    if any(g.state is State.SUBMITTING for g in gens.values()):
+        return None
+    paths = {o.path for o in outputs.values()} | {e.path for e in lock.values()}
+    for spec in specs:
+        gen = gens.get(spec.key)
+        if gen is not None and gen.sha256:
+            paths.add(ws.output_path(spec.name, gen.sha256))
+    for read_file in index.entries.values():
+        paths.update(read_file.images)
+        paths.update(read_file.targets)
+    since = datetime.fromtimestamp(since_ns / 1e9, UTC)
+    kept = timedelta(seconds=REMOTE_FILE_SECONDS)  # a copy expires this long after it was made
+    moments = [
+        datetime.combine(since.date() + timedelta(days=1), datetime.min.time(), UTC),
+        _first_after([g.remote_until for g in gens.values()], since),
+        _first_after([g.finished_at for g in gens.values() if not g.remote_until], since, kept),
+        _first_after([e.generated for e in lock.values()], since, kept),
+        _first_after([e.expires for e in lock.values()], since),
+    ]
+    until = min(m for m in moments if m is not None)
+    return sorted(paths), int(until.timestamp() * 1e9)
+
+
+def _first_after(
+    stamps: list[str | None], after: datetime, shift: timedelta = timedelta()
+) -> datetime | None:
+    """The earliest of these times plus ``shift`` that is later than ``after``. The tool's own
+    timestamps (fixed width, UTC) order as text: of those, only the earliest is parsed."""
+    since = after - shift
+    mark = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    texts = [s for s in stamps if s]
+    found = []
+    for ours in sorted(s for s in texts if TIMESTAMP.match(s) and s > mark):
+        if (moment := parse_time(ours)) is not None:
+            found.append(moment)
+            break
+    for other in texts:
+        if not TIMESTAMP.match(other) and (moment := parse_time(other)) is not None:
+            found += [moment] if moment > since else []
+    return min(found) + shift if found else None
+
+
 def _remote(gen: Generation | None, locked: Output | LockEntry | None) -> tuple[str | None, ...]:
     """The provider's copy of a spec's video and when it goes: from the state, else the lock."""
     if gen is not None and gen.video_uri:
-        expiry = remote_expiry(gen)
-        return gen.video_uri, expiry.strftime("%Y-%m-%dT%H:%M:%SZ") if expiry else None
+        return gen.video_uri, expiry_text(gen)
     if isinstance(locked, LockEntry):
         return locked.uri, locked.expires
     return None, None

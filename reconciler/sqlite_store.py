@@ -125,6 +125,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0006_ledger_takes", _m6_ledger_takes),
 ]
 _OUTPUT_COLUMNS = tuple(f.name for f in fields(Output))
+_OUTPUT_SET = frozenset(_OUTPUT_COLUMNS)
+_SELECT_GENERATIONS = f"SELECT {', '.join(lifecycle.COLUMNS)} FROM generations"
 # Events committed without an fsync (synchronous=NORMAL): lost only to a power cut, each is found
 # again for free by the next run (a poll, a download within the provider's two days, a repair).
 RELAXED = frozenset({
@@ -234,8 +236,13 @@ class SqliteStore:
                 conn.execute("INSERT INTO migrations VALUES (?, ?)", [name, now_iso()])
 
     def _rows(self, table: str, where: str | None = None, args: Iterable[Any] = ()) -> list[Any]:
+        """Rows as dicts, read with sqlite3 itself: sqlite_utils' rows_where (the same query)
+        cost twice as much per row, and a plan reads ten thousand."""
+        sql = f"SELECT * FROM [{table}]" + (f" WHERE {where}" if where else "")
         with self._lock:
-            return list(self.db[table].rows_where(where, list(args)))
+            cursor = self.db.conn.execute(sql, list(args))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor]
 
     # -- generations and the ledger (GenerationStore) -------------------------------------------
 
@@ -244,7 +251,16 @@ class SqliteStore:
         return Generation.from_row(rows[0]) if rows else None
 
     def generations(self) -> dict[str, Generation]:
-        return {r["spec_key"]: Generation.from_row(r) for r in self._rows("generations")}
+        """Every row, its columns in the record's field order (no dict per row: a plan reads
+        ten thousand, and this halves what building them costs)."""
+        with self._lock:
+            rows = self.db.conn.execute(_SELECT_GENERATIONS).fetchall()
+        gens = {}
+        for row in rows:
+            gen = Generation(*row)
+            gen.state = State(gen.state)
+            gens[gen.spec_key] = gen
+        return gens
 
     def attempts(self, key: str | None = None) -> list[dict[str, Any]]:
         where, args = ("spec_key = ?", [key]) if key else (None, [])
@@ -377,4 +393,4 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _output(row: dict[str, Any]) -> Output:
-    return Output(**{k: v for k, v in row.items() if k in _OUTPUT_COLUMNS})
+    return Output(**{k: v for k, v in row.items() if k in _OUTPUT_SET})

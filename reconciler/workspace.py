@@ -26,7 +26,7 @@ from .errors import ReconcileError
 from .events import Reporter
 from .facts import video_identity
 from .files import atomic_write_text, is_regular, sha256_file, sweep_temp
-from .lifecycle import Event, Generation, State, remote_expiry
+from .lifecycle import Event, Generation, State, expiry_text
 from .loader import LoadResult, load_specs
 from .lockfile import LockEntry
 from .money import Spending, windows
@@ -45,6 +45,8 @@ LOCK_META = "lock_sha256"  # what this tree last wrote to reconcile.lock
 
 class Workspace:
     """One asset repo: its settings, its state, its cache and its lock file."""
+
+    last_read: tuple[dict[str, Generation], dict[str, Output], dict[str, LockEntry]] | None = None
 
     def __init__(self, repo: Path, *, sandbox: bool = False, read_only: bool = False) -> None:
         self.repo = repo.resolve()
@@ -138,11 +140,10 @@ class Workspace:
             if gen and gen.sha256:
                 shas.add(gen.sha256)
                 candidates.add(self.output_path(spec.name, gen.sha256))
-        verified = {}
+        verified, root = {}, str(self.repo)
         for rel in sorted(candidates):
-            path = self.repo / rel
             try:
-                st = path.stat()
+                st = os.stat(os.path.join(root, rel))  # no pathlib: ten thousand of these
             except OSError:
                 continue
             if not stat.S_ISREG(st.st_mode):
@@ -151,7 +152,7 @@ class Workspace:
             if row and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
                 verified[rel] = row.sha256
             else:
-                verified[rel] = sha256_file(path)[0]
+                verified[rel] = sha256_file(self.repo / rel)[0]
         pinned = self.pinned(specs, lock)
         shas.update(sha for sha in pinned.values() if sha)
         # The shared store is asked only about bytes found nowhere here, all at once: a clone
@@ -179,6 +180,7 @@ class Workspace:
     def plan(self, specs: list[Desired], options: Options | None = None) -> Plan:
         lock = lockfile.read(self.lock_path)
         read = as_seen(self.gens), self.tree.outputs()  # once: ten thousand rows take a while
+        self.last_read = (*read, lock)  # what the plan was made from (the answer memo's inputs)
         observed = self.observe(specs, lock, read=read)
         return planning.make_plan(specs, *read, lock, observed, self.config, options)
 
@@ -366,7 +368,7 @@ class Workspace:
                     operation=gen.operation if gen else None,
                     generated=(gen.finished_at or out.materialized_at) if gen else out.materialized_at,
                     uri=gen.video_uri or None if gen else None,
-                    expires=_expires(gen) if gen and gen.video_uri else None,
+                    expires=expiry_text(gen) if gen and gen.video_uri else None,
                 )
                 for out in self.tree.outputs().values()
                 for gen in [gens.get(out.spec_key)]
@@ -424,11 +426,6 @@ def _remote(entry: LockEntry) -> tuple[str | None, str | None]:
         return None, None
     file_id = video_identity(entry.uri)
     return entry.uri, file_id if file_id != entry.uri else None
-
-
-def _expires(gen: Generation) -> str | None:
-    expiry = remote_expiry(gen)
-    return expiry.strftime("%Y-%m-%dT%H:%M:%SZ") if expiry else None
 
 
 def _object_store(config: Config) -> Remote | None:

@@ -17,6 +17,7 @@ from reconciler import lockfile
 from reconciler.config import load_config
 from reconciler.index import INDEX_FILE, SLACK_NS, SpecIndex
 from reconciler.loader import LoadResult, load_specs
+from reconciler.memo import MEMO_FILE
 from reconciler.reload import swap_edited
 
 MODEL = "veo-3.1-generate-preview"
@@ -256,13 +257,15 @@ def test_no_state_folder_means_no_index_and_nothing_created(tmp_path: Path) -> N
 
 
 def test_plan_validate_and_status_keep_the_index_but_change_no_state(offline_repo: Repo) -> None:
-    """The index is a cache: read-only commands may write it, and nothing else, in state/."""
+    """The index is a cache: read-only commands may write it (and the answer memo, another
+    cache), and nothing else, in state/."""
     offline_repo.write("specs/a.yaml", spec("a"))
     (offline_repo.path / "state").mkdir()
     for command in ("validate", "plan", "status", "plan"):
         result = offline_repo.run(command)
         assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(p.name for p in (offline_repo.path / "state").iterdir()) == [INDEX_FILE]
+    names = {p.name for p in (offline_repo.path / "state").iterdir()}
+    assert names - {MEMO_FILE} == {INDEX_FILE}  # the answer memo is a cache too (test_memo.py)
     assert not (offline_repo.path / lockfile.LOCK_FILE).exists()
 
 

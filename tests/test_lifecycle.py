@@ -5,6 +5,7 @@ and what one key's task does next. All pure: no store, no files, no network.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 
@@ -22,6 +23,7 @@ from reconciler.lifecycle import (
     event_for,
     may_claim,
     next_step,
+    parse_time,
     target,
 )
 
@@ -231,3 +233,18 @@ def test_a_claim_needs_the_row_as_planned(version: int | None, claims: bool) -> 
     assert may_claim(row(S.PENDING), intent) is claims
     expected = Step.SUBMIT if claims else Step.WAIT
     assert next_step(row(S.PENDING), cached=False, intent=replace(intent, patience=1)) is expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-12-02T04:49:30Z", "2026-02-30T00:00:00Z", "2026-1-2T04:09:30Z", "2016-12-31T23:59:60Z",
+     "2026-W01-1T04:49:30Z", "2026-12-02T04:49:30", "2026-12-02T04:49:30Z\n", "0000-01-01T00:00:00Z",
+     "\uff12026-12-02T04:49:30Z", "", "soon"],
+)  # fmt: skip
+def test_parse_time_reads_exactly_what_strptime_reads(text: str) -> None:
+    """The fast path for the tool's own timestamps gives strptime's answer, None included."""
+    try:
+        expected = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        expected = None
+    assert parse_time(text) == expected

@@ -5,6 +5,7 @@ None of them calls the API or writes the state; each imports what it uses when i
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 
 import click
 
-from .common import asset_repo, friendly, load_valid, make_options, run_options
+from ..memo import Memo, canonical
+from .common import asset_repo, friendly, make_options, run_options
 
 
 @click.command()
@@ -55,13 +57,23 @@ def plan(
     **kw: Any,
 ) -> None:
     """Show what apply would do and what it would cost. Never calls the API."""
+    fmt = "json" if as_json and fmt is None else fmt or "text"
+    repo = asset_repo().resolve()
+    args = canonical(
+        "plan", fmt=fmt, detailed=detailed_exitcode, targets=kw["targets"],
+        replace=kw["replace"], retry_failed=kw["retry_failed"],
+        resubmit_unknown=kw["resubmit_unknown"],
+    )  # fmt: skip
+    memo = _memo(repo, args) if out is None and not sim else None
     from .. import planfile, report
+    from ..audit import memo_inputs
     from ..workspace import Workspace
 
-    fmt = "json" if as_json and fmt is None else fmt or "text"
-    ws = Workspace(asset_repo(), sandbox=sim, read_only=True)
+    ws = Workspace(repo, sandbox=sim, read_only=True)
     try:
-        specs = load_valid(ws)
+        result = ws.load()
+        result.raise_for_problems()
+        specs = result.specs
         options = make_options(specs, **kw)
         the_plan = ws.plan(specs, options)
         spending = ws.spending()
@@ -70,17 +82,26 @@ def plan(
     data = report.plan_json(the_plan, spending=spending)
     if out is not None:
         out.write_text(planfile.dump(the_plan, data, options, sandbox=sim), encoding="utf-8")
+    text = io.StringIO() if memo else sys.stdout
     if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
+        text.write(json.dumps(data, indent=2) + "\n")
     elif fmt == "markdown":
-        click.echo(report.plan_markdown(the_plan, spending=spending), nl=False)
+        text.write(report.plan_markdown(the_plan, spending=spending))
     else:
-        report.render_plan(the_plan, sys.stdout, spending=spending)
+        report.render_plan(the_plan, text, spending=spending)
         if out is not None:
-            click.echo(f"Saved to {out}: `reconcile apply {out}` applies exactly this plan.")
+            text.write(f"Saved to {out}: `reconcile apply {out}` applies exactly this plan.\n")
     # A blocked spec is drift too: the videos do not match the specs until someone acts.
-    if detailed_exitcode and (the_plan.changes or the_plan.blocked):
-        sys.exit(2)
+    code = 2 if detailed_exitcode and (the_plan.changes or the_plan.blocked) else 0
+    if isinstance(text, io.StringIO):
+        sys.stdout.write(text.getvalue())
+    if memo and isinstance(text, io.StringIO):
+        inputs = ws.last_read and memo_inputs(
+            ws, specs, ws.last_read, result.index, memo.started_ns
+        )
+        _answer(memo, (text.getvalue(), "", code), inputs)
+    if code:
+        sys.exit(code)
 
 
 @click.command()
@@ -105,28 +126,58 @@ def show(plan_path: Path, fmt: str) -> None:
 @friendly
 def status(as_json: bool, sim: bool) -> None:
     """One row per spec: name, state, path, sha256, error."""
+    repo = asset_repo().resolve()
+    memo = None if sim else _memo(repo, canonical("status", as_json=as_json))
     from .. import report
-    from ..audit import status_rows
+    from ..audit import memo_inputs, read_records, status_rows
     from ..daemon import META_KEY, describe
     from ..workspace import Workspace
 
-    ws = Workspace(asset_repo(), sandbox=sim, read_only=True)
+    ws = Workspace(repo, sandbox=sim, read_only=True)
     try:
         result = ws.load()
-        rows = status_rows(ws, result.specs, invalid_files=bool(result.problems))
+        read = read_records(ws)
+        rows = status_rows(ws, result.specs, invalid_files=bool(result.problems), read=read)
         daemon = describe(ws.tree.meta(META_KEY))
         spending = ws.spending()
         objects = ws.cache.describe(ws.repo)
     finally:
         ws.close()
+    text, notes = io.StringIO(), io.StringIO()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        text.write(json.dumps(rows, indent=2) + "\n")
         if daemon:
-            click.echo(daemon, err=True)
+            notes.write(daemon + "\n")
     else:
+        out = text if memo else sys.stdout
         report.render_status(
-            rows, sys.stdout, daemon=daemon, spending=spending, state=ws.state_label,
-            objects=objects,
-        )  # fmt: skip
+            rows, out, daemon=daemon, spending=spending, state=ws.state_label, objects=objects
+        )
     for problem in result.problems:
-        click.echo(f"warning: {problem}", err=True)
+        notes.write(f"warning: {problem}\n")
+    sys.stdout.write(text.getvalue())
+    sys.stderr.write(notes.getvalue())
+    if memo and not daemon:  # the daemon's line says whether it is alive: never replayed
+        inputs = memo_inputs(ws, result.specs, read, result.index, memo.started_ns)
+        _answer(memo, (text.getvalue(), notes.getvalue(), 0), inputs)
+
+
+def _memo(repo: Path, args: tuple[object, ...]) -> Memo | None:
+    """The answer memo for a command whose output goes to a pipe (a terminal's rich table
+    depends on its size), after replaying its answer and exiting when nothing it read changed."""
+    if sys.stdout.isatty():
+        return None
+    memo = Memo(repo, args)
+    answer = memo.replay()
+    if answer is None:
+        return memo
+    stdout, stderr, code = answer
+    sys.stdout.write(stdout)
+    sys.stderr.write(stderr)
+    sys.exit(code)
+
+
+def _answer(memo: Memo, answer: tuple[str, str, int], inputs: tuple[list[str], int] | None) -> None:
+    """Keep the answer just printed, when it can be memoized (``inputs``: see memo_inputs)."""
+    if inputs is not None:
+        memo.record(answer, paths=inputs[0], until_ns=inputs[1])
