@@ -28,6 +28,7 @@ POINTS = (
     "after_rename",  # output in place, outputs row not yet written
     "before_lock",  # about to rewrite reconcile.lock
     "mid_lock",  # lock temp file written, not renamed
+    "parse_child",  # a child forked to parse spec files, before it parses any
 )
 
 

@@ -7,12 +7,20 @@ are not text, values a tag cannot make) to the general path, whose messages say 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from conftest import ROOT, jpeg_bytes, png_bytes
 
-from reconciler import yamlio
+from reconciler import failpoints, fanout, yamlio
+from reconciler.index import SLACK_NS
 
 DOCUMENTS = [
     "name: a\nmodel: m\nprompt: >\n  folded\n  text\n",
@@ -106,3 +114,127 @@ def test_fast_document_still_has_key_lines(tmp_path: Path) -> None:
     docs, _ = yamlio.load_documents(str(path), "spec.yaml")
     assert docs[0].line_of("prompt") == 4
     assert docs[0].line_at(["video", "from"]) == 3
+
+
+# -- a cold load on every core: the same result as on one --------------------------------------
+
+MODEL = "veo-3.1-fast-generate-preview"
+# Prints what a load found, as plain data, for the workers given; run in a process of its own,
+# because forking is only done (and only safe) in a process with no other thread.
+PROBE = """
+import json, sys
+from pathlib import Path
+from reconciler.config import load_config
+from reconciler.loader import load_specs
+repo = Path(sys.argv[1])
+for workers in map(int, sys.argv[2:]):
+    r = load_specs(repo, load_config(repo), workers=workers)
+    entries = {rel: [repr(e.specs), repr(e.problems), sorted(e.images.items()), sorted(e.targets)]
+               for rel, e in r.index.entries.items()}
+    print(json.dumps({
+        "processes": r.processes, "parsed": r.parsed, "specs": [repr(s) for s in r.specs],
+        "problems": [repr(p) for p in r.problems], "files": r.files,
+        "bad": sorted(r.bad_files), "chained": r.chained, "entries": entries,
+        "order": list(r.index.entries),
+        "hashes": {t: h[:4] for t, h in sorted(r.index.hashes.items())},
+    }))
+"""
+
+
+def _corpus(path: Path) -> None:
+    """Specs of every kind, good and bad, spread so that each part of a split holds some."""
+
+    def spec(name: str, extra: str = "") -> str:
+        return f"name: {name}\nmodel: {MODEL}\nprompt: Clip {name} at dusk.\n{extra}"
+
+    files = {
+        "a/base.yaml": spec("base"),
+        "a/child.yaml": spec("child", "video: {from: base}\n"),
+        "a/image.yaml": spec("still", "image: ../../img/one.png\n"),
+        "a/frames.yaml": spec("frames", "image: ../../img/one.png\nlastFrame: ../../img/two.jpg\n"),
+        "a/refs.yaml": spec(
+            "refs",
+            "referenceImages:\n  - ../../img/one.png\n  - {image: ../../img/three.png, "
+            "referenceType: asset}\n",
+        ),
+        "a/multi.yaml": spec("m1") + "---\n" + spec("m2", "resolution: 1080p\n"),
+        "b/bad-yaml.yaml": "name: x\nprompt: [unclosed\n",
+        "b/unknown.yaml": spec("unk", "promt: typo\n"),
+        "b/dup-key.yaml": spec("dupkey", "prompt: again\n"),
+        "b/dup-name.yaml": spec("base"),
+        "b/missing-image.yaml": spec("noimg", "image: ../../img/none.png\n"),
+        "b/anchors.yaml": spec("anchored", "negativePrompt: &n blur\nseed: 7\n"),
+        "b/empty.yaml": "# nothing\n",
+        "b/grandchild.yaml": spec("grandchild", "video: {from: child}\n"),
+        "b/orphan.yaml": spec("orphan", "video: {from: nobody}\n"),
+        "b/not-utf8.yaml": None,
+    }
+    for rel, text in files.items():
+        target = path / "specs" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if text is None:
+            target.write_bytes(b"name: \xff\xfe\n")
+        else:
+            target.write_text(text)
+    (path / "img").mkdir()
+    (path / "img" / "one.png").write_bytes(png_bytes(1))
+    (path / "img" / "three.png").write_bytes(png_bytes(3))
+    (path / "img" / "two.jpg").write_bytes(jpeg_bytes())
+    (path / "reconcile.yaml").write_text("defaults:\n  enhancePrompt: false\n")
+
+
+def _probe(repo: Path, *workers: int, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILE")}
+    environ.update(env or {}, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(repo), *map(str, workers)],
+        capture_output=True, text=True, env=environ, timeout=60, check=True,
+    )  # fmt: skip
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _same(one: dict[str, Any], other: dict[str, Any]) -> None:
+    for key in ("specs", "problems", "files", "bad", "chained", "entries", "order", "hashes"):
+        assert one[key] == other[key], key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_forked_load_is_the_serial_load(tmp_path: Path, workers: int) -> None:
+    """Specs, problems (their order too), the index's entries and image hashes: all identical."""
+    _corpus(tmp_path)
+    serial, forked = _probe(tmp_path, 1, workers)
+    assert serial["processes"] == 1 and forked["processes"] == workers
+    assert serial["parsed"] == forked["parsed"] == 16
+    assert len(serial["specs"]) == 9 and len(serial["problems"]) == 8  # the corpus is as meant
+    _same(serial, forked)
+
+
+@pytest.mark.slow
+def test_forked_load_fills_the_index_for_a_warm_load(tmp_path: Path) -> None:
+    """The entries children sent back are saved, and a warm load takes them as they are."""
+    _corpus(tmp_path)
+    (tmp_path / "state").mkdir()
+    time.sleep(SLACK_NS / 1e9 + 0.1)  # files older than the index's racy window
+    forked, warm = _probe(tmp_path, 2, 1)
+    assert forked["processes"] == 2 and warm["parsed"] == 0
+    _same(forked, warm)
+
+
+@pytest.mark.slow
+def test_a_child_that_dies_costs_only_its_part(tmp_path: Path) -> None:
+    """A child SIGKILLed before it parses anything: its part is parsed here, nothing is lost."""
+    _corpus(tmp_path)
+    (serial,) = _probe(tmp_path, 1)
+    (forked,) = _probe(tmp_path, 3, env={failpoints.ENV: "parse_child:1"})
+    assert forked["processes"] == 1
+    _same(serial, forked)
+
+
+def test_split_keeps_order_and_covers_everything() -> None:
+    """Parts are contiguous, in order, of sizes differing by at most one."""
+    items = list(range(10))
+    for parts in (1, 2, 3, 4, 10):
+        pieces = fanout.split(items, parts)
+        assert [i for piece in pieces for i in piece] == items
+        assert max(map(len, pieces)) - min(map(len, pieces)) <= 1
