@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -40,24 +41,24 @@ def can_fork() -> bool:
     )
 
 
-def split(items: Sequence[T], parts: int) -> list[Sequence[T]]:
-    """``items`` in ``parts`` contiguous slices of nearly equal length, in order."""
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for part in range(parts):
-        end = start + size + (1 if part < extra else 0)
-        out.append(items[start:end])
-        start = end
-    return out
+def split(items: Sequence[T], parts: int, *, first: float = 1.0) -> list[Sequence[T]]:
+    """``items`` in ``parts`` contiguous slices, in order: the first ``first`` times as long as
+    each of the others (nearly equal: they differ by at most one item)."""
+    total = first + parts - 1
+    bounds = [0] + [round(len(items) * (first + k) / total) for k in range(parts)]
+    return [items[start:end] for start, end in pairwise(bounds)]
 
 
-def run(items: Sequence[T], work: Callable[[Sequence[T], bool], Any], *, parts: int) -> list[Any]:
+def run(
+    items: Sequence[T], work: Callable[[Sequence[T], bool], Any], *, parts: int, first: float = 1.0
+) -> list[Any]:
     """``work(part, forked)`` over ``parts`` slices of ``items``: the first here, the rest in
     forked children (``forked`` True: return marshal-able data). Returns the children's results,
     in order; a child that failed has its part done here instead (``forked`` False, result None),
     so every item is worked on exactly once in the end, whatever happens to the children.
+    ``first``: the share of this process against each child's (it also merges their results).
     """
-    slices = split(items, parts)
+    slices = split(items, parts, first=first)
     pending: list[tuple[int, int, Sequence[T]]] = []
     try:
         for part in slices[1:]:

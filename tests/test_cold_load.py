@@ -238,3 +238,9 @@ def test_split_keeps_order_and_covers_everything() -> None:
         pieces = fanout.split(items, parts)
         assert [i for piece in pieces for i in piece] == items
         assert max(map(len, pieces)) - min(map(len, pieces)) <= 1
+    items = list(range(1000))
+    for parts in (2, 3, 7):
+        first, *rest = fanout.split(items, parts, first=0.8)
+        assert [*first, *(i for piece in rest for i in piece)] == items
+        assert max(map(len, rest)) - min(map(len, rest)) <= 1
+        assert abs(len(first) - 0.8 * len(rest[0])) <= 2
