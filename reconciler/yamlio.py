@@ -8,6 +8,7 @@ user at the right line, and it keeps pydantic models free of YAML concerns.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,19 @@ class Document:
         return self.line
 
 
+def _read(path: Path | str) -> bytes:
+    """A whole file through the os module: a buffered file object costs as much again as the
+    system calls on a small spec (12 against 6 us here), and a cold load reads thousands."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = [os.read(fd, os.fstat(fd).st_size + 1)]
+        while chunks[-1]:  # to the end, however the file changed since its stat
+            chunks.append(os.read(fd, 1 << 20))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def _line_of_offset(text: str, offset: int) -> int:
     return text.count("\n", 0, max(offset, 0)) + 1
 
@@ -100,8 +114,7 @@ def _line_of_offset(text: str, offset: int) -> int:
 def load_documents(path: Path | str, rel: str) -> tuple[list[Document], list[Problem]]:
     """Parse every document of a file; problems (bad UTF-8, bad YAML) instead of exceptions."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        raw = _read(path)
     except OSError as exc:
         return [], [Problem(rel, f"cannot be read: {exc.strerror}")]
     try:
