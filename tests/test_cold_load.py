@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,12 @@ def test_split_keeps_order_and_covers_everything() -> None:
         assert [*first, *(i for piece in rest for i in piece)] == items
         assert max(map(len, rest)) - min(map(len, rest)) <= 1
         assert abs(len(first) - 0.8 * len(rest[0])) <= 2
+
+
+def test_no_fork_outside_the_main_thread() -> None:
+    """watch loads specs in a worker thread: forking there is refused, the load runs serially."""
+    answers: list[bool] = []
+    thread = threading.Thread(target=lambda: answers.append(fanout.can_fork()))
+    thread.start()
+    thread.join()
+    assert answers == [False]
