@@ -146,11 +146,12 @@ def floor(cwd: Path, runs: int) -> float:
 
 def index_cpu(repo: Path) -> tuple[float, float]:
     """CPU seconds of loading every spec in this process without the index, then with it: what
-    the index saves, free of start-up and of other jobs' load on a shared machine."""
+    the index saves, free of start-up and of other jobs' load on a shared machine. The cold load
+    runs in this process alone (a forked child's CPU is not this process's)."""
     config = load_config(repo)
     (repo / "state" / INDEX_FILE).unlink(missing_ok=True)
     start = time.process_time()
-    load_specs(repo, config)
+    load_specs(repo, config, workers=1)
     cold = time.process_time() - start
     start = time.process_time()
     load_specs(repo, config)

@@ -13,19 +13,21 @@ import difflib
 import errno
 import hashlib
 import os
-import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from . import chains
+from . import chains, failpoints, fanout
 from .config import CONFIG_FILE, Config
 from .errors import Problem, SpecErrors
 from .facts import DEFAULT_DURATION, IMAGE_MAGIC, MAX_IMAGE_BYTES, MODELS
-from .files import Stat, signature, stat_of
+from .files import Stat, signature
 from .index import SpecIndex
+from .index import _entry as entry_of  # the index file's plain form: what a child sends back
+from .index import _raw as raw_entry
 from .spec import (
     FORBIDDEN_DEFAULTS,
     KNOWN_KEYS,
@@ -37,7 +39,10 @@ from .spec import (
     rule_problems,
     spec_key,
 )
+from .walk import spec_files
 from .yamlio import Document, load_documents, pydantic_problems, show
+
+FORK_AT = 500  # files to parse before a cold load forks a child per core (~10 ms each)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class LoadResult:
     files: dict[str, list[str]] = field(default_factory=dict)  # spec file -> names it defines
     bad_files: set[str] = field(default_factory=set)
     parsed: int = 0  # files read and parsed this time (the others came from the spec index)
+    processes: int = 1  # processes that parsed them (forked children that came back, and this)
     index: SpecIndex | None = None  # the index used (watch keeps it between loads)
     chained: bool = False  # some spec extends another (an edit may move keys in other files)
     swapped: dict[str, Desired] | None = None  # watch, after an edit: the only specs re-read
@@ -59,67 +65,14 @@ class LoadResult:
             raise SpecErrors(self.problems)
 
 
-def _files(
-    repo: Path, index: SpecIndex, changed: set[str] | None, problems: list[Problem]
-) -> list[tuple[str, Stat | None]]:
-    """Every spec file with its stat (a full walk), or, after an event, the files the index
-    knows (stat None: taken as they were) with the ``changed`` ones stat'ed again."""
-    if changed is None:
-        return [(rel, signature(st)) for rel, st in _walk_specs(repo, problems)]
-    stats = {rel: stat_of(repo / rel) for rel in changed}
-    if not changed.issubset(index.entries):  # a new file: the index is kept in walk order
-        ordered = sorted(index.entries.keys() | changed, key=lambda rel: rel.split("/"))
-        index.entries = {rel: index.entries[rel] for rel in ordered if rel in index.entries}
-    else:
-        ordered = list(index.entries)
-    return [(rel, stats.get(rel)) for rel in ordered if rel not in changed or stats[rel]]
-
-
-def _walk_specs(repo: Path, problems: list[Problem] | None) -> list[tuple[str, os.stat_result]]:
-    """(repo-relative path, stat) of every spec file, sorted: one stat per file, no pathlib.
-
-    A folder that cannot be read is a problem, never silence: a spec that cannot be seen would
-    otherwise count as deleted, and its video would be removed.
-    """
-    root = repo / "specs"
-    if not root.is_dir():
-        return []
-    found: list[tuple[str, os.stat_result]] = []
-    start = len(str(repo)) + 1
-    pending = [str(root)]
-    while pending:
-        folder = pending.pop()
-        try:
-            with os.scandir(folder) as listing:
-                items = list(listing)
-        except OSError as exc:
-            if problems is not None:
-                where = Path(exc.filename or folder).relative_to(repo).as_posix()
-                problems.append(Problem(where, f"cannot be read ({exc.strerror})"))
-            continue
-        for item in items:
-            name = item.name
-            if name.startswith("."):
-                continue
-            try:
-                if item.is_dir(follow_symlinks=False):  # as os.walk: links to folders not followed
-                    pending.append(item.path)
-                elif name.endswith((".yaml", ".yml")):
-                    st = item.stat()
-                    if stat.S_ISREG(st.st_mode):
-                        found.append((item.path[start:].replace(os.sep, "/"), st))
-            except OSError:
-                continue  # gone, or a dangling symlink: not a spec file
-    found.sort(key=lambda pair: pair[0].split("/"))
-    return found
-
-
+@fanout.gc_paused()
 def load_specs(
     repo: Path,
     config: Config,
     *,
     index: SpecIndex | None = None,
     changed: set[str] | None = None,
+    workers: int | None = None,
 ) -> LoadResult:
     """Load and validate every spec; never raises for user input, collects problems instead.
 
@@ -127,6 +80,8 @@ def load_specs(
     the others are parsed and the index refreshed (see ``index``). ``watch`` keeps its own
     ``index`` in memory and names the spec files an event ``changed``: only those are looked
     at, every other file is taken as last loaded (its periodic full load checks them all).
+    ``workers``: processes parsing (None: every core for a cold load of many files, where the
+    process has no thread; one with a resident index: ``watch`` runs threads).
     """
     repo = repo.resolve()
     result = LoadResult()
@@ -141,31 +96,26 @@ def load_specs(
     if index is None or index.stamp != stamp:
         index = SpecIndex.open(repo, stamp) if index is None else index.restart(stamp)
         changed = None
+    # No stat: a file no event named, as the index holds it.
+    found = [
+        (rel, index.entries[rel] if sig is None else index.lookup(rel, sig), sig)
+        for rel, sig in spec_files(repo, index, changed, result.problems)
+    ]
+    missing = [(rel, sig) for rel, entry, sig in found if entry is None and sig is not None]
+    result.processes = _parse(missing, repo, config, reported, index, 1 if resident else workers)
+    result.parsed = len(missing)
     seen: dict[str, str] = {}
     present = set()
-    for rel, sig in _files(repo, index, changed, result.problems):
+    for rel, known, _ in found:
         present.add(rel)
-        # No stat: a file no event named, as the index holds it.
-        entry = index.entries[rel] if sig is None else index.lookup(rel, sig)
-        if entry is None:
-            assert sig is not None
-            specs, problems = load_file(repo / rel, repo, config, reported=reported, index=index)
-            index.store(rel, sig, specs, problems)
-            result.parsed += 1
-        else:
-            specs, problems = entry.specs, entry.problems
+        entry = index.entries[rel] if known is None else known
+        specs, problems = entry.specs, entry.problems
         problems = list(problems) if problems else []
         result.files[rel] = [s.name for s in specs]
         for spec in specs:
             if spec.name in seen:
-                problems.append(
-                    Problem(
-                        rel,
-                        f"duplicate name {spec.name!r}: already defined in {seen[spec.name]}",
-                        line=spec.line,
-                        field="name",
-                    )
-                )
+                message = f"duplicate name {spec.name!r}: already defined in {seen[spec.name]}"
+                problems.append(Problem(rel, message, line=spec.line, field="name"))
             else:
                 seen[spec.name] = f"{rel}:{spec.line}"
                 result.specs.append(spec)
@@ -183,6 +133,47 @@ def load_specs(
         result.bad_files.add(problem.file)
         result.problems.append(problem)
     return result
+
+
+def _parse(
+    missing: list[tuple[str, Stat]],
+    repo: Path,
+    config: Config,
+    reported: frozenset[str],
+    index: SpecIndex,
+    workers: int | None,
+) -> int:
+    """Parse the files the index lacks into it, on every core when there are many of them.
+    Returns how many processes did (children that failed had their part parsed here)."""
+
+    def work(part: Sequence[tuple[str, Stat]], forked: bool) -> Any:
+        if forked:
+            failpoints.hit("parse_child")
+        for rel, sig in part:
+            specs, problems = load_file(
+                f"{repo}/{rel}", repo, config, reported=reported, index=index, rel=rel
+            )
+            index.store(rel, sig, specs, problems)
+        if not forked:
+            return None
+        entries = [(rel, index.entries[rel]) for rel, _ in part]  # as the index file holds them
+        hashes = {t: index.hashes[t] for _, e in entries for t in e.targets if t in index.hashes}
+        return [(rel, raw_entry(e)) for rel, e in entries], hashes
+
+    parts = min(workers or (fanout.cores() if len(missing) >= FORK_AT else 1), len(missing))
+    if parts < 2 or not fanout.can_fork():
+        work(missing, False)
+        return 1
+    processes = 1
+    # Here: the walk before, the merge after; a child's part is a ninth longer.
+    for result in fanout.run(missing, work, parts=parts, first=0.9):
+        if result is not None:  # None: that child failed and its part was parsed here
+            raws, hashes = result
+            index.entries.update((rel, entry_of(raw)) for rel, raw in raws)
+            index.hashes.update(hashes)
+            index.dirty = True
+            processes += 1
+    return processes
 
 
 def check_defaults(config: Config) -> list[Problem]:
@@ -239,19 +230,22 @@ def _unknown_key(key: str) -> str:
 
 
 def load_file(
-    path: Path,
+    path: Path | str,
     repo: Path,
     config: Config,
     *,
     reported: frozenset[str] = frozenset(),
     index: SpecIndex | None = None,
+    rel: str | None = None,
 ) -> tuple[list[Desired], list[Problem]]:
     """Validate one spec file: all of its documents, each error with file, line and field.
 
     ``reported`` names defaults already reported as invalid: a spec inheriting one is skipped
-    without repeating the error.
+    without repeating the error. ``rel``, the path relative to ``repo`` when the caller has it,
+    spares ``path`` being a Path (a measurable part of a cold load of many small files).
     """
-    rel = path.relative_to(repo).as_posix()
+    if rel is None:
+        rel = Path(path).relative_to(repo).as_posix()
     docs, problems = load_documents(path, rel)
     if problems:
         return [], problems
@@ -268,7 +262,7 @@ def load_file(
 
 def _desired(
     doc: Document,
-    path: Path,
+    path: Path | str,
     rel: str,
     repo: Path,
     config: Config,
@@ -374,7 +368,7 @@ def _kind(data: Any) -> str:
 
 def _image(
     value: str,
-    spec_path: Path,
+    spec_path: Path | str,
     rel: str,
     repo: Path,
     line: int,
@@ -389,7 +383,7 @@ def _image(
 
     if "\0" in value:
         raise bad(f"{value!r} is not a usable path (it holds a NUL character)")
-    written = spec_path.parent / value
+    written = Path(spec_path).parent / value
     if index is not None:
         index.missing_image(str(written))  # replaced by its stat once found
     try:

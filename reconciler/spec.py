@@ -374,7 +374,7 @@ class Desired:
             "v": KEY_VERSION,
             "model": self.model,
             "prompt": self.prompt,
-            "parameters": {k: self.parameters.get(k) for k in sorted(_KEY_PARAMETERS)},
+            "parameters": {k: self.parameters.get(k) for k in _KEY_PARAMETERS},
             "image": None if self.image is None else self.image.identity(),
             "video": video,
         }
@@ -409,19 +409,21 @@ class Desired:
         return {"instances": [instance], "parameters": params}
 
 
-_KEY_PARAMETERS = (
+_KEY_PARAMETERS = tuple(sorted((
     "aspectRatio",
     "resolution",
     "durationSeconds",
     "personGeneration",
     "enhancePrompt",
     "negativePrompt",
-)
+)))  # fmt: skip
+
+
+# One encoder for every key: json.dumps() with these options builds a new one per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def spec_key(desired: Desired) -> str:
     """sha256 of the canonical form as compact JSON with sorted keys: one spelling per video."""
-    blob = json.dumps(
-        desired.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    blob = _CANONICAL.encode(desired.canonical())
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
