@@ -371,7 +371,7 @@ class _KeyTask(KeyWork):
         ctx = self.ctx
 
         async def once() -> tuple[str, int]:
-            landing = Landing(ctx.ws.cache)
+            landing = Landing(ctx.ws.cache, ctx.db)
             try:
 
                 async def sink(chunk: bytes) -> None:

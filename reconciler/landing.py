@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,8 +27,12 @@ AHEAD = 2  # pieces handed to the writer, not yet written: 2 MiB more RSS at mos
 class Landing:
     """Feed it the chunks of one download, then ``finish``; ``close`` in every case."""
 
-    def __init__(self, cache: ObjectCache) -> None:
+    def __init__(
+        self, cache: ObjectCache, run: Callable[..., Awaitable[Any]] | None = None
+    ) -> None:
         self.cache = cache
+        # Where a small video's one hop goes (the run's state thread: ``Context.db``).
+        self._run = run or asyncio.to_thread
         self._parts: list[bytes] = []
         self._gathered = 0
         self._incoming: Incoming | None = None
@@ -73,7 +78,7 @@ class Landing:
         """Write what is left, check the container, commit under the hash: (sha256, size)."""
         rest = self._take()
         if self._writer is None:
-            done: tuple[str, int] = await asyncio.to_thread(self._complete, rest)
+            done: tuple[str, int] = await self._run(self._complete, rest)
             return done
         while self._inflight:
             await self._inflight.popleft()
@@ -87,7 +92,7 @@ class Landing:
         self._inflight.clear()
         if writer is None:
             if self._incoming is not None:
-                await asyncio.to_thread(self._discard)
+                await self._run(self._discard)
             return
         try:
             await asyncio.get_running_loop().run_in_executor(writer, self._discard)
