@@ -371,7 +371,9 @@ class _KeyTask(KeyWork):
         ctx = self.ctx
 
         async def once() -> tuple[str, int]:
-            landing = Landing(ctx.ws.cache, ctx.db)
+            # The output's folder (its name waits for the hash): its copy is written as it lands.
+            folder = (ctx.ws.repo / ctx.ws.output_path(self.spec.name, "")).parent
+            landing = Landing(ctx.ws.cache, ctx.db, spare_in=folder)
             try:
 
                 async def sink(chunk: bytes) -> None:

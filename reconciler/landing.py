@@ -15,6 +15,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from .errors import TransientError
@@ -28,9 +29,14 @@ class Landing:
     """Feed it the chunks of one download, then ``finish``; ``close`` in every case."""
 
     def __init__(
-        self, cache: ObjectCache, run: Callable[..., Awaitable[Any]] | None = None
+        self,
+        cache: ObjectCache,
+        run: Callable[..., Awaitable[Any]] | None = None,
+        *,
+        spare_in: Path | None = None,
     ) -> None:
         self.cache = cache
+        self._spare_in = spare_in  # the output's folder: its copy is written in the same pass
         # Where a small video's one hop goes (the run's state thread: ``Context.db``).
         self._run = run or asyncio.to_thread
         self._parts: list[bytes] = []
@@ -60,7 +66,7 @@ class Landing:
 
     def _write(self, piece: list[bytes]) -> None:
         if self._incoming is None:
-            self._incoming = self.cache.begin()
+            self._incoming = self.cache.begin(self._spare_in)
         for chunk in piece:
             self._incoming.write(chunk)
 
