@@ -330,7 +330,10 @@ class Incoming:
         self.cache.trusted.add(self.sha256)
         if self.spare is not None:
             self.spare[0].close()  # flushed: written whole; fsynced when placed
-            self.cache.spares[self.sha256] = self.spare[1]
+            # Two downloads of one object (names sharing a key): one spare is kept.
+            if self.cache.spares.setdefault(self.sha256, self.spare[1]) != self.spare[1]:
+                with contextlib.suppress(OSError):
+                    self.spare[1].unlink()
             self.spare = None
         if share:
             self.cache.share(self.sha256)

@@ -191,6 +191,10 @@ def test_the_output_copy_is_written_in_the_same_pass_and_renamed_into_place(
     sha2, _ = other.commit(defer_sync=True)
     leftover = cache.spares[sha2]
     assert leftover.exists()
+    again = cache.begin(videos)  # the same object downloaded twice: one spare is kept
+    again.write(data[:100])
+    again.commit(defer_sync=True)
+    assert cache.spares[sha2] == leftover
     cache.drop_spares()
     assert not leftover.exists() and sorted(p.name for p in videos.iterdir()) == ["clip.mp4"]
     # No spare (an earlier run's object): the copy is made as before.
