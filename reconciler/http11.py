@@ -32,7 +32,8 @@ Origin = tuple[str, str, int]
 
 
 class ConnectFailed(Exception):
-    """No connection was made: nothing of the request left this machine."""
+    """No connection was made: nothing of the request left this machine. Said as httpx named
+    it (ConnectError, ConnectTimeout): the messages users see stay the same."""
 
 
 class Unsendable(Exception):
@@ -40,7 +41,16 @@ class Unsendable(Exception):
 
 
 class Broken(Exception):
-    """The connection failed or the answer was malformed once the request may have been sent."""
+    """The connection failed or the answer was malformed once the request may have been sent.
+    Said as httpx named it (ReadTimeout, RemoteProtocolError, ...: RELIABILITY.md quotes them);
+    ``detail`` says more, for tests and debugging."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(name)
+        self.detail = detail
+
+
+PROTOCOL = "RemoteProtocolError"
 
 
 def proxied() -> bool:
@@ -111,9 +121,9 @@ class Response:
             try:
                 self._length = int(headers["content-length"])
             except ValueError:
-                raise Broken(f"a bad Content-Length: {headers['content-length']!r}") from None
+                raise Broken(PROTOCOL, f"Content-Length {headers['content-length']!r}") from None
             if self._length < 0:
-                raise Broken(f"a bad Content-Length: {self._length}")
+                raise Broken(PROTOCOL, f"Content-Length {self._length}")
         else:
             self._keep = False  # the body runs to the connection's end
 
@@ -140,7 +150,7 @@ class Response:
                     async for data in _exactly(read, conn, size):
                         yield data
                     if await read(conn.reader.readexactly(2)) != b"\r\n":
-                        raise Broken("a chunk did not end with CRLF")
+                        raise Broken(PROTOCOL, "a chunk did not end with CRLF")
                 while (await read(conn.reader.readline())) not in (b"\r\n", b"\n"):
                     pass  # trailers: nothing here uses them
             elif self._length is not None:
@@ -160,7 +170,7 @@ class Response:
         try:
             return int(line.split(b";", 1)[0].strip(), 16)
         except ValueError:
-            raise Broken(f"a bad chunk size: {line[:40]!r}") from None
+            raise Broken(PROTOCOL, f"a bad chunk size: {line[:40]!r}") from None
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -177,7 +187,7 @@ async def _exactly(read: Any, conn: _Conn, size: int) -> AsyncIterator[bytes]:
     while left:
         data = await read(conn.reader.read(min(left, READ)))
         if not data:
-            raise Broken(f"the connection closed {left} bytes short of the body's {size}")
+            raise Broken(PROTOCOL, f"the connection closed {left} bytes short of {size}")
         left -= len(data)
         yield data
 
@@ -192,17 +202,19 @@ class Pool:
         self.keep = keep
         self._idle: list[_Conn] = []
 
-    async def read(self, awaitable: Any) -> Any:
-        """One read within the read timeout; every way it fails is a ``Broken``."""
+    async def read(self, awaitable: Any, what: str = "Read") -> Any:
+        """One read (or a write's drain) within the timeout; every way it fails is a ``Broken``."""
         try:
             async with asyncio.timeout(self.timeout):
                 return await awaitable
         except asyncio.IncompleteReadError:
-            raise Broken("the connection closed mid-answer") from None
-        except asyncio.LimitOverrunError:
-            raise Broken("an answer's line or header block too long") from None
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise Broken(f"{type(exc).__name__}: {exc}") from exc
+            raise Broken(PROTOCOL, "the connection closed mid-answer") from None
+        except (asyncio.LimitOverrunError, ValueError):
+            raise Broken(PROTOCOL, "an answer's line or header block too long") from None
+        except TimeoutError as exc:
+            raise Broken(f"{what}Timeout") from exc
+        except OSError as exc:
+            raise Broken(f"{what}Error", str(exc)) from exc
 
     async def _connect(self, origin: Origin) -> _Conn:
         scheme, host, port = origin
@@ -212,8 +224,10 @@ class Pool:
                 reader, writer = await asyncio.open_connection(
                     host, port, ssl=tls, server_hostname=host if tls else None, limit=LIMIT
                 )
-        except (OSError, TimeoutError) as exc:
-            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
+        except TimeoutError as exc:
+            raise ConnectFailed("ConnectTimeout") from exc
+        except OSError as exc:
+            raise ConnectFailed("ConnectError") from exc
         return _Conn(reader, writer, origin)
 
     def _idle_for(self, origin: Origin) -> _Conn | None:
@@ -271,7 +285,7 @@ class Pool:
                 conn = await self._connect(origin)
             try:
                 conn.writer.write(head + body if body else head)
-                await self.read(conn.writer.drain())
+                await self.read(conn.writer.drain(), "Write")
                 status, answer = await self._head(conn)
             except Broken as exc:
                 conn.close()
@@ -295,13 +309,13 @@ class Pool:
             version, _, rest = lines[0].partition(" ")
             code = rest[:3]
             if not version.startswith("HTTP/1.") or not code.isdigit():
-                raise Broken(f"not an HTTP/1.1 answer: {lines[0][:60]!r}")
+                raise Broken(PROTOCOL, f"not an HTTP/1.1 answer: {lines[0][:60]!r}")
             headers: dict[str, str] = {}
             for line in lines[1:]:
                 if line:
                     name, sep, value = line.partition(":")
                     if not sep:
-                        raise Broken(f"a malformed header line: {line[:60]!r}")
+                        raise Broken(PROTOCOL, f"a malformed header line: {line[:60]!r}")
                     name, value = name.strip().lower(), value.strip()
                     headers[name] = f"{headers[name]}, {value}" if name in headers else value
             if not code.startswith("1"):  # 100 Continue and its kind come before the answer
