@@ -120,6 +120,7 @@ class Engine:
                 raise result
         # The videos this run wrote are on disk before the lock names them (files.Syncer).
         await self._synced()
+        await asyncio.to_thread(self.ws.cache.drop_spares)
         await asyncio.to_thread(self.ws.write_lock)
         summary.fatal = str(self.ctx.fatal) if self.ctx.fatal else None
         summary.stopped = self.stop.requested
@@ -147,6 +148,7 @@ class Engine:
         finally:
             if not self._batched:
                 await self._synced()
+                await asyncio.to_thread(self.ws.cache.drop_spares)
 
     async def _synced(self) -> None:
         """Wait for the deferred fsyncs of the videos written; a disk that refuses one is said

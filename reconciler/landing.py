@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from .errors import TransientError
@@ -26,8 +28,17 @@ AHEAD = 2  # pieces handed to the writer, not yet written: 2 MiB more RSS at mos
 class Landing:
     """Feed it the chunks of one download, then ``finish``; ``close`` in every case."""
 
-    def __init__(self, cache: ObjectCache) -> None:
+    def __init__(
+        self,
+        cache: ObjectCache,
+        run: Callable[..., Awaitable[Any]] | None = None,
+        *,
+        spare_in: Path | None = None,
+    ) -> None:
         self.cache = cache
+        self._spare_in = spare_in  # the output's folder: its copy is written in the same pass
+        # Where a small video's one hop goes (the run's state thread: ``Context.db``).
+        self._run = run or asyncio.to_thread
         self._parts: list[bytes] = []
         self._gathered = 0
         self._incoming: Incoming | None = None
@@ -55,7 +66,7 @@ class Landing:
 
     def _write(self, piece: list[bytes]) -> None:
         if self._incoming is None:
-            self._incoming = self.cache.begin()
+            self._incoming = self.cache.begin(self._spare_in)
         for chunk in piece:
             self._incoming.write(chunk)
 
@@ -73,7 +84,7 @@ class Landing:
         """Write what is left, check the container, commit under the hash: (sha256, size)."""
         rest = self._take()
         if self._writer is None:
-            done: tuple[str, int] = await asyncio.to_thread(self._complete, rest)
+            done: tuple[str, int] = await self._run(self._complete, rest)
             return done
         while self._inflight:
             await self._inflight.popleft()
@@ -87,7 +98,7 @@ class Landing:
         self._inflight.clear()
         if writer is None:
             if self._incoming is not None:
-                await asyncio.to_thread(self._discard)
+                await self._run(self._discard)
             return
         try:
             await asyncio.get_running_loop().run_in_executor(writer, self._discard)

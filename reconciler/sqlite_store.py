@@ -285,12 +285,7 @@ class SqliteStore:
     ) -> Generation | None:
         events = (event,) if isinstance(event, Event) else tuple(event)
         with self.tx(durable=not RELAXED.issuperset(events)) as conn:
-            cursor = conn.execute("SELECT * FROM generations WHERE spec_key = ?", [key])
-            row = cursor.fetchone()
-            current = None
-            if row is not None:
-                names = [d[0] for d in cursor.description]
-                current = Generation.from_row(dict(zip(names, row, strict=True)))
+            current = _row_in(conn, key)
             chosen = lifecycle.event_for(current.state if current else State.NEW, events)
             if chosen is None or not expected(
                 current, expect_version, expect_operation, expect_file_id
@@ -336,7 +331,8 @@ class SqliteStore:
                     [key, name, now, kind or move.ledger, operation, status, message, self.owner,
                      cost, sha256],
                 )  # fmt: skip
-        return self.get(key)
+            # The row as this transaction leaves it, read inside it: no second read after.
+            return _row_in(conn, key)
 
     def spent(self, since: str) -> float:
         with self._lock:
@@ -394,3 +390,13 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 def _output(row: dict[str, Any]) -> Output:
     return Output(**{k: v for k, v in row.items() if k in _OUTPUT_SET})
+
+
+def _row_in(conn: sqlite3.Connection, key: str) -> Generation | None:
+    """A generation's row through the transaction's connection (plain sqlite3: the write path)."""
+    cursor = conn.execute("SELECT * FROM generations WHERE spec_key = ?", [key])
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    names = [d[0] for d in cursor.description]
+    return Generation.from_row(dict(zip(names, row, strict=True)))

@@ -34,11 +34,16 @@ MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec in
 
 
 class Submission(KeyWork):
+    recorded: Generation | None = None  # the row the operation name's commit returned
+
     async def run(self, intent: Intent) -> Generation | None:
         """The only paid call, wrapped in the write-ahead claim. None: claimed by someone else."""
         ctx, spec = self.ctx, self.spec
         # Built before the claim: a bad image must not leave a claim behind.
-        body = await ctx.db(spec.request_body, ctx.ws.repo, source_uri=self.source_uri)
+        if spec.image is None and spec.last_frame is None and not spec.references:
+            body = spec.request_body(ctx.ws.repo, source_uri=self.source_uri)  # reads no file
+        else:
+            body = await ctx.db(spec.request_body, ctx.ws.repo, source_uri=self.source_uri)
         backoff = ctx.tuning.submit_backoff
         for attempt in range(backoff.attempts):
             await self._pace()
@@ -83,7 +88,8 @@ class Submission(KeyWork):
                 return await self.get()
             ctx.pacer.succeeded()
             self.report.accepted(spec.name, operation)
-            return await self.get()
+            # The row as the operation's commit left it: read again only if that lost the race.
+            return self.recorded or await self.get()
         return await self.get()
 
     async def _claim(self, intent: Intent, *, first: bool) -> Generation | None:
@@ -148,7 +154,7 @@ class Submission(KeyWork):
             raise
         failpoints.hit("after_post")
         try:
-            recorded = await self.move(Event.ACCEPTED, operation=operation)
+            recorded = self.recorded = await self.move(Event.ACCEPTED, operation=operation)
         except (ReconcileError, sqlite3.Error, OSError) as exc:
             await self._rescue(operation, str(exc))
             raise StateError(

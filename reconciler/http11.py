@@ -1,0 +1,406 @@
+"""A lean HTTP/1.1 client over asyncio streams: the client's polls, downloads and POSTs.
+
+Why not httpx here: one request through httpx, httpcore, h11 and anyio cost about 0.9 ms of CPU
+on the development machine even on a warm keep-alive connection, and an apply of 1,000 specs
+makes over 4,000 of them: most of the run's CPU. These requests are plain (a GET or a JSON POST,
+an answer framed by Content-Length or chunked), so reading the status line and headers by hand
+and the body by its framing costs a few tens of microseconds instead. Whatever is not that simple
+stays httpx's: the client falls back to it whenever a proxy is configured (``proxied``).
+
+What it keeps of httpx's behaviour: TLS verified against certifi's roots (or ``SSL_CERT_FILE`` /
+``SSL_CERT_DIR``, as httpx reads them), a connect timeout and a timeout on every read and write,
+keep-alive connections reused per origin, no header sent that the caller did not give (plus Host
+and Content-Length). Failures are told apart by when they happened, which is what ``wire``'s
+tables need: ``ConnectFailed`` (nothing left this machine), ``Unsendable`` (refused before
+sending), ``Broken`` (the connection failed once the request may have been written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+READ = 1 << 20  # the most one read hands up: a download moves in pieces of up to 1 MiB
+LIMIT = 1 << 20  # the stream's buffer: the longest header block, and the flow control's mark
+Origin = tuple[str, str, int]
+
+
+class ConnectFailed(Exception):
+    """No connection was made: nothing of the request left this machine. Said as httpx named
+    it (ConnectError, ConnectTimeout): the messages users see stay the same."""
+
+
+class Unsendable(Exception):
+    """The request was refused before anything was sent (a URL this client cannot send to)."""
+
+
+class Broken(Exception):
+    """The connection failed or the answer was malformed once the request may have been sent.
+    Said as httpx named it (ReadTimeout, RemoteProtocolError, ...: RELIABILITY.md quotes them);
+    ``detail`` says more, for tests and debugging."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(name)
+        self.detail = detail
+
+
+PROTOCOL = "RemoteProtocolError"
+
+
+def proxied() -> bool:
+    """Whether the environment names a proxy (HTTP(S)_PROXY, ALL_PROXY): then httpx, which
+    honours them and NO_PROXY, carries the requests instead of this client."""
+    proxies = urllib.request.getproxies()
+    proxies.pop("no", None)
+    return bool(proxies)
+
+
+_tls: ssl.SSLContext | None = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """httpx's default context: certificates verified, certifi's roots unless the environment
+    names others. Made once, on the first https connection."""
+    global _tls
+    if _tls is None:
+        if os.environ.get("SSL_CERT_FILE"):
+            ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+        elif os.environ.get("SSL_CERT_DIR"):
+            ctx = ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+        else:
+            import certifi
+
+            ctx = ssl.create_default_context(cafile=certifi.where())
+        ctx.set_alpn_protocols(["http/1.1"])
+        _tls = ctx
+    return _tls
+
+
+class _Conn:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: Origin
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.origin = origin
+        self.reused = False
+
+    def usable(self) -> bool:
+        return not self.reader.at_eof() and not self.writer.is_closing()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Response:
+    """An answer whose status and headers are read; the body is read with ``read`` or
+    ``chunks``, after which the connection goes back to the pool (or is closed)."""
+
+    def __init__(
+        self, pool: Pool, conn: _Conn, status: int, headers: dict[str, str], *, bodiless: bool
+    ) -> None:
+        self.status_code = status
+        self.headers = headers  # names in lower case; repeated headers joined with ", "
+        self.content = b""
+        self._pool = pool
+        self._conn: _Conn | None = conn
+        self._keep = "close" not in headers.get("connection", "").lower()
+        self._length: int | None = None
+        self._chunked = False
+        if bodiless:
+            self._length = 0
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            self._chunked = True
+        elif "content-length" in headers:
+            try:
+                self._length = int(headers["content-length"])
+            except ValueError:
+                raise Broken(PROTOCOL, f"Content-Length {headers['content-length']!r}") from None
+            if self._length < 0:
+                raise Broken(PROTOCOL, f"Content-Length {self._length}")
+        else:
+            self._keep = False  # the body runs to the connection's end
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.chunks()]
+        self.content = parts[0] if len(parts) == 1 else b"".join(parts)
+        return self.content
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in pieces of at most ``READ`` bytes."""
+        conn = self._conn
+        assert conn is not None, "the body was read already"
+        read = self._pool.read
+        try:
+            if self._chunked:
+                while size := await self._chunk_size(conn):
+                    async for data in _exactly(read, conn, size):
+                        yield data
+                    if await read(conn.reader.readexactly(2)) != b"\r\n":
+                        raise Broken(PROTOCOL, "a chunk did not end with CRLF")
+                while (await read(conn.reader.readline())) not in (b"\r\n", b"\n"):
+                    pass  # trailers: nothing here uses them
+            elif self._length is not None:
+                async for data in _exactly(read, conn, self._length):
+                    yield data
+            else:
+                while data := await read(conn.reader.read(READ)):
+                    yield data
+        except BaseException:
+            self._drop()
+            raise
+        self._conn = None
+        self._pool.release(conn, keep=self._keep)
+
+    async def _chunk_size(self, conn: _Conn) -> int:
+        line = await self._pool.read(conn.reader.readline())
+        try:
+            return int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise Broken(PROTOCOL, f"a bad chunk size: {line[:40]!r}") from None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def aclose(self) -> None:
+        """Let the connection go without reading the rest of the body."""
+        self._drop()
+
+
+async def _exactly(read: Any, conn: _Conn, size: int) -> AsyncIterator[bytes]:
+    left = size
+    while left:
+        data = await read(conn.reader.read(min(left, READ)))
+        if not data:
+            raise Broken(PROTOCOL, f"the connection closed {left} bytes short of {size}")
+        left -= len(data)
+        yield data
+
+
+class Pool:
+    """Keep-alive connections per origin, at most ``keep`` of them idle; requests are not queued
+    here (the caller bounds how many run at once)."""
+
+    def __init__(self, *, timeout: float, connect_timeout: float, keep: int) -> None:
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.keep = keep
+        self._idle: list[_Conn] = []
+
+    async def read(self, awaitable: Any, what: str = "Read") -> Any:
+        """One read (or a write's drain) within the timeout; every way it fails is a ``Broken``."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await awaitable
+        except asyncio.IncompleteReadError:
+            raise Broken(PROTOCOL, "the connection closed mid-answer") from None
+        except (asyncio.LimitOverrunError, ValueError):
+            raise Broken(PROTOCOL, "an answer's line or header block too long") from None
+        except TimeoutError as exc:
+            raise Broken(f"{what}Timeout") from exc
+        except OSError as exc:
+            raise Broken(f"{what}Error", str(exc)) from exc
+
+    async def _connect(self, origin: Origin) -> _Conn:
+        scheme, host, port = origin
+        tls = tls_context() if scheme == "https" else None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=tls, server_hostname=host if tls else None, limit=LIMIT
+                )
+        except TimeoutError as exc:
+            raise ConnectFailed("ConnectTimeout") from exc
+        except OSError as exc:
+            raise ConnectFailed("ConnectError") from exc
+        return _Conn(reader, writer, origin)
+
+    def _idle_for(self, origin: Origin) -> _Conn | None:
+        while True:
+            found = next((c for c in reversed(self._idle) if c.origin == origin), None)
+            if found is None:
+                return None
+            self._idle.remove(found)
+            if found.usable():
+                return found
+            found.close()
+
+    def release(self, conn: _Conn, *, keep: bool) -> None:
+        if keep and conn.usable() and len(self._idle) < self.keep:
+            conn.reused = True
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None = None,
+        *,
+        fresh: bool = False,
+    ) -> Response:
+        """Send one request and read the answer's head. ``fresh``: on a new connection, closed
+        after the answer (the paid POST). A GET on a kept connection that the server closed
+        while idle is sent again once on a new one: nothing was answered, nothing happened."""
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise Unsendable(f"cannot send to {scheme or 'a URL without a scheme'}")
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError as exc:
+            raise Unsendable(str(exc)) from None
+        origin = (scheme, parts.hostname, port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        if fresh:
+            lines.append("Connection: close")
+        if any(c in line for line in lines for c in "\r\n\0"):
+            raise Unsendable("a header or the URL holds a line break")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        while True:
+            conn = None if fresh else self._idle_for(origin)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(origin)
+            try:
+                conn.writer.write(head + body if body else head)
+                await self.read(conn.writer.drain(), "Write")
+                status, answer = await self._head(conn)
+            except Broken as exc:
+                conn.close()
+                closed = conn.reader.at_eof() or isinstance(exc.__cause__, ConnectionError)
+                if reused and method == "GET" and closed:
+                    continue  # closed by the server while idle: the request was never read
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            bodiless = method == "HEAD" or status in (204, 304)
+            response = Response(self, conn, status, answer, bodiless=bodiless)
+            if fresh:
+                response._keep = False
+            return response
+
+    async def _head(self, conn: _Conn) -> tuple[int, dict[str, str]]:
+        while True:
+            raw = await self.read(conn.reader.readuntil(b"\r\n\r\n"))
+            lines = raw.decode("latin-1").split("\r\n")
+            version, _, rest = lines[0].partition(" ")
+            code = rest[:3]
+            if not version.startswith("HTTP/1.") or not code.isdigit():
+                raise Broken(PROTOCOL, f"not an HTTP/1.1 answer: {lines[0][:60]!r}")
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                if line:
+                    name, sep, value = line.partition(":")
+                    if not sep:
+                        raise Broken(PROTOCOL, f"a malformed header line: {line[:60]!r}")
+                    name, value = name.strip().lower(), value.strip()
+                    headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            if not code.startswith("1"):  # 100 Continue and its kind come before the answer
+                if version == "HTTP/1.0" and "keep-alive" not in headers.get("connection", ""):
+                    headers["connection"] = "close"
+                return int(code), headers
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class ProxiedPool:
+    """The same calls through httpx, for when a proxy applies (``proxied``): httpx reads the
+    proxy variables and NO_PROXY; its failures are told apart as ``Pool``'s are."""
+
+    def __init__(self, *, timeout: float, connect_timeout: float, keep: int) -> None:
+        import httpx
+
+        self._httpx = httpx
+        limits = httpx.Limits(max_connections=keep or None, max_keepalive_connections=keep)
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            follow_redirects=False, limits=limits,
+        )  # fmt: skip
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None = None,
+        *,
+        fresh: bool = False,
+    ) -> Any:
+        httpx = self._httpx
+        try:
+            request = self._http.build_request(method, url, headers=headers, content=body)
+            answer = await self._http.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ConnectFailed(type(exc).__name__) from exc
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise Unsendable(str(exc)) from exc
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise Broken(type(exc).__name__) from exc
+        return _ProxiedResponse(answer, httpx)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class _ProxiedResponse:
+    def __init__(self, answer: Any, httpx: Any) -> None:
+        self._answer = answer
+        self._httpx = httpx
+        self.status_code: int = answer.status_code
+        self.headers = {k.lower(): v for k, v in answer.headers.items()}
+        self.content = b""
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    async def read(self) -> bytes:
+        self.content = b"".join([chunk async for chunk in self.chunks()])
+        return self.content
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._answer.aiter_bytes():
+                yield chunk
+        except (self._httpx.TransportError, self._httpx.DecodingError) as exc:
+            raise Broken(type(exc).__name__) from exc
+        finally:
+            await self._answer.aclose()
+
+    async def aclose(self) -> None:
+        await self._answer.aclose()
+
+
+def pool(*, timeout: float, connect_timeout: float, keep: int) -> Pool | ProxiedPool:
+    """This module's pool, or httpx's where a proxy applies."""
+    kind = ProxiedPool if proxied() else Pool
+    return kind(timeout=timeout, connect_timeout=connect_timeout, keep=keep)

@@ -1,0 +1,208 @@
+"""The lean HTTP/1.1 client (``reconciler.http11``) against real sockets: framing, keep-alive,
+a connection the server closed while idle, failures told apart by when they happened, the proxy
+fallback; and a download's output copy written in the same pass (``ObjectCache.begin``)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from reconciler import http11
+from reconciler.http11 import Broken, ConnectFailed, Pool, ProxiedPool, Unsendable
+from reconciler.objects import ObjectCache
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serving(handler: Handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def pool() -> Pool:
+    return Pool(timeout=5.0, connect_timeout=5.0, keep=2)
+
+
+def test_keep_alive_chunked_and_close_delimited_bodies() -> None:
+    """Content-Length and chunked answers on one kept connection, then one read to its end."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello")
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\n")  # fmt: skip
+        await read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nto the end")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, base = await serving(handler)
+        http = pool()
+        try:
+            first = await http.request("GET", f"{base}/a", {})
+            assert await first.read() == b"hello" and first.headers["x-a"] == "1, 2"
+            second = await http.request("GET", f"{base}/b", {})
+            assert await second.read() == b"abcde"
+            third = await http.request("GET", f"{base}/c", {})
+            assert await third.read() == b"to the end"
+        finally:
+            await http.aclose()
+            server.close()
+        assert connections == 1
+
+    asyncio.run(main())
+
+
+def test_a_get_on_a_connection_closed_while_idle_is_sent_again() -> None:
+    """The server drops the kept connection after its answer: the next GET goes out on a new
+    one, unseen by the caller. A POST is never resent."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # without saying Connection: close
+
+    async def main() -> None:
+        server, base = await serving(handler)
+        http = pool()
+        try:
+            for _ in range(3):
+                answer = await http.request("GET", f"{base}/op", {"x-goog-api-key": "k"})
+                assert await answer.read() == b"ok"
+                await asyncio.sleep(0.05)  # the server's close arrives while idle
+        finally:
+            await http.aclose()
+            server.close()
+        assert len(seen) == 3 and all(b"x-goog-api-key: k" in s for s in seen)
+
+    asyncio.run(main())
+
+
+def test_failures_are_told_apart_by_when_they_happened() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.close()
+
+    async def main() -> None:
+        http = pool()
+        server, base = await serving(cut)
+        short = await http.request("GET", f"{base}/v", {})
+        with pytest.raises(Broken, match="RemoteProtocolError") as cut_short:
+            await short.read()
+        assert "short" in cut_short.value.detail
+        server.close()
+        server, base = await serving(silent)
+        with pytest.raises(Broken, match="RemoteProtocolError"):
+            await http.request("POST", f"{base}/p", {}, b"{}", fresh=True)
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(ConnectFailed, match="ConnectError"):
+            await http.request("POST", f"{base}/p", {}, b"{}", fresh=True)
+        with pytest.raises(Unsendable):
+            await http.request("GET", "ftp://127.0.0.1/x", {})
+        with pytest.raises(Unsendable):
+            await http.request("GET", f"{base}/x", {"x-bad": "a\r\nInjected: 1"})
+        await http.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_read_past_the_timeout_is_broken() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()  # no answer: wait for the client to give up and close
+        writer.close()
+
+    async def main() -> None:
+        server, base = await serving(stall)
+        http = Pool(timeout=0.2, connect_timeout=5.0, keep=1)
+        with pytest.raises(Broken, match="ReadTimeout"):
+            await http.request("GET", f"{base}/slow", {})
+        await http.aclose()
+        await asyncio.sleep(0.1)  # the server sees the close and closes its side
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_a_proxy_in_the_environment_hands_the_requests_to_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    assert not http11.proxied()
+    assert isinstance(http11.pool(timeout=1, connect_timeout=1, keep=1), Pool)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert http11.proxied()
+    assert isinstance(http11.pool(timeout=1, connect_timeout=1, keep=1), ProxiedPool)
+
+
+def test_https_verifies_certificates() -> None:
+    context = http11.tls_context()
+    assert context.verify_mode.name == "CERT_REQUIRED" and context.check_hostname
+
+
+def test_the_output_copy_is_written_in_the_same_pass_and_renamed_into_place(
+    tmp_path: Path,
+) -> None:
+    """The spare beside the output gets the same bytes; placing renames it (nothing under the
+    final name before); a spare never placed is deleted; without one, the copy is made."""
+    cache = ObjectCache(tmp_path / "objects")
+    videos = tmp_path / "videos"
+    data = b"\0\0\0\x20ftypisom" + os.urandom(3 << 20)
+    incoming = cache.begin(videos)
+    for i in range(0, len(data), 1 << 20):
+        incoming.write(data[i : i + (1 << 20)])
+    assert [p.name for p in videos.iterdir() if not p.name.startswith(".")] == []
+    sha, size = incoming.commit(defer_sync=True)
+    assert sha == hashlib.sha256(data).hexdigest() and size == len(data)
+    spare = cache.spares[sha]
+    target = videos / "clip.mp4"
+    cache.materialize(sha, target, defer_sync=True)
+    assert not spare.exists() and target.read_bytes() == data
+    assert cache.path(sha).read_bytes() == data
+    cache.syncer.drain()
+    # A second object whose spare no placement takes: dropped at the end of the run.
+    other = cache.begin(videos)
+    other.write(data[:100])
+    sha2, _ = other.commit(defer_sync=True)
+    leftover = cache.spares[sha2]
+    assert leftover.exists()
+    again = cache.begin(videos)  # the same object downloaded twice: one spare is kept
+    again.write(data[:100])
+    again.commit(defer_sync=True)
+    assert cache.spares[sha2] == leftover
+    cache.drop_spares()
+    assert not leftover.exists() and sorted(p.name for p in videos.iterdir()) == ["clip.mp4"]
+    # No spare (an earlier run's object): the copy is made as before.
+    cache.materialize(sha2, videos / "again.mp4", defer_sync=False)
+    assert (videos / "again.mp4").read_bytes() == data[:100]
+    # A download that fails leaves neither temp file behind.
+    failed = cache.begin(videos)
+    failed.write(data[:10])
+    failed.discard()
+    assert sorted(p.name for p in videos.iterdir()) == ["again.mp4", "clip.mp4"]
