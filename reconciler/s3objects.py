@@ -13,8 +13,8 @@ pulls from it what it lacks (``objects.ObjectCache`` sits in front and verifies 
   from or written to reconcile.yaml or the state.
 - Writes are create-only (``If-None-Match: *``): the key is the content hash, so an object
   already there (412) is success, and nothing in the bucket is ever overwritten. A large object
-  goes up in parts of ``PART`` bytes, one part in memory at a time; its hash is checked before the
-  upload is completed, so wrong bytes are never published under a content key.
+  goes up in parts of ``PART`` bytes, each read from the file as it is sent; its hash is checked
+  before the upload is completed, so wrong bytes are never published under a content key.
 - Reads stream; the caller hashes them on the way in.
 - Answers to "is it there?" are remembered for the process (a negative one for
   ``NEGATIVE_TTL`` seconds), and many questions at once are answered by listing the two-hex
@@ -236,21 +236,25 @@ class S3Objects:
         return True
 
     def _put_parts(self, sha256: str, src: Any) -> bool:
-        """Multipart: one part in memory at a time; completed only once the hash matches."""
+        """Multipart: each part streamed from the file (``_Window``); completed only once the
+        hash matches."""
         key, client = self.key(sha256), self.client
+        size = os.fstat(src.fileno()).st_size
         upload = client.create_multipart_upload(
             Bucket=self.bucket, Key=key, ContentType="video/mp4"
         )["UploadId"]
         try:
             digest = hashlib.sha256()
             parts: list[dict[str, Any]] = []
-            while body := src.read(PART):
-                digest.update(body)
+            for start in range(0, size, PART):
+                body = _Window(src.fileno(), start, min(PART, size - start))
+                while chunk := body.read(READ_CHUNK):
+                    digest.update(chunk)
+                body.seek(0)
                 number = len(parts) + 1
                 answer = client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload,
                                             PartNumber=number, Body=body)  # fmt: skip
                 parts.append({"ETag": answer["ETag"], "PartNumber": number})
-                del body
             self._check(sha256, digest)
             client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload, IfNoneMatch="*",
@@ -330,3 +334,31 @@ def _describe(exc: Exception) -> str:
         error = response["Error"]
         return f"{error.get('Code', '?')}: {error.get('Message') or 'no message'}"
     return str(exc) or type(exc).__name__
+
+
+class _Window:
+    """One part of an open file as a seekable file object. botocore reads a body like this in
+    small pieces (to sign it, to send it) and seeks back to resend it, so a part never sits in
+    memory whole: as ``bytes`` it did, with botocore's copies beside it (8 MiB each, and glibc
+    kept them), which made an upload's peak memory grow with the video."""
+
+    def __init__(self, fd: int, start: int, size: int) -> None:
+        self._fd, self._start, self._size, self._pos = fd, start, size, 0
+
+    def read(self, amount: int | None = -1) -> bytes:
+        left = self._size - self._pos
+        amount = left if amount is None or amount < 0 else min(amount, left)
+        data = os.pread(self._fd, amount, self._start + self._pos) if amount > 0 else b""
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, min(base + offset, self._size))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return self._size
