@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
+_PRINTABLE = "".join(chr(c) for c in range(33, 127))  # kept as they are in a request target
 READ = 1 << 20  # the most one read hands up: a download moves in pieces of up to 1 MiB
 LIMIT = 1 << 20  # the stream's buffer: the longest header block, and the flow control's mark
 Origin = tuple[str, str, int]
@@ -92,7 +95,10 @@ class _Conn:
         self.reused = False
 
     def usable(self) -> bool:
-        return not self.reader.at_eof() and not self.writer.is_closing()
+        # Bytes waiting on an idle connection (a 408 sent before the server closed) would be
+        # read as the next request's answer. StreamReader has no public way to ask.
+        waiting = len(getattr(self.reader, "_buffer", b""))
+        return not waiting and not self.reader.at_eof() and not self.writer.is_closing()
 
     def close(self) -> None:
         self.writer.close()
@@ -151,8 +157,11 @@ class Response:
                         yield data
                     if await read(conn.reader.readexactly(2)) != b"\r\n":
                         raise Broken(PROTOCOL, "a chunk did not end with CRLF")
-                while (await read(conn.reader.readline())) not in (b"\r\n", b"\n"):
-                    pass  # trailers: nothing here uses them
+                # Trailers, which nothing here uses; a connection closed among them reads b""
+                # at once, forever: it must end the answer, not spin.
+                while (line := await read(conn.reader.readline())) not in (b"\r\n", b"\n"):
+                    if not line:
+                        raise Broken(PROTOCOL, "the connection closed in the trailers")
             elif self._length is not None:
                 async for data in _exactly(read, conn, self._length):
                     yield data
@@ -167,10 +176,10 @@ class Response:
 
     async def _chunk_size(self, conn: _Conn) -> int:
         line = await self._pool.read(conn.reader.readline())
-        try:
-            return int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise Broken(PROTOCOL, f"a bad chunk size: {line[:40]!r}") from None
+        size = line.split(b";", 1)[0].strip()
+        if not _HEX.fullmatch(size):  # int(..., 16) would take "-1", "+5", "0x10" and "1_0"
+            raise Broken(PROTOCOL, f"a bad chunk size: {line[:40]!r}")
+        return int(size, 16)
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -218,7 +227,10 @@ class Pool:
 
     async def _connect(self, origin: Origin) -> _Conn:
         scheme, host, port = origin
-        tls = tls_context() if scheme == "https" else None
+        try:
+            tls = tls_context() if scheme == "https" else None
+        except (OSError, ValueError) as exc:  # a bad SSL_CERT_FILE: nothing can be sent
+            raise Unsendable(f"TLS cannot be set up: {exc}") from None
         try:
             async with asyncio.timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(
@@ -269,6 +281,8 @@ class Pool:
             raise Unsendable(str(exc)) from None
         origin = (scheme, parts.hostname, port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not target.isascii() or " " in target:  # as httpx: percent-encoded, never refused
+            target = quote(target, safe=_PRINTABLE)
         lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if body is not None:
@@ -277,7 +291,12 @@ class Pool:
             lines.append("Connection: close")
         if any(c in line for line in lines for c in "\r\n\0"):
             raise Unsendable("a header or the URL holds a line break")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        except UnicodeEncodeError:
+            raise Unsendable(
+                "a header or the host holds a character HTTP/1.1 cannot carry"
+            ) from None
         while True:
             conn = None if fresh else self._idle_for(origin)
             reused = conn is not None
@@ -287,6 +306,8 @@ class Pool:
                 conn.writer.write(head + body if body else head)
                 await self.read(conn.writer.drain(), "Write")
                 status, answer = await self._head(conn)
+                bodiless = method == "HEAD" or status in (204, 304)
+                response = Response(self, conn, status, answer, bodiless=bodiless)
             except Broken as exc:
                 conn.close()
                 closed = conn.reader.at_eof() or isinstance(exc.__cause__, ConnectionError)
@@ -296,8 +317,6 @@ class Pool:
             except BaseException:
                 conn.close()
                 raise
-            bodiless = method == "HEAD" or status in (204, 304)
-            response = Response(self, conn, status, answer, bodiless=bodiless)
             if fresh:
                 response._keep = False
             return response

@@ -5,6 +5,7 @@ fallback; and a download's output copy written in the same pass (``ObjectCache.b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
@@ -164,6 +165,101 @@ def test_a_proxy_in_the_environment_hands_the_requests_to_httpx(
 def test_https_verifies_certificates() -> None:
     context = http11.tls_context()
     assert context.verify_mode.name == "CERT_REQUIRED" and context.check_hostname
+
+
+def test_malformed_chunked_answers_end_in_broken_not_a_hang() -> None:
+    """A connection closed among the trailers, and chunk sizes ``int(x, 16)`` would take."""
+    answers = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nok\r\n0\r\n\r\n",
+    ]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answers.pop(0))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, base = await serving(handler)
+        http = pool()
+        try:
+            for _ in range(3):
+                answer = await http.request("GET", f"{base}/x", {})
+                with pytest.raises(Broken):
+                    async with asyncio.timeout(3):  # the trailers' loop never yielded before
+                        await answer.read()
+        finally:
+            await http.aclose()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_bytes_waiting_on_an_idle_connection_retire_it() -> None:
+    """A server that says something unasked (a 408) before closing: its bytes are never read as
+    the next request's answer."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            seen.append(await read_request(reader))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, base = await serving(handler)
+        http = pool()
+        try:
+            assert await (await http.request("GET", f"{base}/a", {})).read() == b"ok"
+            await asyncio.sleep(0.1)
+            second = await http.request("GET", f"{base}/b", {})
+            assert second.status_code == 200 and await second.read() == b"ok"
+        finally:
+            await http.aclose()
+            await asyncio.sleep(0.1)  # the handlers see the close and end
+            server.close()
+        assert [r.split(b" ")[1] for r in seen] == [b"/a", b"/b"]  # each on its own connection
+
+    asyncio.run(main())
+
+
+def test_what_http_cannot_carry_is_encoded_or_refused_before_sending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A non-ASCII path is percent-encoded (as httpx did); a header HTTP cannot carry, or a
+    certificate file that is not there, is refused before anything leaves."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, base = await serving(handler)
+        http = pool()
+        try:
+            await (await http.request("GET", f"{base}/vid\u00e9o a.mp4", {})).read()
+            with pytest.raises(Unsendable):
+                await http.request("GET", f"{base}/b", {"x-goog-api-key": "cl\u00e9\u2603"})
+            monkeypatch.setattr(http11, "_tls", None)
+            monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+            with pytest.raises(Unsendable, match="TLS"):
+                await http.request("GET", "https://127.0.0.1:9/x", {})
+        finally:
+            await http.aclose()
+            server.close()
+        assert len(seen) == 1 and seen[0].startswith(b"GET /vid%C3%A9o%20a.mp4 HTTP/1.1")
+
+    asyncio.run(main())
 
 
 def test_the_output_copy_is_written_in_the_same_pass_and_renamed_into_place(
