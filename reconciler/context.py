@@ -9,6 +9,7 @@ transition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,8 +72,19 @@ class Context:
         futex calls). Calls run in the order they were made."""
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="state")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
+        call = asyncio.get_running_loop().run_in_executor(
+            self._thread, partial(fn, *args, **kwargs)
+        )
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # A call once asked for runs to its end even when its task is cancelled (a stop's
+            # grace ending): cancelled while queued behind another, it would never run, and the
+            # operation name a POST was just answered with would be lost (the spec unknown).
+            while not call.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(call)
+            raise
 
 
 class KeyWork:

@@ -117,6 +117,7 @@ class Engine:
             elif isinstance(result, asyncio.CancelledError):
                 summary.outcomes.append(await self._interrupted(action))
             else:
+                await asyncio.to_thread(self.ws.cache.drop_spares)  # no partial copy is left
                 raise result
         # The videos this run wrote are on disk before the lock names them (files.Syncer).
         await self._synced()

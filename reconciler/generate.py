@@ -373,7 +373,10 @@ class _KeyTask(KeyWork):
         async def once() -> tuple[str, int]:
             # The output's folder (its name waits for the hash): its copy is written as it lands.
             folder = (ctx.ws.repo / ctx.ws.output_path(self.spec.name, "")).parent
-            landing = Landing(ctx.ws.cache, ctx.db, spare_in=folder)
+            # A small video is committed on the state thread (one hop), unless committing
+            # uploads it to a bucket: that network call must not hold every claim behind it.
+            run = ctx.db if ctx.ws.cache.remote is None else None
+            landing = Landing(ctx.ws.cache, run, spare_in=folder)
             try:
 
                 async def sink(chunk: bytes) -> None:

@@ -305,8 +305,19 @@ class Incoming:
         self._digest.update(chunk)
         self.fh.write(chunk)
         if self.spare is not None:
-            self.spare[0].write(chunk)
+            try:
+                self.spare[0].write(chunk)
+            except OSError:  # best effort (its folder's disk is full): placed by copy instead
+                self.drop_spare()
         self.size += len(chunk)
+
+    def drop_spare(self) -> None:
+        if self.spare is not None:
+            spare, self.spare = self.spare, None
+            with contextlib.suppress(OSError):
+                spare[0].close()
+            with contextlib.suppress(OSError):
+                spare[1].unlink()
 
     @property
     def sha256(self) -> str:
@@ -329,7 +340,11 @@ class Incoming:
             fsync_dir(final.parent)
         self.cache.trusted.add(self.sha256)
         if self.spare is not None:
-            self.spare[0].close()  # flushed: written whole; fsynced when placed
+            try:
+                self.spare[0].close()  # flushed: written whole; fsynced when placed
+            except OSError:
+                self.drop_spare()
+        if self.spare is not None:
             # Two downloads of one object (names sharing a key): one spare is kept.
             if self.cache.spares.setdefault(self.sha256, self.spare[1]) != self.spare[1]:
                 with contextlib.suppress(OSError):
@@ -344,8 +359,4 @@ class Incoming:
         self.fh.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
-        if self.spare is not None:
-            self.spare[0].close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spare[1])
-            self.spare = None
+        self.drop_spare()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 
 import pytest
 from conftest import Repo
@@ -230,3 +231,33 @@ def test_replace_on_names_sharing_a_key_pays_once(repo: Repo) -> None:
     result = repo.apply("--replace", "a", "--replace", "b", "--concurrency", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert repo.sim.paid_posts == 2
+
+
+def test_a_state_call_runs_even_when_its_task_is_cancelled_while_queued(repo: Repo) -> None:
+    """A stop's grace ending cancels the run's tasks. A state call queued behind another on the
+    run's one state thread (the operation name a POST was just answered with) still runs to its
+    end before the cancel reaches its task: dropped, the spec would be left unknown."""
+    ws = Workspace(repo.path)
+    ctx = Engine(ws).ctx
+    ran: list[str] = []
+
+    async def main() -> None:
+        busy = asyncio.ensure_future(ctx.db(time.sleep, 0.3))  # a commit ahead in the queue
+
+        async def accepted() -> None:
+            await asyncio.sleep(0.01)
+            await ctx.db(ran.append, "operations/123")
+
+        task = asyncio.ensure_future(accepted())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ran == ["operations/123"]  # before the cancel was let through
+        await busy
+
+    try:
+        asyncio.run(main())
+    finally:
+        ws.close()
+    assert ran == ["operations/123"]
