@@ -65,7 +65,9 @@ def _walk(root: str, out: list[Any], *, depth: int = -1, code: bool = False) -> 
     folder is listed and stat'ed through its descriptor: a fifth less work than full paths."""
     out.append((root, _stat(root)))
     try:
-        pending = [(os.open(root, _DIR), depth)]
+        # The root through a link as the loader walks it (``specs`` may be a link to a folder);
+        # links below it are not followed, as the loader's are not.
+        pending = [(os.open(root, os.O_RDONLY | os.O_DIRECTORY), depth)]
     except OSError:
         return  # its stat above says what it is
     while pending:
@@ -205,7 +207,7 @@ def replay_argv(argv: list[str]) -> None:
     click or any command, when the command line is a plain plan or status whose answer holds;
     otherwise return, and click runs the command."""
     parsed = parse_argv(argv)
-    if parsed is None or not os.path.isdir(parsed[0]) or sys.stdout.isatty():
+    if parsed is None or not os.path.isdir(parsed[0]) or sys.stdout is None or sys.stdout.isatty():
         return
     answer = Memo(Path(os.path.realpath(parsed[0])), parsed[1]).replay()
     if answer is not None:
@@ -234,12 +236,14 @@ class Memo:
         try:
             until_ns, stdout, stderr, code = self.data["answers"][self.key]  # type: ignore[index]
             paths = list(self.data["paths"])  # type: ignore[call-overload]
-        except Exception:  # none for this command, or a memo of another shape
+            if time.time_ns() >= until_ns:
+                return None
+            digest = _digest(fingerprint(self.repo, paths))
+            if digest != self.data.get("digest"):
+                return None
+            return (str(stdout), str(stderr), int(code))
+        except Exception:  # none for this command, or a memo of another shape: a full run
             return None
-        if time.time_ns() >= until_ns:
-            return None
-        digest = _digest(fingerprint(self.repo, paths))
-        return (stdout, stderr, code) if digest == self.data.get("digest") else None
 
     def record(self, answer: Answer, *, paths: list[str], until_ns: int) -> None:
         """Keep this answer if every input is old enough to be trusted by its stat (else the

@@ -10,7 +10,9 @@ just wrote to count as settled; one test keeps it, to show fresh files are never
 from __future__ import annotations
 
 import hashlib
+import marshal
 import os
+import shutil
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -325,3 +327,39 @@ def test_a_real_process_replays_the_answer_the_command_recorded(
         assert (again.stdout, again.stderr, again.returncode) == (
             first.stdout, first.stderr, first.returncode,
         )  # fmt: skip
+
+
+def test_specs_through_a_link_to_a_folder_are_stat_ed_as_the_loader_reads_them(
+    offline_repo: Repo, settled: None
+) -> None:
+    """``specs`` a link to a folder: a spec edited in place (same inode, the folder's times
+    unchanged) is never answered from the memo."""
+    real = offline_repo.path / "real-specs"
+    real.mkdir()
+    (real / "a.yaml").write_text(spec("a"))
+    shutil.rmtree(offline_repo.path / "specs", ignore_errors=True)
+    (offline_repo.path / "specs").symlink_to(real)
+    (offline_repo.path / "state").mkdir()
+    run(offline_repo, "plan")
+    assert run(offline_repo, "plan")[1]
+    folder = os.stat(real)
+    with open(real / "a.yaml", "r+") as fh:  # in place: no new inode, no folder change
+        fh.write(spec("a", "A lighthouse at dawn!"))
+    assert os.stat(real).st_mtime_ns == folder.st_mtime_ns
+    assert not run(offline_repo, "plan")[1]
+
+
+@pytest.mark.parametrize("odd", [{"answers": {}, "paths": 3}, {"answers": 7}, {"digest": None}])
+def test_a_memo_of_an_odd_shape_costs_a_full_run_never_a_traceback(
+    offline_repo: Repo, settled: None, odd: dict[str, object]
+) -> None:
+    materialized(offline_repo)
+    first, _ = run(offline_repo, "status")
+    path = offline_repo.path / "state" / MEMO_FILE
+    data = marshal.loads(path.read_bytes())
+    key = next(iter(data["answers"]))
+    data["answers"][key] = ("soon", None, [], "x")  # a compare and a digest that both fail
+    data.update(odd)
+    path.write_bytes(marshal.dumps(data))
+    again, replayed = run(offline_repo, "status")
+    assert not replayed and again.stdout == first.stdout
