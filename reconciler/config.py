@@ -6,14 +6,13 @@ never touch the environment or the file system for settings.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import Problem, ReconcileError, SpecErrors
 from .facts import CATALOG, Duration, Feature, ModelFacts, Resolution
@@ -54,117 +53,128 @@ def objects_url(value: str) -> str:
     return f"s3://{parts.netloc}" + (f"/{prefix}" if prefix else "")
 
 
-class Limits(BaseModel):
-    """``limits:``: submit rate and concurrency caps for a team that knows its quota (DESIGN.md)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    submitPerMinute: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    concurrency: int | None = Field(default=None, ge=1, le=64)
-
-
-class Retries(BaseModel):
-    """``retries:``: how often a failed operation is resubmitted before it stays failed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # A failed operation is not billed; resubmitting it twice in total is what DESIGN.md allows.
-    operationFailed: int = Field(default=2, ge=0, le=10)
-    # A 5xx answer to a POST whose body was sent is ambiguous through a gateway: the upstream may
-    # have accepted (and billed) the job. Off: the spec becomes unknown. On: it is resubmitted,
-    # which may pay twice for one video; only for a provider known to answer 5xx before accepting.
-    resubmitAfterServerError: bool = False
+def output_dir(value: str) -> str:
+    """``outputDir`` checked (a relative folder inside the repo, of its own), in its plain form."""
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
+        raise ValueError("must be a relative folder inside the repo, without '..'")
+    if not path.parts:
+        raise ValueError(
+            f"{value!r} is the repo itself: outputs need a folder of their own, such as videos"
+        )
+    if not value.isprintable():
+        raise ValueError("holds a control character (such as NUL): give a plain folder name")
+    if path.parts[0] in ("state", "specs", ".git"):
+        raise ValueError(f"must not be inside {path.parts[0]}/")
+    return str(path)
 
 
-USD = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+@functools.cache
+def schema() -> tuple[Any, dict[str, tuple[str, ...]]]:
+    """The pydantic model of reconcile.yaml, and the keys allowed at each level of it (for "did
+    you mean" on a typo). Built on first use: a reconcile.yaml of the plain shape ``_plain``
+    checks by itself (or none) spares a cold load pydantic's import and model building."""
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+    class Limits(BaseModel):
+        """``limits:``: submit rate and concurrency caps for a team that knows its quota (DESIGN.md)."""
 
-class ModelDecl(BaseModel):
-    """One entry of ``models:``: a model id the provider serves, declared or overridden. Fields
-    left out keep the built-in entry's (or, for a new id, allow everything but have no price)."""
+        model_config = ConfigDict(extra="forbid")
 
-    model_config = ConfigDict(extra="forbid")
+        submitPerMinute: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+        concurrency: int | None = Field(default=None, ge=1, le=64)
 
-    price: dict[Resolution, USD] | None = None
-    resolutions: list[Resolution] | None = Field(default=None, min_length=1)
-    durations: list[Duration] | None = Field(default=None, min_length=1)
-    features: list[Feature] | None = None
+    class Retries(BaseModel):
+        """``retries:``: how often a failed operation is resubmitted before it stays failed."""
 
+        model_config = ConfigDict(extra="forbid")
 
-class Budget(BaseModel):
-    """``budget:``: USD caps on what POSTs that may be billed cost, per run and per UTC day/month."""
+        # A failed operation is not billed; resubmitting it twice in total is what DESIGN.md allows.
+        operationFailed: int = Field(default=2, ge=0, le=10)
+        # A 5xx answer to a POST whose body was sent is ambiguous through a gateway: the upstream may
+        # have accepted (and billed) the job. Off: the spec becomes unknown. On: it is resubmitted,
+        # which may pay twice for one video; only for a provider known to answer 5xx before accepting.
+        resubmitAfterServerError: bool = False
 
-    model_config = ConfigDict(extra="forbid")
+    USD = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
-    perRun: USD | None = None
-    perDay: USD | None = None
-    perMonth: USD | None = None
+    class ModelDecl(BaseModel):
+        """One entry of ``models:``: a model id the provider serves, declared or overridden. Fields
+        left out keep the built-in entry's (or, for a new id, allow everything but have no price)."""
 
+        model_config = ConfigDict(extra="forbid")
 
-class ConfigFile(BaseModel):
-    """The schema of reconcile.yaml; unknown keys are errors, as in specs."""
+        price: dict[Resolution, USD] | None = None
+        resolutions: list[Resolution] | None = Field(default=None, min_length=1)
+        durations: list[Duration] | None = Field(default=None, min_length=1)
+        features: list[Feature] | None = None
 
-    model_config = ConfigDict(extra="forbid")
+    class Budget(BaseModel):
+        """``budget:``: USD caps on what POSTs that may be billed cost, per run and per UTC day/month."""
 
-    defaults: dict[str, Any] = Field(default_factory=dict)
-    outputDir: str = "videos"
-    models: dict[str, ModelDecl] = Field(default_factory=dict)
-    pricing: dict[str, dict[str, USD]] = Field(default_factory=dict)
-    limits: Limits = Field(default_factory=Limits)
-    retries: Retries = Field(default_factory=Retries)
-    budget: Budget = Field(default_factory=Budget)
-    state: str | None = None  # postgresql://HOST/DB: generations and the ledger shared by a team
+        model_config = ConfigDict(extra="forbid")
 
-    @field_validator("state")
-    @classmethod
-    def _state_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        problem = state_url_problem(value)
-        if problem is None and _has_password(value):
-            problem = f"holds a password: {PASSWORD_FIX}"
-        if problem is not None:
-            raise ValueError(problem)
-        return value
+        perRun: USD | None = None
+        perDay: USD | None = None
+        perMonth: USD | None = None
 
-    objects: str | None = None  # the shared object store, s3://bucket/prefix
+    class ConfigFile(BaseModel):
+        """The schema of reconcile.yaml; unknown keys are errors, as in specs."""
 
-    @field_validator("objects")
-    @classmethod
-    def _objects_url(cls, value: str | None) -> str | None:
-        return None if value is None else objects_url(value)
+        model_config = ConfigDict(extra="forbid")
 
-    @field_validator("defaults", "models", "pricing", "limits", "retries", "budget", mode="before")
-    @classmethod
-    def _empty_section(cls, value: Any) -> Any:
-        # `defaults:` with only comments under it is an empty section, not an error.
-        return {} if value is None else value
+        defaults: dict[str, Any] = Field(default_factory=dict)
+        outputDir: str = "videos"
+        models: dict[str, ModelDecl] = Field(default_factory=dict)
+        pricing: dict[str, dict[str, USD]] = Field(default_factory=dict)
+        limits: Limits = Field(default_factory=Limits)
+        retries: Retries = Field(default_factory=Retries)
+        budget: Budget = Field(default_factory=Budget)
+        state: str | None = (
+            None  # postgresql://HOST/DB: generations and the ledger shared by a team
+        )
 
-    @field_validator("outputDir")
-    @classmethod
-    def _inside_repo(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
-            raise ValueError("must be a relative folder inside the repo, without '..'")
-        if not path.parts:
-            raise ValueError(
-                f"{value!r} is the repo itself: outputs need a folder of their own, such as videos"
-            )
-        if not value.isprintable():
-            raise ValueError("holds a control character (such as NUL): give a plain folder name")
-        if path.parts[0] in ("state", "specs", ".git"):
-            raise ValueError(f"must not be inside {path.parts[0]}/")
-        return str(path)
+        @field_validator("state")
+        @classmethod
+        def _state_url(cls, value: str | None) -> str | None:
+            if value is None:
+                return None
+            problem = state_url_problem(value)
+            if problem is None and _has_password(value):
+                problem = f"holds a password: {PASSWORD_FIX}"
+            if problem is not None:
+                raise ValueError(problem)
+            return value
 
+        objects: str | None = None  # the shared object store, s3://bucket/prefix
 
-# The keys allowed at each level of reconcile.yaml, for "did you mean" on a typo.
-KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "": tuple(ConfigFile.model_fields),
-    "limits": tuple(Limits.model_fields),
-    "retries": tuple(Retries.model_fields),
-    "budget": tuple(Budget.model_fields),
-    "models.*": tuple(ModelDecl.model_fields),
-}
+        @field_validator("objects")
+        @classmethod
+        def _objects_url(cls, value: str | None) -> str | None:
+            return None if value is None else objects_url(value)
+
+        @field_validator(
+            "defaults", "models", "pricing", "limits", "retries", "budget", mode="before"
+        )
+        @classmethod
+        def _empty_section(cls, value: Any) -> Any:
+            # `defaults:` with only comments under it is an empty section, not an error.
+            return {} if value is None else value
+
+        @field_validator("outputDir")
+        @classmethod
+        def _inside_repo(cls, value: str) -> str:
+            return output_dir(value)
+
+    # The keys allowed at each level of reconcile.yaml, for "did you mean" on a typo.
+    known: dict[str, tuple[str, ...]] = {
+        "": tuple(ConfigFile.model_fields),
+        "limits": tuple(Limits.model_fields),
+        "retries": tuple(Retries.model_fields),
+        "budget": tuple(Budget.model_fields),
+        "models.*": tuple(ModelDecl.model_fields),
+    }
+    return ConfigFile, known
 
 
 @dataclass(frozen=True)
@@ -207,10 +217,16 @@ def load_config(repo: Path) -> Config:
     doc = docs[0]
     if not isinstance(doc.data, dict):
         raise SpecErrors([Problem(CONFIG_FILE, "must be a mapping of settings", line=doc.line)])
+    plain = _plain(doc.data)
+    if plain is not None:
+        return replace(plain, lines=dict(doc.key_lines))
+    from pydantic import ValidationError
+
+    config_file, known = schema()
     try:
-        parsed = ConfigFile.model_validate(doc.data)
+        parsed = config_file.model_validate(doc.data)
     except ValidationError as exc:
-        raise SpecErrors(pydantic_problems(exc, CONFIG_FILE, doc, known=KNOWN_KEYS)) from None
+        raise SpecErrors(pydantic_problems(exc, CONFIG_FILE, doc, known=known)) from None
     return Config(
         defaults=parsed.defaults,
         output_dir=parsed.outputDir,
@@ -226,6 +242,29 @@ def load_config(repo: Path) -> Config:
         objects=parsed.objects,
         lines=dict(doc.key_lines),
     )
+
+
+def _plain(data: dict[Any, Any]) -> Config | None:
+    """The settings of a reconcile.yaml that holds only ``defaults`` (checked later, against the
+    spec fields) and ``outputDir``, in plain shapes: exactly what the pydantic model gives for
+    it. None for anything else, which the model then checks with its own errors."""
+    if not _PLAIN_KEYS.issuperset(data):
+        return None
+    defaults = data.get("defaults")
+    defaults = {} if defaults is None else defaults
+    out = data.get("outputDir", "videos")
+    if type(defaults) is not dict or not all(type(k) is str for k in defaults):
+        return None
+    if type(out) is not str:
+        return None
+    try:
+        out = output_dir(out)
+    except ValueError:
+        return None
+    return Config(defaults=dict(defaults), output_dir=out)
+
+
+_PLAIN_KEYS = frozenset(("defaults", "outputDir"))
 
 
 def state_url(config: Config, env: Mapping[str, str] | None = None) -> str | None:
@@ -310,7 +349,7 @@ def shared_objects(config: Config, env: dict[str, str] | None = None) -> str | N
 
 
 def catalog(
-    declared: dict[str, ModelDecl], pricing: dict[str, dict[str, float]]
+    declared: dict[str, Any], pricing: dict[str, dict[str, float]]
 ) -> dict[str, ModelFacts]:
     """The built-in catalog with reconcile.yaml's ``models:`` merged over it, then the older
     ``pricing:`` table folded in (a price for an id nobody declared declares it)."""

@@ -15,11 +15,10 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Any, Protocol
 
 from .errors import Problem, SpecErrors
 from .facts import (
@@ -32,20 +31,13 @@ from .facts import (
     EXTENSION_RESOLUTION,
     EXTENSION_SECONDS,
     MAX_PROMPT_CHARS,
-    MAX_REFERENCE_IMAGES,
     PERSON_GENERATION_BY_MODE,
     RESOLUTIONS,
     RESOLUTIONS_NEEDING_8S,
     SEED_MAX,
-    AspectRatio,
-    Duration,
     ModelFacts,
-    PersonGeneration,
-    ReferenceType,
-    Resolution,
     video_identity,
 )
-from .yamlio import show
 
 KEY_VERSION = 1
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
@@ -54,130 +46,106 @@ assert DEFAULT_ASPECT_RATIO in ASPECT_RATIOS and DEFAULT_RESOLUTION in RESOLUTIO
 assert DEFAULT_DURATION in DURATIONS
 
 
-class VideoRef(BaseModel):
-    """The source of a video-to-video extension: a provider URI, or another spec's output."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    uri: str | None = None
-    from_: str | None = Field(default=None, alias="from")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _mapping(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise ValueError(f"must be a mapping such as {{uri: https://…}}, not {show(value)}")
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> VideoRef:
-        if (self.uri is None) == (self.from_ is None):
-            raise ValueError("give exactly one of 'uri' or 'from'")
-        if self.from_ is not None and not NAME_RE.match(self.from_):
-            raise ValueError(f"'from' must name another spec, not {show(self.from_)}")
-        if self.uri is not None and not self.uri.startswith(("https://", "http://")):
-            raise ValueError("'uri' must be an http(s) URI of a video the provider generated")
-        return self
-
-
-class ReferenceDoc(BaseModel):
-    """One reference image in its long form: ``{image: PATH, referenceType: asset|style}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image: str
-    referenceType: ReferenceType = "asset"
-
-
-class SpecDoc(BaseModel):
-    """One spec document as written. Keys are the API's own parameter names."""
-
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class PlainDoc:
+    """A spec document that ``plain_doc`` proved valid: the same fields, with the same values,
+    as the pydantic model (``specdoc.SpecDoc``) would give it, without importing pydantic."""
 
     name: str
-    # Any id: models are data (the built-in catalog and reconcile.yaml's `models:`), checked by
-    # the loader against the catalog in force.
     model: str
     prompt: str
-    # mypy sees the facts' defaults as plain str; the asserts above make these casts true.
-    aspectRatio: AspectRatio = cast(AspectRatio, DEFAULT_ASPECT_RATIO)
-    resolution: Resolution = cast(Resolution, DEFAULT_RESOLUTION)
-    durationSeconds: Duration | None = None
-    personGeneration: PersonGeneration | None = None
+    aspectRatio: str = DEFAULT_ASPECT_RATIO
+    resolution: str = DEFAULT_RESOLUTION
+    durationSeconds: int | None = None
+    personGeneration: str | None = None
     enhancePrompt: bool = True
     negativePrompt: str | None = None
     image: str | None = None
     lastFrame: str | None = None
-    referenceImages: list[str | ReferenceDoc] | None = Field(
-        default=None, min_length=1, max_length=MAX_REFERENCE_IMAGES
-    )
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX, strict=True)
-    video: VideoRef | None = None
-    # Pin an earlier take (its sha256, or a prefix of at least 8 hex digits, as `reconcile takes`
-    # lists them): the name shows those bytes, for free, whatever the rest of the spec asks.
-    take: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,64}$")
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, value: str) -> str:
-        if NAME_RE.match(value):
-            return value
-        if len(value) > MAX_NAME_CHARS:
-            raise ValueError(
-                f"is {len(value)} characters long; a name has at most {MAX_NAME_CHARS}"
-            )
-        guess = slugify(value)
-        raise ValueError(
-            f"{value!r} is not a slug: use 1-{MAX_NAME_CHARS} lowercase letters, digits, '-' or '_', "
-            "starting and ending with a letter or digit"
-            + (f" (such as {guess!r})" if guess else "")
-        )
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be empty")
-        if len(value) > MAX_PROMPT_CHARS:
-            raise ValueError(
-                f"{len(value)} characters is longer than the API accepts "
-                f"(about 1,024 tokens; keep it under {MAX_PROMPT_CHARS} characters)"
-            )
-        return value
-
-    @field_validator("image", "lastFrame")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty: give the image's path relative to this spec file")
-        return value
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty: give a model id, such as veo-3.1-generate-001")
-        return value.strip()
-
-    @field_validator("durationSeconds", mode="before")
-    @classmethod
-    def _number(cls, value: Any) -> Any:
-        # GPTProto's docs show it as a string; accept "8" in specs, always send a number.
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value
+    referenceImages: None = None  # those with these fields go through pydantic
+    seed: int | None = None
+    video: None = None
+    take: str | None = None
 
 
-def slugify(value: str) -> str:
-    """The nearest valid name, offered in the error message; "" when there is none."""
-    slug = re.sub(r"[^a-z0-9_-]+", "-", value.lower()).strip("-_")[:MAX_NAME_CHARS].strip("-_")
-    return slug if NAME_RE.match(slug) else ""
+_TAKE_RE = re.compile(r"[0-9a-f]{8,64}")
+_PLAIN = frozenset(("name", "model", "prompt", "aspectRatio", "resolution", "durationSeconds",
+                    "personGeneration", "enhancePrompt", "negativePrompt", "image", "lastFrame",
+                    "seed", "take"))  # fmt: skip
 
 
-def mode(spec: SpecDoc) -> str:
+def plain_doc(data: dict[Any, Any]) -> PlainDoc | None:
+    """The document as ``SpecDoc.model_validate`` would give it, when every value is of the one
+    plain shape this can prove valid (exact types, no coercion); None for anything else, which
+    then goes through pydantic, so every error and every coercion stays pydantic's. Why: a cold
+    load of thousands of valid specs then never imports pydantic (0.1 s here) nor builds its
+    models. ``tests/test_plain_doc.py`` holds the two to the same answers."""
+    if not _PLAIN.issuperset(data):
+        return None
+    get = data.get
+    name, model, prompt = get("name"), get("model"), get("prompt")
+    if type(name) is not str or not NAME_RE.match(name) or type(model) is not str:
+        return None
+    if type(prompt) is not str or not model.strip():
+        return None
+    prompt = prompt.strip()
+    if not prompt or len(prompt) > MAX_PROMPT_CHARS:
+        return None
+    doc = PlainDoc(name, model.strip(), prompt)
+    for key, allowed in (("aspectRatio", ASPECT_RATIOS), ("resolution", RESOLUTIONS),
+                         ("personGeneration", _PERSON_GENERATIONS)):  # fmt: skip
+        value = get(key, _UNSET)
+        if value is _UNSET or (value is None and key == "personGeneration"):
+            continue
+        if type(value) is not str or value not in allowed:
+            return None
+        setattr(doc, key, value)
+    for key in ("negativePrompt", "image", "lastFrame", "take"):
+        value = get(key, _UNSET)
+        if value is _UNSET or (value is None and key in ("negativePrompt", "take")):
+            continue
+        if type(value) is not str or (key in ("image", "lastFrame") and not value.strip()):
+            return None
+        if key == "take" and not _TAKE_RE.fullmatch(value):
+            return None
+        setattr(doc, key, value)
+    duration, seed, enhance = get("durationSeconds"), get("seed"), get("enhancePrompt", True)
+    if duration is not None and (type(duration) is not int or duration not in DURATIONS):
+        return None
+    if seed is not None and (type(seed) is not int or not 0 <= seed <= SEED_MAX):
+        return None
+    if type(enhance) is not bool:
+        return None
+    doc.durationSeconds, doc.seed, doc.enhancePrompt = duration, seed, enhance
+    return doc
+
+
+_UNSET = object()
+_PERSON_GENERATIONS = ("allow_all", "allow_adult")
+
+
+class SpecFields(Protocol):
+    """What the rules read of a spec document: a ``PlainDoc`` or pydantic's ``SpecDoc``."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def resolution(self) -> str: ...
+    @property
+    def durationSeconds(self) -> int | None: ...
+    @property
+    def personGeneration(self) -> str | None: ...
+    @property
+    def image(self) -> str | None: ...
+    @property
+    def lastFrame(self) -> str | None: ...
+    @property
+    def referenceImages(self) -> Sequence[object] | None: ...
+    @property
+    def video(self) -> object | None: ...
+
+
+def mode(spec: SpecFields) -> str:
     """Which of the API's modes a spec asks for, as personGeneration's rules name them."""
     if spec.video is not None:
         return "video"
@@ -186,7 +154,7 @@ def mode(spec: SpecDoc) -> str:
     return "image" if spec.image is not None else "text"
 
 
-def rule_problems(spec: SpecDoc, model: ModelFacts | None = None) -> list[tuple[str, str]]:
+def rule_problems(spec: SpecFields, model: ModelFacts | None = None) -> list[tuple[str, str]]:
     """Rules across fields, as (field, message): the API's table that no single field shows, and
     (given the model's catalog entry) what that model accepts."""
     found = []
@@ -232,7 +200,7 @@ def rule_problems(spec: SpecDoc, model: ModelFacts | None = None) -> list[tuple[
     return found
 
 
-def _mode_words(spec: SpecDoc) -> str:
+def _mode_words(spec: SpecFields) -> str:
     return {
         "video": "video-to-video (extension)",
         "referenceImages": "reference images",
@@ -241,7 +209,7 @@ def _mode_words(spec: SpecDoc) -> str:
     }[mode(spec)]
 
 
-def _model_problems(spec: SpecDoc, model: ModelFacts) -> list[tuple[str, str]]:
+def _model_problems(spec: SpecFields, model: ModelFacts) -> list[tuple[str, str]]:
     """What this spec asks of its model that the model's catalog entry does not offer."""
     found = []
     if spec.resolution not in model.resolutions:
@@ -262,12 +230,15 @@ def _model_problems(spec: SpecDoc, model: ModelFacts) -> list[tuple[str, str]]:
     return found
 
 
-SPEC_FIELDS = tuple(SpecDoc.model_fields)
+# SpecDoc's fields, in its order (tests/test_plain_doc.py checks): named here without pydantic.
+SPEC_FIELDS = ("name", "model", "prompt", "aspectRatio", "resolution", "durationSeconds",
+               "personGeneration", "enhancePrompt", "negativePrompt", "image", "lastFrame",
+               "referenceImages", "seed", "video", "take")  # fmt: skip
 FORBIDDEN_DEFAULTS = ("name", "image", "lastFrame", "referenceImages", "video", "take")
 KNOWN_KEYS = {
     "": SPEC_FIELDS,
     "video": ("uri", "from"),
-    "referenceImages.*": tuple(ReferenceDoc.model_fields),
+    "referenceImages.*": ("image", "referenceType"),
 }
 
 

@@ -14,12 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
-from pydantic import ValidationError
 
 from .errors import Problem
+
+if TYPE_CHECKING:  # pydantic is imported only where a document needs it
+    from pydantic import ValidationError
 
 _Base: Any
 try:  # the C loader is several times faster on large spec trees
