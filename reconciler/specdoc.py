@@ -123,7 +123,9 @@ class SpecDoc(BaseModel):
 
     @field_validator("image", "lastFrame")
     @classmethod
-    def _path(cls, value: str) -> str:
+    def _path(cls, value: str | None) -> str | None:
+        if value is None:  # `image: ~`, or the key with nothing after it: YAML's null, not set
+            return None
         if not value.strip():
             raise ValueError("must not be empty: give the image's path relative to this spec file")
         return value

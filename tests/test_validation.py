@@ -427,6 +427,10 @@ def _from_config(bodies: list[dict[str, Any]]) -> None:
     assert bodies[0]["parameters"]["durationSeconds"] == 8
 
 
+def _text_only(bodies: list[dict[str, Any]]) -> None:
+    assert set(bodies[0]["instances"][0]) == {"prompt"}  # YAML's null is "not set"
+
+
 GOOD = [
     Good("durationSeconds-string-8", {"specs/a.yaml": HEAD + 'durationSeconds: "8"\n'}, 1,
          _duration_is_number),
@@ -441,6 +445,8 @@ GOOD = [
     Good("aspectRatio-unquoted", {"specs/a.yaml": HEAD + "aspectRatio: 9:16\n"}, 1, _vertical),
     Good("config-defaults", {"reconcile.yaml": f"defaults:\n  model: {MODEL}\n  resolution: 1080p\n",
                              "specs/a.yaml": NOT_MODEL}, 1, _from_config),
+    Good("image-and-lastFrame-null", {"specs/a.yaml": HEAD + "image: ~\nlastFrame:\n"}, 1,
+         _text_only),
     Good("config-empty-sections", {"reconcile.yaml": "defaults:\n  # none yet\nlimits:\n",
                                    "specs/a.yaml": HEAD}, 1),
 ]  # fmt: skip
