@@ -98,10 +98,22 @@ _FAILED = object()
 
 def _fork(part: Sequence[T], work: Callable[[Sequence[T], bool], Any]) -> tuple[int, int]:
     read, write = os.pipe()
-    pid = os.fork()
+    # A Ctrl-C between the fork and the child's ``try`` would unwind the child through the
+    # parent's stack (click's "Aborted!", finalizers, stdout flushed twice): the signals wait
+    # until the child has made them fatal, as they are by default, with no Python code run.
+    stops = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
     if pid == 0:  # the child: work, send, and leave without running any of the parent's exits
         code = 1
         try:
+            for stop in stops:
+                signal.signal(stop, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read)
             data = marshal.dumps(work(part, True))
             with os.fdopen(write, "wb") as out:
@@ -109,6 +121,7 @@ def _fork(part: Sequence[T], work: Callable[[Sequence[T], bool], Any]) -> tuple[
             code = 0
         finally:
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(write)
     return pid, read
 

@@ -185,7 +185,7 @@ def status(as_json: bool, sim: bool) -> None:
 def _memo(repo: Path, args: tuple[object, ...]) -> Memo | None:
     """The answer memo for a command whose output goes to a pipe (a terminal's rich table
     depends on its size), after replaying its answer and exiting when nothing it read changed."""
-    if sys.stdout.isatty():
+    if sys.stdout is None or sys.stdout.isatty():
         return None
     memo = Memo(repo, args)
     answer = memo.replay()
