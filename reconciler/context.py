@@ -35,6 +35,28 @@ class Deferred(Exception):
         self.state = state
 
 
+class Slot:
+    """A place among the operations in flight (``--concurrency``): held while this key's job is
+    being submitted or runs at the provider, given back once it is done, so the next POST goes
+    out while these bytes are downloaded and placed (the client bounds downloads on its own).
+    Each wave of operations no longer waits for the last one's download: at 1,000 specs of 1 s,
+    that was 0.1-0.2 s per wave."""
+
+    def __init__(self, slots: asyncio.Semaphore | None = None) -> None:
+        self._slots = slots
+        self.held = False
+
+    async def hold(self) -> None:
+        if not self.held and self._slots is not None:
+            await self._slots.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held and self._slots is not None:
+            self.held = False
+            self._slots.release()
+
+
 @dataclass
 class Context:
     """What every key's task of one run (or of one daemon) shares."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import failpoints, outputs
 from .client import VeoClient
-from .context import Context, Deferred, KeyWork
+from .context import Context, Deferred, KeyWork, Slot
 from .errors import (
     FileExpired,
     FileMissing,
@@ -56,28 +56,6 @@ FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to
 # instead of shrinking by 0.8 per operation (a daemon keeps what it learned for its whole life).
 FIRST_POLL_SHARE = 0.8
 DONE_AT_FIRST_POLL = 0.5
-
-
-class Slot:
-    """A place among the operations in flight (``--concurrency``): held while this key's job is
-    being submitted or runs at the provider, given back once it is done, so the next POST goes
-    out while these bytes are downloaded and placed (the client bounds downloads on its own).
-    Each wave of operations no longer waits for the last one's download: at 1,000 specs of 1 s,
-    that was 0.1-0.2 s per wave."""
-
-    def __init__(self, slots: asyncio.Semaphore | None = None) -> None:
-        self._slots = slots
-        self.held = False
-
-    async def hold(self) -> None:
-        if not self.held and self._slots is not None:
-            await self._slots.acquire()
-            self.held = True
-
-    def release(self) -> None:
-        if self.held and self._slots is not None:
-            self.held = False
-            self._slots.release()
 
 
 def claimed_elsewhere(gen: Generation, waited: float) -> str:
@@ -178,6 +156,22 @@ def _moved_and_cache(
     return _looked(ws, ws.gens.transition(key, event, **kw))
 
 
+def _downloaded(
+    ws: Workspace, spec: Desired, file_id: str | None, sha: str, size: int, *, place: bool
+) -> tuple[Generation | None, bool, Outcome | None]:
+    """Record the downloaded bytes, then place them when that is the next step (``next_step``'s
+    PLACE: materialized, cached): one hop to the state thread where there were two. The row, the
+    cache check, and the placement's Outcome or None (not placed: the task goes on from the row)."""
+    done, cached = _moved_and_cache(ws, spec.key, Event.DOWNLOADED, expect_file_id=file_id,
+                                    sha256=sha, bytes=size)  # fmt: skip
+    if done is None:
+        return None, False, None
+    failpoints.hit("after_cached")
+    if not (place and cached and done.state is State.MATERIALIZED and done.sha256):
+        return done, cached, None
+    return done, cached, outputs.place(ws, spec, done.sha256, defer_sync=True)
+
+
 class _KeyTask(KeyWork):
     slot = Slot()
     # The row (and cache check) a step's own transition just committed: the next step is decided
@@ -232,7 +226,9 @@ class _KeyTask(KeyWork):
                     return ended
             elif step is Step.DOWNLOAD:
                 assert gen is not None
-                await self.download(gen)
+                placed = await self.download(gen)
+                if placed is not None:
+                    return placed
             elif step is Step.PLACE:
                 assert gen is not None and gen.sha256
                 return await place(ctx, self.spec, gen.sha256)
@@ -366,8 +362,9 @@ class _KeyTask(KeyWork):
         self.report.failed(self.spec.name, f"{error}{note}", final=not again)
         return gen.state
 
-    async def download(self, gen: Generation) -> None:
-        """Stream the video into the cache (retried whole), then record the verified bytes."""
+    async def download(self, gen: Generation) -> Outcome | None:
+        """Stream the video into the cache (retried whole), then record the verified bytes; the
+        Outcome when they were placed in the same hop (the usual end of a spec's task)."""
         ctx = self.ctx
 
         async def once() -> tuple[str, int]:
@@ -420,8 +417,13 @@ class _KeyTask(KeyWork):
             await self.move(Event.DOWNLOAD_FAILED, expect_operation=gen.operation,
                             message=message, kind=FileExpired.kind)  # fmt: skip
             raise FileExpired(message, status=404) from None
-        done, cached = await ctx.db(_moved_and_cache, ctx.ws, self.key, Event.DOWNLOADED,
-                                    expect_file_id=gen.file_id, sha256=sha, bytes=size)  # fmt: skip
+        # Checked here, before the hop that may place it, as ``place`` checks before its own.
+        wanted = ctx.still_wanted(self.spec.name, self.key)
+        done, cached, placed = await ctx.db(_downloaded, ctx.ws, self.spec, gen.file_id, sha,
+                                            size, place=wanted)  # fmt: skip
+        if placed is not None:
+            ctx.reporter.materialized(self.spec.name, placed.message)
+            return placed
         if done is not None:
-            failpoints.hit("after_cached")
             self.carried = (done, cached)
+        return None

@@ -127,6 +127,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
 _OUTPUT_COLUMNS = tuple(f.name for f in fields(Output))
 _OUTPUT_SET = frozenset(_OUTPUT_COLUMNS)
 _SELECT_GENERATIONS = f"SELECT {', '.join(lifecycle.COLUMNS)} FROM generations"
+_SELECT_ONE = f"{_SELECT_GENERATIONS} WHERE spec_key = ?"
 # Events committed without an fsync (synchronous=NORMAL): lost only to a power cut, each is found
 # again for free by the next run (a poll, a download within the provider's two days, a repair).
 RELAXED = frozenset({
@@ -247,8 +248,8 @@ class SqliteStore:
     # -- generations and the ledger (GenerationStore) -------------------------------------------
 
     def get(self, key: str) -> Generation | None:
-        rows = self._rows("generations", "spec_key = ?", [key])
-        return Generation.from_row(rows[0]) if rows else None
+        with self._lock:
+            return _row_in(self.db.conn, key)
 
     def generations(self) -> dict[str, Generation]:
         """Every row, its columns in the record's field order (no dict per row: a plan reads
@@ -257,8 +258,7 @@ class SqliteStore:
             rows = self.db.conn.execute(_SELECT_GENERATIONS).fetchall()
         gens = {}
         for row in rows:
-            gen = Generation(*row)
-            gen.state = State(gen.state)
+            gen = _generation(row)
             gens[gen.spec_key] = gen
         return gens
 
@@ -393,10 +393,13 @@ def _output(row: dict[str, Any]) -> Output:
 
 
 def _row_in(conn: sqlite3.Connection, key: str) -> Generation | None:
-    """A generation's row through the transaction's connection (plain sqlite3: the write path)."""
-    cursor = conn.execute("SELECT * FROM generations WHERE spec_key = ?", [key])
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    names = [d[0] for d in cursor.description]
-    return Generation.from_row(dict(zip(names, row, strict=True)))
+    """A generation's row through the given connection (plain sqlite3), its columns in the
+    record's field order: no dict of names per row (read twice in every transition)."""
+    row = conn.execute(_SELECT_ONE, [key]).fetchone()
+    return None if row is None else _generation(row)
+
+
+def _generation(row: tuple[Any, ...]) -> Generation:
+    gen = Generation(*row)
+    gen.state = State(gen.state)
+    return gen

@@ -130,6 +130,29 @@ def test_bytes_that_are_not_a_video_leave_nothing_behind(tmp_path: Path) -> None
     assert not [p for p in (tmp_path / "objects").rglob("*") if p.is_file()]
 
 
+def test_an_objects_folders_are_made_when_missing_even_mid_run(tmp_path: Path) -> None:
+    """begin and commit no longer make their folders every time, only when one is missing: the
+    cache, its prefix folder and the output folder, even if deleted after a first object."""
+    cache = ObjectCache(tmp_path / "objects")
+    video = b"\0\0\0\x18ftypmp42" + b"v" * 100
+
+    def land(body: bytes, spare_in: Path) -> str:
+        incoming = cache.begin(spare_in)
+        incoming.write(body)
+        sha, _size = incoming.commit(defer_sync=True)
+        return sha
+
+    first = land(video, tmp_path / "videos" / "a")
+    cache.syncer.drain()  # its deferred fsyncs, before its folders go
+    shutil.rmtree(tmp_path / "objects")
+    shutil.rmtree(tmp_path / "videos")
+    second = land(video + b"2", tmp_path / "videos" / "b")
+    cache.syncer.drain()
+    assert not cache.path(first).exists() and cache.path(second).read_bytes() == video + b"2"
+    assert cache.spares[second].parent == tmp_path / "videos" / "b"
+    assert cache.spares[second].read_bytes() == video + b"2"
+
+
 def statements(store: SqliteStore) -> list[str]:
     seen: list[str] = []
     store.db.conn.set_trace_callback(seen.append)
