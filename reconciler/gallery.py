@@ -42,7 +42,7 @@ INDEX = "index.html"
 POSTERS = "posters"
 MEDIA = "media"  # --copy-videos puts copies here (never "videos": that may be the outputs' name)
 POSTER_MAX = 640  # pixels on the longer side: sharp on a laptop's grid, about 20 KiB a JPEG
-OURS = re.compile(r"^[a-z0-9][a-z0-9_-]*\.[0-9a-f]{16}\.(?:jpg|mp4)$")  # what build may prune
+OURS = re.compile(r"^[a-z0-9][a-z0-9_-]*\.[0-9a-f]{16}\.(?:jpg|mp4)\Z")  # what build may prune
 # The order the filter offers states in: what a reviewer looks at first, then what needs work.
 STATE_ORDER = (
     "materialized", "failed", "blocked", "unknown", "missing", "modified", "cached", "new",

@@ -40,7 +40,7 @@ from .facts import (
 )
 
 KEY_VERSION = 1
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?\Z")  # \Z: "$" takes a last "\n"
 MAX_NAME_CHARS = 64
 assert DEFAULT_ASPECT_RATIO in ASPECT_RATIOS and DEFAULT_RESOLUTION in RESOLUTIONS
 assert DEFAULT_DURATION in DURATIONS

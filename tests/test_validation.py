@@ -226,6 +226,8 @@ CASES = [
         "'my video' is not a slug", "'my-video'"),
     bad("name-with-slash", spec(head=_noslug("a/b")), 1, "name", "'a/b' is not a slug"),
     bad("name-dotdot", spec(head=_noslug("../escape")), 1, "name", "'../escape' is not a slug"),
+    bad("name-trailing-newline", spec(head=f"name: |\n  abc\nmodel: {MODEL}\nprompt: A kite.\n"), 1,
+        "name", "'abc\\n' is not a slug"),
     bad("name-leading-dash", spec(head=_noslug("-x")), 1, "name", "'-x' is not a slug"),
     bad("name-65-chars", spec(head=_noslug(LONG_NAME)), 1, "name",
         "is 65 characters long; a name has at most 64"),
