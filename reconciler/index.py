@@ -22,14 +22,12 @@ The index is tied to the reconciler's version and to what the loader reads of ``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import hashlib
 import json
 import marshal
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ from typing import Any
 from . import __version__
 from .errors import Problem
 from .files import Stat, stat_of
+from .memo import write_cache
 from .spec import Desired, ImageInput, Reference
 
 INDEX_FILE = "spec-index.marshal"
@@ -181,17 +180,8 @@ class SpecIndex:
             })  # fmt: skip
         except ValueError:  # a value marshal cannot hold: no index this time, still correct
             return
-        tmp = None
-        with contextlib.suppress(OSError):
-            fd, tmp = tempfile.mkstemp(prefix=".spec-index.", dir=self.path.parent)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(blob)
-            os.replace(tmp, self.path)
-            tmp = None
+        if write_cache(self.path, blob):
             self.dirty = False
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 # -- plain data for marshal: tuples in field order, rebuilt into the loader's own types --------------

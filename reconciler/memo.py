@@ -264,15 +264,22 @@ class Memo:
         blob = marshal.dumps(
             {"format": FORMAT, "digest": digest, "paths": paths, "answers": answers}
         )
-        import tempfile  # here only: a replay never writes
+        write_cache(self.path, blob)
 
-        tmp = None
+
+def write_cache(path: Path, blob: bytes) -> bool:
+    """Put a cache file in ``state/`` whole or not at all (a temp file renamed over it), with no
+    fsync: losing it costs one full run. Shared with the spec index. False when it failed."""
+    import tempfile  # here only: a replay never writes
+
+    tmp = None
+    with contextlib.suppress(OSError):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(blob)
+        os.replace(tmp, path)
+        return True
+    if tmp is not None:
         with contextlib.suppress(OSError):
-            fd, tmp = tempfile.mkstemp(prefix=".answer-memo.", dir=self.path.parent)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(blob)
-            os.replace(tmp, self.path)
-            tmp = None
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            os.unlink(tmp)
+    return False
