@@ -133,8 +133,7 @@ async def generate(
         patience=FOLLOW_PENDING_TURNS,
     )
     try:
-        task = _KeyTask(ctx, client, spec, source_uri=source_uri)
-        task.slot = slot or Slot()
+        task = _KeyTask(ctx, client, spec, source_uri=source_uri, slot=slot or Slot())
         return await task.run(intent)
     except Deferred as deferred:
         return Outcome(spec.name, deferred.state, str(deferred))
@@ -173,7 +172,13 @@ def _downloaded(
 
 
 class _KeyTask(KeyWork):
-    slot = Slot()
+    def __init__(
+        self, ctx: Context, client: VeoClient, spec: Desired, *, source_uri: str | None,
+        slot: Slot,
+    ) -> None:  # fmt: skip
+        super().__init__(ctx, client, spec, source_uri=source_uri)
+        self.slot = slot  # not a class attribute: one Slot shared by every task would be wrong
+
     # The row (and cache check) a step's own transition just committed: the next step is decided
     # from it instead of reading it again, one thread hop fewer. As fresh as a read: it is the
     # row that transaction left. Only rows it can be exact for: no bytes to look for, or looked.

@@ -100,8 +100,7 @@ class Submission(KeyWork):
         try:
             ctx.run_limit.charge(seed.cost, name=spec.name)
         except CostLimitExceeded as exc:
-            self.report.held(spec.name, f"not submitted: {exc}")
-            raise Deferred(f"not submitted: {exc}") from None
+            raise self._held(exc) from None
         failpoints.hit("before_claim")
         try:
             claimed = await self.move(
@@ -112,8 +111,7 @@ class Submission(KeyWork):
             )
         except CostLimitExceeded as exc:
             ctx.run_limit.refund(seed.cost)
-            self.report.held(spec.name, f"not submitted: {exc}")
-            raise Deferred(f"not submitted: {exc}") from None
+            raise self._held(exc) from None
         if claimed is None:
             ctx.run_limit.refund(seed.cost)
             return None
@@ -123,6 +121,11 @@ class Submission(KeyWork):
             self.report.submitting(spec.name, model=spec.model, resolution=spec.resolution,
                                    duration=spec.duration, cost=seed.cost)  # fmt: skip
         return claimed
+
+    def _held(self, exc: CostLimitExceeded) -> Deferred:
+        """A budget (the run's, the day's, the month's) holds this spec back, before any POST."""
+        self.report.held(self.spec.name, f"not submitted: {exc}")
+        return Deferred(f"not submitted: {exc}")
 
     async def _pace(self) -> None:
         """Wait for the pacer's slot before claiming (a claim must never sit waiting); raises
