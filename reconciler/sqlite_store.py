@@ -34,9 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from . import lifecycle
 from .errors import StateError
@@ -44,6 +42,9 @@ from .lifecycle import Event, Generation, State
 from .money import Window, over
 from .owners import now_iso, this_owner
 from .store import Output, charge, expected, recover_stale, stale_claim
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
@@ -158,7 +159,8 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = NORMAL")  # FULL per transaction: see tx()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: not a usable state db ({exc})") from None
-        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        self._db: sqlite_utils.Database | None = None
         self.owner = this_owner()
         self._lock = threading.RLock()
         self._depth = 0  # open write transactions of this store (nested ones join the outer)
@@ -169,9 +171,20 @@ class SqliteStore:
             conn.close()  # a refused db (a newer schema) is let go at once, not by the GC
             raise
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite_utils over the same connection, for migrations and the ledger's reads: made
+        on first use, since importing sqlite_utils (its plugin scan included) takes 60-110 ms
+        here and most commands open an up-to-date db and read it with sqlite3 alone."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
     def close(self) -> None:
         with self._lock:
-            self.db.conn.close()
+            self.conn.close()
 
     @contextmanager
     def tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -180,7 +193,7 @@ class SqliteStore:
         fsyncs the WAL (synchronous=FULL) and so every commit before it; else it survives a
         killed process, not a power cut (the module's docstring says which writes may)."""
         with self._lock:
-            conn = self.db.conn
+            conn = self.conn
             if self._depth:
                 self._depth += 1
                 try:
@@ -222,7 +235,7 @@ class SqliteStore:
                 "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
             )
         known = {name for name, _ in MIGRATIONS}
-        applied = {row[0] for row in self.db.conn.execute("SELECT name FROM migrations")}
+        applied = {row[0] for row in self.conn.execute("SELECT name FROM migrations")}
         if applied - known:
             newer = ", ".join(sorted(applied - known))
             raise StateError(
@@ -230,6 +243,8 @@ class SqliteStore:
                 "reconciler, or move state/ aside (the lock and videos/ rebuild it)"
             )
         for name, step in MIGRATIONS:
+            if name in applied:
+                continue  # an up-to-date db takes no write lock and imports no sqlite_utils
             with self.tx() as conn:
                 if conn.execute("SELECT 1 FROM migrations WHERE name = ?", [name]).fetchone():
                     continue
@@ -241,7 +256,7 @@ class SqliteStore:
         cost twice as much per row, and a plan reads ten thousand."""
         sql = f"SELECT * FROM [{table}]" + (f" WHERE {where}" if where else "")
         with self._lock:
-            cursor = self.db.conn.execute(sql, list(args))
+            cursor = self.conn.execute(sql, list(args))
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor]
 
@@ -249,13 +264,13 @@ class SqliteStore:
 
     def get(self, key: str) -> Generation | None:
         with self._lock:
-            return _row_in(self.db.conn, key)
+            return _row_in(self.conn, key)
 
     def generations(self) -> dict[str, Generation]:
         """Every row, its columns in the record's field order (no dict per row: a plan reads
         ten thousand, and this halves what building them costs)."""
         with self._lock:
-            rows = self.db.conn.execute(_SELECT_GENERATIONS).fetchall()
+            rows = self.conn.execute(_SELECT_GENERATIONS).fetchall()
         gens = {}
         for row in rows:
             gen = _generation(row)
@@ -336,7 +351,7 @@ class SqliteStore:
 
     def spent(self, since: str) -> float:
         with self._lock:
-            return self._spent(self.db.conn, since)
+            return self._spent(self.conn, since)
 
     @staticmethod
     def _spent(conn: sqlite3.Connection, since: str) -> float:
