@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,20 @@ async def serving(handler: Handler) -> tuple[asyncio.Server, str]:
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
+
+
+@contextlib.asynccontextmanager
+async def served(handler: Handler) -> AsyncIterator[tuple[str, Pool]]:
+    """A loopback server running ``handler`` per connection and a pool to ask it, both closed
+    after (the handlers given a moment to see the close and end)."""
+    server, base = await serving(handler)
+    http = pool()
+    try:
+        yield base, http
+    finally:
+        await http.aclose()
+        await asyncio.sleep(0.1)
+        server.close()
 
 
 def pool() -> Pool:
@@ -52,18 +66,13 @@ def test_keep_alive_chunked_and_close_delimited_bodies() -> None:
         writer.close()
 
     async def main() -> None:
-        server, base = await serving(handler)
-        http = pool()
-        try:
+        async with served(handler) as (base, http):
             first = await http.request("GET", f"{base}/a", {})
             assert await first.read() == b"hello" and first.headers["x-a"] == "1, 2"
             second = await http.request("GET", f"{base}/b", {})
             assert await second.read() == b"abcde"
             third = await http.request("GET", f"{base}/c", {})
             assert await third.read() == b"to the end"
-        finally:
-            await http.aclose()
-            server.close()
         assert connections == 1
 
     asyncio.run(main())
@@ -81,16 +90,11 @@ def test_a_get_on_a_connection_closed_while_idle_is_sent_again() -> None:
         writer.close()  # without saying Connection: close
 
     async def main() -> None:
-        server, base = await serving(handler)
-        http = pool()
-        try:
+        async with served(handler) as (base, http):
             for _ in range(3):
                 answer = await http.request("GET", f"{base}/op", {"x-goog-api-key": "k"})
                 assert await answer.read() == b"ok"
                 await asyncio.sleep(0.05)  # the server's close arrives while idle
-        finally:
-            await http.aclose()
-            server.close()
         assert len(seen) == 3 and all(b"x-goog-api-key: k" in s for s in seen)
 
     asyncio.run(main())
@@ -182,17 +186,12 @@ def test_malformed_chunked_answers_end_in_broken_not_a_hang() -> None:
         writer.close()
 
     async def main() -> None:
-        server, base = await serving(handler)
-        http = pool()
-        try:
+        async with served(handler) as (base, http):
             for _ in range(3):
                 answer = await http.request("GET", f"{base}/x", {})
                 with pytest.raises(Broken):
                     async with asyncio.timeout(3):  # the trailers' loop never yielded before
                         await answer.read()
-        finally:
-            await http.aclose()
-            server.close()
 
     asyncio.run(main())
 
@@ -214,17 +213,11 @@ def test_bytes_waiting_on_an_idle_connection_retire_it() -> None:
         writer.close()
 
     async def main() -> None:
-        server, base = await serving(handler)
-        http = pool()
-        try:
+        async with served(handler) as (base, http):
             assert await (await http.request("GET", f"{base}/a", {})).read() == b"ok"
             await asyncio.sleep(0.1)
             second = await http.request("GET", f"{base}/b", {})
             assert second.status_code == 200 and await second.read() == b"ok"
-        finally:
-            await http.aclose()
-            await asyncio.sleep(0.1)  # the handlers see the close and end
-            server.close()
         assert [r.split(b" ")[1] for r in seen] == [b"/a", b"/b"]  # each on its own connection
 
     asyncio.run(main())
@@ -244,9 +237,7 @@ def test_what_http_cannot_carry_is_encoded_or_refused_before_sending(
         writer.close()
 
     async def main() -> None:
-        server, base = await serving(handler)
-        http = pool()
-        try:
+        async with served(handler) as (base, http):
             await (await http.request("GET", f"{base}/vid\u00e9o a.mp4", {})).read()
             with pytest.raises(Unsendable):
                 await http.request("GET", f"{base}/b", {"x-goog-api-key": "cl\u00e9\u2603"})
@@ -254,9 +245,6 @@ def test_what_http_cannot_carry_is_encoded_or_refused_before_sending(
             monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
             with pytest.raises(Unsendable, match="TLS"):
                 await http.request("GET", "https://127.0.0.1:9/x", {})
-        finally:
-            await http.aclose()
-            server.close()
         assert len(seen) == 1 and seen[0].startswith(b"GET /vid%C3%A9o%20a.mp4 HTTP/1.1")
 
     asyncio.run(main())
