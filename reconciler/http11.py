@@ -104,7 +104,28 @@ class _Conn:
         self.writer.close()
 
 
-class Response:
+class _Body:
+    """What callers read of an answer, over its ``chunks``: the same for both pools."""
+
+    content = b""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.chunks()]
+        self.content = parts[0] if len(parts) == 1 else b"".join(parts)
+        return self.content
+
+
+class Response(_Body):
     """An answer whose status and headers are read; the body is read with ``read`` or
     ``chunks``, after which the connection goes back to the pool (or is closed)."""
 
@@ -113,7 +134,6 @@ class Response:
     ) -> None:
         self.status_code = status
         self.headers = headers  # names in lower case; repeated headers joined with ", "
-        self.content = b""
         self._pool = pool
         self._conn: _Conn | None = conn
         self._keep = "close" not in headers.get("connection", "").lower()
@@ -132,18 +152,6 @@ class Response:
                 raise Broken(PROTOCOL, f"Content-Length {self._length}")
         else:
             self._keep = False  # the body runs to the connection's end
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-    async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.chunks()]
-        self.content = parts[0] if len(parts) == 1 else b"".join(parts)
-        return self.content
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in pieces of at most ``READ`` bytes."""
@@ -387,24 +395,12 @@ class ProxiedPool:
         await self._http.aclose()
 
 
-class _ProxiedResponse:
+class _ProxiedResponse(_Body):
     def __init__(self, answer: Any, httpx: Any) -> None:
         self._answer = answer
         self._httpx = httpx
         self.status_code: int = answer.status_code
         self.headers = {k.lower(): v for k, v in answer.headers.items()}
-        self.content = b""
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-    async def read(self) -> bytes:
-        self.content = b"".join([chunk async for chunk in self.chunks()])
-        return self.content
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
