@@ -21,6 +21,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,18 @@ def db_rows(url: str, sql: str, *args: object) -> list[tuple[object, ...]]:
 
     with psycopg.connect(url) as conn:
         return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+
+
+def wait_running(url: str, count: int, *, within: float = 20.0) -> None:
+    """Until ``count`` generations are running at the provider (their POSTs answered), as the
+    shared database says."""
+    deadline = time.monotonic() + within
+    query = "SELECT count(*) FROM reconciler.generations WHERE state = 'running'"
+    while db_rows(url, query) != [(count,)]:
+        assert time.monotonic() < deadline, db_rows(
+            url, "SELECT name, state FROM reconciler.generations"
+        )
+        time.sleep(0.05)
 
 
 def text_columns_holding(url: str, needle: str) -> list[str]:

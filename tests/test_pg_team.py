@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import time
 
 import pytest
 from conftest import API_KEY, Repo, assert_key_nowhere
-from pg import db_rows, text_columns_holding
+from pg import db_rows, text_columns_holding, wait_running
 
 from reconciler.sim import Simulator
 
@@ -207,13 +206,7 @@ def test_a_killed_apply_is_resumed_by_a_fresh_tree_without_a_new_post(
     proc = repo.spawn_apply(env=env)
     try:
         repo.wait_for_posts(2)
-        deadline = time.monotonic() + 20
-        query = "SELECT count(*) FROM reconciler.generations WHERE state = 'running'"
-        while db_rows(pg_url, query) != [(2,)]:
-            assert time.monotonic() < deadline, db_rows(
-                pg_url, "SELECT * FROM reconciler.generations"
-            )
-            time.sleep(0.05)
+        wait_running(pg_url, 2)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)

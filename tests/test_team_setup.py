@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from conftest import API_KEY, Repo, assert_key_nowhere
-from pg import db_rows, text_columns_holding
+from pg import db_rows, text_columns_holding, wait_running
 from s3 import LOCK, SPEC, Bucket, clone, locked, ok, requests
 
 from reconciler.sim import Simulator
@@ -98,13 +97,7 @@ def test_a_clone_killed_mid_generation_is_finished_by_a_fresh_clone_without_a_ne
     proc = repo.spawn_apply()
     try:
         repo.wait_for_posts(count)
-        deadline = time.monotonic() + 20
-        query = "SELECT count(*) FROM reconciler.generations WHERE state = 'running'"
-        while db_rows(pg_url, query) != [(count,)]:
-            assert time.monotonic() < deadline, db_rows(
-                pg_url, "SELECT name, state FROM reconciler.generations"
-            )
-            time.sleep(0.05)
+        wait_running(pg_url, count)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
