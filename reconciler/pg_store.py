@@ -403,10 +403,11 @@ class PgStore:
     def is_stale(self, gen: Generation) -> bool:
         """Dead on this host by its pid, or past the limit anywhere (the sqlite rule); elsewhere,
         and recent, dead once no session holds its liveness lock."""
+        alive = owner_alive(gen.owner)
+        if alive is not None:
+            return not alive  # on this host: its pid says so
         if stale_claim(gen.owner, gen.claimed_at):
-            return True
-        if owner_alive(gen.owner) is not None:
-            return False  # on this host, alive: its pid says so
+            return True  # elsewhere, past the age limit
         return not self.connected(gen.owner or "")
 
     def recover_stale(self) -> list[Generation]:
