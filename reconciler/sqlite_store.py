@@ -173,7 +173,7 @@ class SqliteStore:
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """sqlite_utils over the same connection, for migrations and the ledger's reads: made
+        """sqlite_utils over the same connection, for migrations: made
         on first use, since importing sqlite_utils (its plugin scan included) takes 60-110 ms
         here and most commands open an up-to-date db and read it with sqlite3 alone."""
         if self._db is None:
@@ -251,10 +251,13 @@ class SqliteStore:
                 step(self.db)
                 conn.execute("INSERT INTO migrations VALUES (?, ?)", [name, now_iso()])
 
-    def _rows(self, table: str, where: str | None = None, args: Iterable[Any] = ()) -> list[Any]:
+    def _rows(
+        self, table: str, where: str | None = None, args: Iterable[Any] = (), order: str = ""
+    ) -> list[Any]:
         """Rows as dicts, read with sqlite3 itself: sqlite_utils' rows_where (the same query)
         cost twice as much per row, and a plan reads ten thousand."""
         sql = f"SELECT * FROM [{table}]" + (f" WHERE {where}" if where else "")
+        sql += f" ORDER BY {order}" if order else ""
         with self._lock:
             cursor = self.conn.execute(sql, list(args))
             names = [d[0] for d in cursor.description]
@@ -279,8 +282,7 @@ class SqliteStore:
 
     def attempts(self, key: str | None = None) -> list[dict[str, Any]]:
         where, args = ("spec_key = ?", [key]) if key else (None, [])
-        with self._lock:
-            return list(self.db["attempts"].rows_where(where, args, order_by="id"))
+        return self._rows("attempts", where, args, order="id")
 
     def transition(
         self,
