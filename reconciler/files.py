@@ -118,7 +118,7 @@ class Syncer:
                 while not self._draining and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(timeout=left)
                 self._lingering = False
-                batch, self._pending, self._busy = self._pending, [], True
+                batch, self._pending = self._pending, []
             # Every file and folder is tried, whatever failed before it: one bad file must not
             # leave the rest of the batch unsynced behind a lock that names them.
             for path in batch:

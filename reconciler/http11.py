@@ -92,7 +92,6 @@ class _Conn:
         self.reader = reader
         self.writer = writer
         self.origin = origin
-        self.reused = False
 
     def usable(self) -> bool:
         # Bytes waiting on an idle connection (a 408 sent before the server closed) would be
@@ -262,7 +261,6 @@ class Pool:
 
     def release(self, conn: _Conn, *, keep: bool) -> None:
         if keep and conn.usable() and len(self._idle) < self.keep:
-            conn.reused = True
             self._idle.append(conn)
         else:
             conn.close()

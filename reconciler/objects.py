@@ -205,12 +205,10 @@ class ObjectCache:
         copying the object afterwards (on ext4, without reflinks, that copy was a fifth of a
         256 MiB video's time). Best effort: a folder that refuses it just means the copy."""
         fd, tmp = _incoming_in(self.root)
-        os.fchmod(fd, FILE_MODE)
         spare: tuple[BinaryIO, Path] | None = None
         if spare_in is not None:
             with contextlib.suppress(OSError):
                 sfd, stmp = _incoming_in(spare_in)
-                os.fchmod(sfd, FILE_MODE)
                 spare = (os.fdopen(sfd, "wb"), Path(stmp))
         return Incoming(self, os.fdopen(fd, "wb"), Path(tmp), spare)
 
@@ -283,12 +281,16 @@ class ObjectCache:
 
 def _incoming_in(folder: Path) -> tuple[int, str]:
     """A temp file for an object in ``folder``, made only when missing: not a mkdir per object
-    (three per downloaded video were a tenth of a millisecond of system time)."""
+    (three per downloaded video were a tenth of a millisecond of system time); readable as the
+    cache's files are (``FILE_MODE``), not mkstemp's owner-only."""
+    prefix = f".incoming.{os.getpid()}."
     try:
-        return tempfile.mkstemp(dir=folder, prefix=f".incoming.{os.getpid()}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
     except FileNotFoundError:
         folder.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(dir=folder, prefix=f".incoming.{os.getpid()}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
+    return fd, tmp
 
 
 class Incoming:

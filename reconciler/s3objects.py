@@ -217,7 +217,7 @@ class S3Objects:
                 if size <= PART:
                     created = self._put(sha256, src.read())
                 else:
-                    created = self._put_parts(sha256, src)
+                    created = self._put_parts(sha256, src, size)
         except StoreError:
             raise
         except Exception as exc:
@@ -235,11 +235,10 @@ class S3Objects:
                                ContentType="video/mp4", IfNoneMatch="*")  # fmt: skip
         return True
 
-    def _put_parts(self, sha256: str, src: Any) -> bool:
+    def _put_parts(self, sha256: str, src: Any, size: int) -> bool:
         """Multipart: each part streamed from the file (``_Window``); completed only once the
         hash matches."""
         key, client = self.key(sha256), self.client
-        size = os.fstat(src.fileno()).st_size
         upload = client.create_multipart_upload(
             Bucket=self.bucket, Key=key, ContentType="video/mp4"
         )["UploadId"]
