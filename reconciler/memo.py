@@ -202,19 +202,34 @@ def parse_argv(argv: list[str]) -> tuple[str, tuple[object, ...]] | None:
     return repo, canonical(command, **options)
 
 
+_missed: Memo | None = None  # what replay_argv looked in and missed, for the command itself
+
+
 def replay_argv(argv: list[str]) -> None:
     """``python -m reconciler`` and ``reconcile``: answer from the memo, without importing
     click or any command, when the command line is a plain plan or status whose answer holds;
     otherwise return, and click runs the command."""
+    global _missed
     parsed = parse_argv(argv)
     if parsed is None or not os.path.isdir(parsed[0]) or sys.stdout is None or sys.stdout.isatty():
         return
-    answer = Memo(Path(os.path.realpath(parsed[0])), parsed[1]).replay()
-    if answer is not None:
-        stdout, stderr, code = answer
-        sys.stdout.write(stdout)
-        sys.stderr.write(stderr)
-        sys.exit(code)
+    memo = Memo(Path(os.path.realpath(parsed[0])), parsed[1])
+    answer = memo.replay()
+    if answer is None:
+        _missed = memo  # the command would look again and miss again: it takes this one
+        return
+    stdout, stderr, code = answer
+    sys.stdout.write(stdout)
+    sys.stderr.write(stderr)
+    sys.exit(code)
+
+
+def take_missed(repo: Path, args: tuple[object, ...]) -> Memo | None:
+    """The memo ``replay_argv`` just looked in for this very command and found no answer in
+    (None: the command looks itself). Its whole tree was stat'ed for that: not twice."""
+    global _missed
+    memo, _missed = _missed, None
+    return memo if memo is not None and memo.repo == repo and memo.key == key(args) else None
 
 
 class Memo:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..memo import Memo, canonical
+from ..memo import Memo, canonical, take_missed
 from .common import asset_repo, friendly, make_options, run_options
 
 
@@ -187,6 +187,9 @@ def _memo(repo: Path, args: tuple[object, ...]) -> Memo | None:
     depends on its size), after replaying its answer and exiting when nothing it read changed."""
     if sys.stdout is None or sys.stdout.isatty():
         return None
+    missed = take_missed(repo, args)
+    if missed is not None:
+        return missed
     memo = Memo(repo, args)
     answer = memo.replay()
     if answer is None:
