@@ -10,13 +10,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 
 from . import diffs
 from .config import Config
 from .facts import REMOTE_FILE_SECONDS
-from .lifecycle import CHANGES, IN_FLIGHT, PAID, ActionKind, Event, Generation, State, remote_expiry
+from .lifecycle import (
+    CHANGES,
+    IN_FLIGHT,
+    PAID,
+    ActionKind,
+    Event,
+    Generation,
+    State,
+    parse_time,
+    remote_expiry,
+)
 from .lockfile import LOCK_FILE as LOCK
 from .lockfile import LockEntry
 from .spec import Desired
@@ -259,11 +269,8 @@ def fetchable(entry: LockEntry, now: datetime | None) -> bool:
     less than the provider's keeping time ago."""
     if not entry.operation or not entry.generated or now is None:
         return False
-    try:
-        generated = datetime.strptime(entry.generated, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return False
-    return now < generated + timedelta(seconds=REMOTE_FILE_SECONDS)
+    generated = parse_time(entry.generated)
+    return generated is not None and now < generated + timedelta(seconds=REMOTE_FILE_SECONDS)
 
 
 def known_bytes(

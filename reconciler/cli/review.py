@@ -57,13 +57,13 @@ def plan(
     **kw: Any,
 ) -> None:
     """Show what apply would do and what it would cost. Never calls the API."""
-    fmt = "json" if as_json and fmt is None else fmt or "text"
     repo = asset_repo().resolve()
     args = canonical(
-        "plan", fmt=fmt, detailed=detailed_exitcode, targets=kw["targets"],
+        "plan", fmt=fmt, as_json=as_json, detailed=detailed_exitcode, targets=kw["targets"],
         replace=kw["replace"], retry_failed=kw["retry_failed"],
         resubmit_unknown=kw["resubmit_unknown"],
     )  # fmt: skip
+    fmt = str(args[1])  # --json alone means --format json; neither, text
     memo = _memo(repo, args) if out is None and not sim else None
     from ..fanout import gc_paused
 
