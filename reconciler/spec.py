@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from .facts import (
     EXTENSION_RESOLUTION,
     EXTENSION_SECONDS,
     MAX_PROMPT_CHARS,
+    PERSON_GENERATION,
     PERSON_GENERATION_BY_MODE,
     RESOLUTIONS,
     RESOLUTIONS_NEEDING_8S,
@@ -69,9 +70,9 @@ class PlainDoc:
 
 
 _TAKE_RE = re.compile(r"[0-9a-f]{8,64}")
-_PLAIN = frozenset(("name", "model", "prompt", "aspectRatio", "resolution", "durationSeconds",
-                    "personGeneration", "enhancePrompt", "negativePrompt", "image", "lastFrame",
-                    "seed", "take"))  # fmt: skip
+# SpecDoc's fields, in its order (tests/test_plain_doc.py checks): named here without pydantic.
+SPEC_FIELDS = tuple(f.name for f in fields(PlainDoc))
+_PLAIN = frozenset(SPEC_FIELDS) - {"referenceImages", "video"}  # those go through pydantic
 
 
 def plain_doc(data: dict[Any, Any]) -> PlainDoc | None:
@@ -93,7 +94,7 @@ def plain_doc(data: dict[Any, Any]) -> PlainDoc | None:
         return None
     doc = PlainDoc(name, model.strip(), prompt)
     for key, allowed in (("aspectRatio", ASPECT_RATIOS), ("resolution", RESOLUTIONS),
-                         ("personGeneration", _PERSON_GENERATIONS)):  # fmt: skip
+                         ("personGeneration", PERSON_GENERATION)):  # fmt: skip
         value = get(key, _UNSET)
         if value is _UNSET or (value is None and key == "personGeneration"):
             continue
@@ -121,7 +122,6 @@ def plain_doc(data: dict[Any, Any]) -> PlainDoc | None:
 
 
 _UNSET = object()
-_PERSON_GENERATIONS = ("allow_all", "allow_adult")
 
 
 class SpecFields(Protocol):
@@ -230,10 +230,6 @@ def _model_problems(spec: SpecFields, model: ModelFacts) -> list[tuple[str, str]
     return found
 
 
-# SpecDoc's fields, in its order (tests/test_plain_doc.py checks): named here without pydantic.
-SPEC_FIELDS = ("name", "model", "prompt", "aspectRatio", "resolution", "durationSeconds",
-               "personGeneration", "enhancePrompt", "negativePrompt", "image", "lastFrame",
-               "referenceImages", "seed", "video", "take")  # fmt: skip
 FORBIDDEN_DEFAULTS = ("name", "image", "lastFrame", "referenceImages", "video", "take")
 KNOWN_KEYS = {
     "": SPEC_FIELDS,
