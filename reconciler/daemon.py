@@ -305,7 +305,7 @@ class Daemon:
                 lock[n].spec_key for n in only if n in lock
             }
             read = as_seen(self.ws.gens, keys), outputs
-            observed = self.ws.observe(targets, lock, set(only), read=read)
+            observed = self.ws.observe(targets, lock, only, read)
             plan = plans.make_plan(targets, *read, lock, observed, self.ws.config, targeted)
             if not any(a.kind in PAID and a.version is not None for a in plan.actions):
                 return plan

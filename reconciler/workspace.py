@@ -123,14 +123,12 @@ class Workspace:
     # -- observe and plan ------------------------------------------------------------------------
 
     def observe(
-        self, specs: list[Desired], lock: dict[str, LockEntry], only: set[str] | None = None,
-        read: tuple[dict[str, Generation], dict[str, Output]] | None = None,
+        self, specs: list[Desired], lock: dict[str, LockEntry], only: set[str] | None,
+        read: tuple[dict[str, Generation], dict[str, Output]],
     ) -> Observed:  # fmt: skip
-        """Hash files whose size or mtime differ from the record (``only``: those names', watch)."""
-        gens, outputs = read or (
-            as_seen(self.gens, None if only is None else {s.key for s in specs}),
-            self.tree.outputs() if only is None else self.outputs_of(only),
-        )
+        """Hash files whose size or mtime differ from the record (``only``: those names', watch),
+        from the rows the caller read once for its plan (``read``: generations, outputs)."""
+        gens, outputs = read
         lock = lock if only is None else {n: e for n, e in lock.items() if n in only}
         known = {o.path: o for o in outputs.values()}
         candidates = set(known) | {e.path for e in lock.values()}
@@ -181,7 +179,7 @@ class Workspace:
         lock = lockfile.read(self.lock_path)
         read = as_seen(self.gens), self.tree.outputs()  # once: ten thousand rows take a while
         self.last_read = (*read, lock)  # what the plan was made from (the answer memo's inputs)
-        observed = self.observe(specs, lock, read=read)
+        observed = self.observe(specs, lock, None, read)
         return planning.make_plan(specs, *read, lock, observed, self.config, options)
 
     def outputs_of(self, names: set[str]) -> dict[str, Output]:
