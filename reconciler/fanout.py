@@ -64,16 +64,13 @@ def split(items: Sequence[T], parts: int, *, first: float = 1.0) -> list[Sequenc
     return [items[start:end] for start, end in pairwise(bounds)]
 
 
-def run(
-    items: Sequence[T], work: Callable[[Sequence[T], bool], Any], *, parts: int, first: float = 1.0
-) -> list[Any]:
+def run(items: Sequence[T], work: Callable[[Sequence[T], bool], Any], *, parts: int) -> list[Any]:
     """``work(part, forked)`` over ``parts`` slices of ``items``: the first here, the rest in
     forked children (``forked`` True: return marshal-able data). Returns the children's results,
     in order; a child that failed has its part done here instead (``forked`` False, result None),
     so every item is worked on exactly once in the end, whatever happens to the children.
-    ``first``: the share of this process against each child's (it also merges their results).
     """
-    slices = split(items, parts, first=first)
+    slices = split(items, parts)
     pending: list[tuple[int, int, Sequence[T]]] = []
     try:
         for part in slices[1:]:
