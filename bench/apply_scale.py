@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import resource
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from download_memory import sim_env  # noqa: E402  (bench/ is the script's folder)
 
 from reconciler.sim import Simulator  # noqa: E402
 
@@ -53,8 +54,7 @@ def run(specs: int, concurrency: int, latency: float) -> dict[str, float]:
         (repo / "specs").mkdir()
         for i in range(specs):
             (repo / "specs" / f"s{i}.yaml").write_text(SPEC.format(name=f"s{i}", i=i))
-        env = {**os.environ, "RECONCILE_API_BASE": sim.base_url, "GPTPROTO_API_KEY": KEY,
-               "PYTHONPATH": str(ROOT)}  # fmt: skip
+        env = sim_env(sim, key=KEY)
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # measured with bytecode cached, as installed
         args = [sys.executable, "-m", "reconciler", "apply", "--yes", "--concurrency",
                 str(concurrency), "--poll-interval", str(POLL)]  # fmt: skip

@@ -43,6 +43,13 @@ def wait_peak_kb(proc: subprocess.Popen[bytes]) -> int:
     return peak_kb
 
 
+def sim_env(sim: Simulator, code: Path = ROOT, key: str = KEY) -> dict[str, str]:
+    """What a measured reconcile process runs with: ``code``'s reconciler, the simulator as its
+    API and a key it takes (every bench script's child gets this)."""
+    return {**os.environ, "RECONCILE_API_BASE": sim.base_url, "GPTPROTO_API_KEY": key,
+            "PYTHONPATH": str(code)}  # fmt: skip
+
+
 def peak_rss_mb(args: list[str], cwd: Path, env: dict[str, str]) -> float:
     """Peak RSS of one child process: its VmHWM (high-water mark), read until it exits.
 
@@ -68,8 +75,7 @@ def measure(size: int) -> tuple[float, float]:
         repo = Path(d)
         (repo / "specs").mkdir()
         (repo / "specs" / "big.yaml").write_text(SPEC.format(size=size))
-        env = {**os.environ, "RECONCILE_API_BASE": sim.base_url, "GPTPROTO_API_KEY": KEY,
-               "PYTHONPATH": str(ROOT)}  # fmt: skip
+        env = sim_env(sim)
         cli = [sys.executable, "-m", "reconciler"]
         floor = peak_rss_mb([*cli, "validate"], repo, env)
         peak = peak_rss_mb([*cli, "apply", "--yes", "--poll-interval", "0.1"], repo, env)

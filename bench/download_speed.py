@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from download_memory import wait_peak_kb  # noqa: E402  (bench/ is the script's folder)
+from download_memory import sim_env, wait_peak_kb  # noqa: E402  (bench/ is the script's folder)
 
 from reconciler.sim import Simulator  # noqa: E402
 
@@ -69,8 +69,7 @@ def watch_for(folder: Path, seen: dict[str, float], done: threading.Event) -> No
 
 
 def run_apply(sim: Simulator, repo: Path) -> dict[str, float]:
-    env = {**os.environ, "RECONCILE_API_BASE": sim.base_url, "GPTPROTO_API_KEY": KEY,
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env = sim_env(sim, key=KEY)
     args = [sys.executable, "-m", "reconciler", "apply", "--yes", "--poll-interval", "0.1"]
     seen: dict[str, float] = {}
     done = threading.Event()

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from download_memory import peak_rss_mb  # noqa: E402
+from download_memory import peak_rss_mb, sim_env  # noqa: E402
 
 from reconciler.objects import ObjectCache  # noqa: E402
 from reconciler.s3objects import S3Objects  # noqa: E402
@@ -88,8 +88,7 @@ def memory(size: int, url: str, env: dict[str, str], work: Path) -> tuple[float,
         (repo / "specs").mkdir(parents=True)
         (repo / "specs" / "big.yaml").write_text(SPEC.format(size=size))
         (repo / "reconcile.yaml").write_text(f"objects: {url}/{size}\n")
-        run_env = {**os.environ, **env, "RECONCILE_API_BASE": sim.base_url,
-                   "GPTPROTO_API_KEY": KEY, "PYTHONPATH": str(ROOT)}  # fmt: skip
+        run_env = {**sim_env(sim, key=KEY), **env}
         cli = [sys.executable, "-m", "reconciler"]
         floor = peak_rss_mb([*cli, "validate"], repo, run_env)
         up = peak_rss_mb([*cli, "apply", "--yes", "--poll-interval", "0.1"], repo, run_env)

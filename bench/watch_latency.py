@@ -33,6 +33,8 @@ from watchdog.observers import Observer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from download_memory import sim_env  # noqa: E402  (bench/ is the script's folder)
+
 from reconciler.sim import Simulator  # noqa: E402
 
 SPEC = (
@@ -79,8 +81,7 @@ def watch_latency(saves: int, idle_seconds: float, settle: float) -> tuple[list[
     with Simulator(api_key=KEY, latency=0.2) as sim, tempfile.TemporaryDirectory() as folder:
         repo = Path(folder)
         (repo / "specs").mkdir()
-        env = {**os.environ, "RECONCILE_API_BASE": sim.base_url, "GPTPROTO_API_KEY": KEY,
-               "PYTHONPATH": str(ROOT)}  # fmt: skip
+        env = sim_env(sim, key=KEY)
         proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "watch", "--poll-interval", "0.2",
              "--settle", str(settle)],

@@ -18,7 +18,6 @@ smoke) uses 2,000 specs and fewer edits.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from download_memory import sim_env  # noqa: E402
 from plan_scale import SPEC, make_repo, materialize  # noqa: E402
 
 from reconciler.sim import Simulator  # noqa: E402
@@ -51,8 +51,7 @@ def edit_latency(specs: int, edits: int) -> list[float]:
         repo = Path(folder) / "repo"
         make_repo(repo, specs)
         materialize(repo)
-        env = {**os.environ, "RECONCILE_API_BASE": sim.base_url, "GPTPROTO_API_KEY": KEY,
-               "PYTHONPATH": str(CODE)}  # fmt: skip
+        env = sim_env(sim, CODE, KEY)
         proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "watch", "--poll-interval", "0.2",
              "--settle", "0"],
