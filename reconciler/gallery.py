@@ -107,7 +107,6 @@ def cards(ws: Workspace, specs: list[Desired], *, invalid_files: bool = False) -
             generated = entry.generated
         if not row["sha256"]:
             generated = None  # a failure's finishing time is not a generation's
-        images = [spec.image, spec.last_frame, *(r.image for r in spec.references)]
         out.append(Card(
             name=spec.name, state=state, prompt=spec.prompt, model=spec.model,
             resolution=spec.resolution,
@@ -115,7 +114,7 @@ def cards(ws: Workspace, specs: list[Desired], *, invalid_files: bool = False) -
             seconds=_length(spec),
             cost=estimate(ws.config, spec), generated=generated,
             source=spec.source, source_uri=spec.video_uri, reason=reason, file=spec.file,
-            inputs=tuple(i.path for i in images if i is not None),
+            inputs=tuple(i.path for i in spec.images),
             sha256=row["sha256"] if state == "materialized" else None,
             video=row["path"] if state == "materialized" else None,
         ))  # fmt: skip

@@ -355,6 +355,12 @@ class Desired:
             ]
         return out
 
+    @property
+    def images(self) -> list[ImageInput]:
+        """Every image file the request carries (first frame, last frame, references)."""
+        found = [self.image, self.last_frame, *(r.image for r in self.references)]
+        return [image for image in found if image is not None]
+
     def request_body(self, repo: Path, *, source_uri: str | None = None) -> dict[str, Any]:
         """The submit body; every image is re-read and refused if it changed since the key was
         made. ``source_uri``: the provider URI of the output this spec extends (a chain)."""

@@ -40,7 +40,7 @@ class Submission(KeyWork):
         """The only paid call, wrapped in the write-ahead claim. None: claimed by someone else."""
         ctx, spec = self.ctx, self.spec
         # Built before the claim: a bad image must not leave a claim behind.
-        if spec.image is None and spec.last_frame is None and not spec.references:
+        if not spec.images:
             body = spec.request_body(ctx.ws.repo, source_uri=self.source_uri)  # reads no file
         else:
             body = await ctx.db(spec.request_body, ctx.ws.repo, source_uri=self.source_uri)
