@@ -44,7 +44,16 @@ FORMAT = 2  # bump when what an entry holds changes shape
 SLACK_NS = 2_000_000_000  # a stat this close to its read may hide a later edit of the same tick
 
 # The modules whose code decides an entry: an edited checkout (same version) starts afresh too.
-_SOURCES = ("loader.py", "spec.py", "yamlio.py", "index.py", "facts.py", "chains.py")
+_SOURCES = (
+    "loader.py",
+    "spec.py",
+    "specdoc.py",
+    "yamlio.py",
+    "flatyaml.py",
+    "index.py",
+    "facts.py",
+    "chains.py",
+)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
+from . import flatyaml
 from .errors import Problem
 
 if TYPE_CHECKING:  # pydantic is imported only where a document needs it
@@ -131,6 +132,14 @@ def load_documents(path: Path | str, rel: str) -> tuple[list[Document], list[Pro
                 line=line,
             )
         ]
+    flat = flatyaml.documents(text, _Loader)
+    if flat is not None:  # the common shape, read without libyaml
+        return [Document(data, line, lines) for data, line, lines in flat], []
+    return _parse(text, rel)
+
+
+def _parse(text: str, rel: str) -> tuple[list[Document], list[Problem]]:
+    """Every document of ``text`` through PyYAML's loader: any shape, and what is wrong in it."""
     docs: list[Document] = []
     problems: list[Problem] = []
     loader = _Loader(text)
