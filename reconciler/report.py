@@ -205,7 +205,10 @@ def render_summary(summary: Summary, out: TextIO) -> None:
     console = _console(out)
     counts: dict[str, int] = {}
     for o in summary.outcomes:
-        counts[o.state] = counts.get(o.state, 0) + 1
+        # A video that was already in place is counted apart from one this run wrote, as
+        # Terraform's "0 added" after "No changes": a second apply must not read as new work.
+        said = "up to date" if o.state == "materialized" and o.path is None else str(o.state)
+        counts[said] = counts.get(said, 0) + 1
     console.print(
         "Apply " + ("complete" if summary.ok else "incomplete") + ": "
         + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))

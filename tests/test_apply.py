@@ -256,6 +256,9 @@ def test_apply_sim_sandbox(offline_repo: Repo) -> None:
     result = offline_repo.run("apply", "--sim", "--yes")
     assert result.returncode == 0, result.stderr
     assert "Apply complete: 1 materialized" in result.stdout
+    again = offline_repo.run("apply", "--sim", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert "No changes." in again.stdout and "Apply complete: 1 up to date" in again.stdout
     assert not (offline_repo.path / "videos").exists()
     assert not (offline_repo.path / "reconcile.lock").exists()
     sandbox = offline_repo.path / "state" / "sim" / "videos"
