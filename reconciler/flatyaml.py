@@ -20,7 +20,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 # A top-level key of letters, digits and underscores, its colon, one or more spaces, a value.
-_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*): +(.*)\Z")
+# libyaml looks for a key's colon within 1024 characters of its start: a longer key is an error.
+_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,1023}): +(.*)\Z")
 _DOUBLE = re.compile(r'"([^"\\]*)"(?: +#.*)?\Z')  # one line, no escapes
 _SINGLE = re.compile(r"'((?:[^']|'')*)'(?: +#.*)?\Z")
 _BLOCK = re.compile(r"([>|])(-?)\Z")  # clip or strip chomping; no indentation indicator

@@ -59,6 +59,7 @@ def test_the_repos_own_yaml_reads_the_same() -> None:
         ("p: 'it''s # not a comment'  # but this is\n", {"p": "it's # not a comment"}),
         ('p: "a: b"\nq: a#b\nr: a #b\n', {"p": "a: b", "q": "a#b", "r": "a"}),
         ("# only\n---\nname: a\n---\n---\nname: b\n", None),
+        ("k" * 1024 + ": a\n", None),  # the longest key libyaml takes
     ],
 )
 def test_taken_cases(text: str, data: dict[str, object] | None) -> None:
@@ -94,6 +95,8 @@ def test_taken_cases(text: str, data: dict[str, object] | None) -> None:
         "p: a\u00a0b\n",
         "<<: a\n",
         "p: <<\n",
+        "k" * 1025 + ": a\n",  # libyaml looks no further than 1024 characters for a key's colon
+        "a: 1\n" + "k" * 1025 + ": a\n",
     ],
 )
 def test_left_to_the_full_path(text: str) -> None:
