@@ -9,6 +9,7 @@ YAML's traps.
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def test_the_repos_own_yaml_reads_the_same() -> None:
         ('p: "a: b"\nq: a#b\nr: a #b\n', {"p": "a: b", "q": "a#b", "r": "a"}),
         ("# only\n---\nname: a\n---\n---\nname: b\n", None),
         ("k" * 1024 + ": a\n", None),  # the longest key libyaml takes
+        ("p: |\n  # not a comment\n  ---\n  ...\n", {"p": "# not a comment\n---\n...\n"}),
+        ("p: '''a'\nq: ''''''\nr: 'a' #c' #d\n", {"p": "'a", "q": "''", "r": "a"}),
+        ("p: a :b\nq: a:#\nr: a]\ns: a ＃b\n", {"p": "a :b", "q": "a:#", "r": "a]", "s": "a ＃b"}),
     ],
 )
 def test_taken_cases(text: str, data: dict[str, object] | None) -> None:
@@ -97,6 +101,14 @@ def test_taken_cases(text: str, data: dict[str, object] | None) -> None:
         "p: <<\n",
         "k" * 1025 + ": a\n",  # libyaml looks no further than 1024 characters for a key's colon
         "a: 1\n" + "k" * 1025 + ": a\n",
+        "p: a\x85b\n",  # NEL, LS and PS break lines for libyaml
+        "p: a\u2028b\n",
+        "p: a\u2029b\n",
+        "\ufeffp: a\n",  # a byte order mark
+        "p: a\u200bb\n",  # zero-width space, private use, a non-character, a lone surrogate
+        "p: a\ue000b\n",
+        "p: a\ufffeb\n",
+        "p: a\ud800b\n",
     ],
 )
 def test_left_to_the_full_path(text: str) -> None:
@@ -173,3 +185,30 @@ def test_generated_documents_read_the_same() -> None:
     # Enough of them took the fast path for the comparison to mean something, and the traps
     # sent the rest to the full path.
     assert 3_000 < taken < 16_000, taken
+
+
+# YAML's significant characters (and a plain letter, digits, a space, a non-ASCII letter): every
+# value made of up to three of them, and every block of up to three lines from BLOCK_LINES.
+SHORT = "a #:'\"-?,[]{}&*!|>%@`.~\\=<01+_e\u00e9"
+BLOCK_LINES = ["", "  a", "  #", "   a", " a", "#", "---", "...", "a: b", "  a #b", "  'x'",
+               "  - a", "  a:", "b", "# c"]  # fmt: skip
+
+
+def test_every_short_value_reads_the_same() -> None:
+    """Each value of up to three significant characters is read as libyaml reads it, or left."""
+    values = [
+        "".join(chars) for size in (1, 2, 3) for chars in itertools.product(SHORT, repeat=size)
+    ]
+    taken = sum(_same(f"p: {value}\n") for value in values)
+    assert 10_000 < taken < len(values), taken
+
+
+def test_every_short_block_reads_the_same() -> None:
+    """Each block scalar of up to three lines, before a key or the end, reads as libyaml's."""
+    taken = 0
+    for header in (">", "|", ">-", "|-"):
+        for size in (0, 1, 2, 3):
+            for body in itertools.product(BLOCK_LINES, repeat=size):
+                for tail in ((), ("q: 1",)):
+                    taken += _same("\n".join((f"p: {header}", *body, *tail)) + "\n")
+    assert taken > 4_000, taken
