@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reconciler import flatyaml, yamlio
 
@@ -212,3 +213,15 @@ def test_every_short_block_reads_the_same() -> None:
                 for tail in ((), ("q: 1",)):
                     taken += _same("\n".join((f"p: {header}", *body, *tail)) + "\n")
     assert taken > 4_000, taken
+
+
+def test_the_scalar_cache_keeps_each_meaning_apart() -> None:
+    """A value read before (under another loader, or as a value rather than a key) is read again
+    by the rules that apply now: PyYAML's own loader reads ``16:9`` as 969, ours as text."""
+    assert flatyaml.documents("p: 16:9\n", yaml.SafeLoader) == [({"p": 969}, 1, {"p": 1})]
+    assert _same("p: 16:9\n")
+    assert _fast("p: 16:9\n") == repr([({"p": "16:9"}, 1, {"p": 1})])
+    assert flatyaml.documents("p: 16:9\n", yaml.SafeLoader) == [({"p": 969}, 1, {"p": 1})]
+    assert _same("p: on\nq: abc\n")
+    assert flatyaml.documents("on: 1\n", yamlio._Loader) is None  # a key that is not text
+    assert _same("abc: on\n")
