@@ -28,12 +28,15 @@ _BLOCK = re.compile(r"([>|])(-?)\Z")  # clip or strip chomping; no indentation i
 # Characters a plain scalar cannot start with (YAML's indicators), kept whole for simplicity:
 # `-5` or `:x` would be plain in YAML, but no spec needs them on the fast path.
 _INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
-_STR = "tag:yaml.org,2002:str"
 _CONSTRUCTOR = SafeConstructor()
-# Scalars already read, per loader: thousands of specs repeat the same keys, models and numbers.
-# Every value a scalar can make (text, numbers, booleans, None, dates) is immutable.
+# Short scalars already read, per loader: thousands of specs repeat the same keys, models and
+# numbers (a prompt is rarely repeated, and would hold megabytes). Every value a scalar can make
+# (text, numbers, booleans, None, dates) is immutable. A full cache is replaced, not cleared,
+# so a load on another thread (watch) never sees it emptied under it.
 _SEEN: dict[Any, dict[str, Any]] = {}
 _SEEN_MOST = 50_000
+_SEEN_LONGEST = 64
+_MISSING = object()
 
 Doc = tuple[dict[str, Any], int, dict[str, int]]  # data, its first line, each key's line
 
@@ -47,16 +50,18 @@ def documents(text: str, loader: Any) -> list[Doc] | None:
 
     ``loader`` supplies the implicit resolvers and constructors (the caller's safe loader, which
     reads ``16:9`` as text): what a plain scalar means is decided by exactly the same rules.
+    It must be a safe loader whose constructors are ``SafeConstructor``'s: they are called on
+    one shared instance of it, not on a parser.
     """
     if not text.endswith("\n") or "\t" in text or " \n" in text:
         return None  # tabs and trailing spaces have rules of their own: not worth copying
-    if None in loader.yaml_implicit_resolvers:
-        return None  # a resolver for every first character: not one the safe loader has
+    if None in loader.yaml_implicit_resolvers or loader.yaml_path_resolvers:
+        return None  # resolvers for every first character, or by place: not the safe loader's
     if not text.replace("\n", "").isprintable():
         return None  # libyaml refuses some characters, and CR, NEL, LS and PS break lines
-    seen = _SEEN.setdefault(loader, {})
-    if len(seen) > _SEEN_MOST:
-        seen.clear()
+    seen = _SEEN.get(loader)
+    if seen is None or len(seen) > _SEEN_MOST:
+        seen = _SEEN[loader] = {}
     try:
         return _documents(text.split("\n")[:-1], loader, seen)
     except _NotFlat:
@@ -92,10 +97,13 @@ def _documents(lines: list[str], loader: Any, seen: dict[str, Any]) -> list[Doc]
         block = _BLOCK.match(raw)
         if block is not None:
             data[key], i = _block(lines, i, block[1] == ">", block[2] == "")
-        elif raw in seen:
-            data[key] = seen[raw]
         else:
-            data[key] = seen[raw] = _scalar(raw, loader)
+            value = seen.get(raw, _MISSING)
+            if value is _MISSING:
+                value = _scalar(raw, loader)
+                if len(raw) <= _SEEN_LONGEST:
+                    seen[raw] = value
+            data[key] = value
     if data:
         docs.append((data, min(where.values()), where))
     return docs

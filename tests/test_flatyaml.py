@@ -225,3 +225,11 @@ def test_the_scalar_cache_keeps_each_meaning_apart() -> None:
     assert _same("p: on\nq: abc\n")
     assert flatyaml.documents("on: 1\n", yamlio._Loader) is None  # a key that is not text
     assert _same("abc: on\n")
+
+
+def test_the_scalar_cache_keeps_short_values_only() -> None:
+    """A daemon reads thousands of one-line prompts: none is kept, the repeated short values are."""
+    prompt = "'" + "a slow pan across a harbour " * 40 + "'"
+    assert flatyaml.documents(f"model: veo-x\nprompt: {prompt}\n", yamlio._Loader) is not None
+    seen = flatyaml._SEEN[yamlio._Loader]
+    assert "veo-x" in seen and prompt not in seen
