@@ -42,6 +42,7 @@ from .spec import Desired, ImageInput, Reference
 INDEX_FILE = "spec-index.marshal"
 FORMAT = 2  # bump when what an entry holds changes shape
 SLACK_NS = 2_000_000_000  # a stat this close to its read may hide a later edit of the same tick
+NO_STAT: Stat = (-1, -1, -1, -1)  # a file gone before its stat: no file matches it, so re-read
 
 # The modules whose code decides an entry: an edited checkout (same version) starts afresh too.
 _SOURCES = ("loader.py", "spec.py", "yamlio.py", "index.py", "facts.py", "chains.py")

@@ -22,8 +22,8 @@ from . import chains, failpoints, fanout
 from .config import CONFIG_FILE, Config
 from .errors import Problem, SpecErrors
 from .facts import DEFAULT_DURATION, IMAGE_MAGIC, MAX_IMAGE_BYTES, MODELS
-from .files import Stat, signature
-from .index import SpecIndex
+from .files import Stat, signature, stat_of
+from .index import NO_STAT, SpecIndex
 from .index import _entry as entry_of  # the index file's plain form: what a child sends back
 from .index import _raw as raw_entry
 from .spec import (
@@ -98,12 +98,12 @@ def load_specs(
     if index is None or index.stamp != stamp:
         index = SpecIndex.open(repo, stamp) if index is None else index.restart(stamp)
         changed = None
-    # No stat: a file no event named, as the index holds it.
+    # No stat: a file no event named, as the index holds it (or, holding none, not yet read).
     found = [
-        (rel, index.entries[rel] if sig is None else index.lookup(rel, sig), sig)
+        (rel, index.entries.get(rel) if sig is None else index.lookup(rel, sig), sig)
         for rel, sig in spec_files(repo, index, changed, result.problems)
     ]
-    missing = [(rel, sig) for rel, entry, sig in found if entry is None and sig is not None]
+    missing = [(rel, sig) for rel, entry, sig in found if entry is None]
     result.processes = _parse(missing, repo, config, reported, index, 1 if resident else workers)
     result.parsed = len(missing)
     seen: dict[str, str] = {}
@@ -138,7 +138,7 @@ def load_specs(
 
 
 def _parse(
-    missing: list[tuple[str, Stat]],
+    missing: list[tuple[str, Stat | None]],
     repo: Path,
     config: Config,
     reported: frozenset[str],
@@ -148,13 +148,13 @@ def _parse(
     """Parse the files the index lacks into it, on every core when there are many of them.
     Returns how many processes did (children that failed had their part parsed here)."""
 
-    def work(part: Sequence[tuple[str, Stat]], forked: bool) -> Any:
+    def work(part: Sequence[tuple[str, Stat | None]], forked: bool) -> Any:
         if forked:
             failpoints.hit("parse_child")
         for rel, sig in part:
-            specs, problems = load_file(
-                f"{repo}/{rel}", repo, config, reported=reported, index=index, rel=rel
-            )
+            path = f"{repo}/{rel}"
+            sig = sig or stat_of(path) or NO_STAT  # not stat'ed by the walk: here, before reading
+            specs, problems = load_file(path, repo, config, reported=reported, index=index, rel=rel)
             index.store(rel, sig, specs, problems)
         if not forked:
             return None
