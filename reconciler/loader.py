@@ -13,7 +13,7 @@ import difflib
 import errno
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +75,7 @@ def load_specs(
     index: SpecIndex | None = None,
     changed: set[str] | None = None,
     workers: int | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> LoadResult:
     """Load and validate every spec; never raises for user input, collects problems instead.
 
@@ -83,7 +84,9 @@ def load_specs(
     ``index`` in memory and names the spec files an event ``changed``: only those are looked
     at, every other file is taken as last loaded (its periodic full load checks them all).
     ``workers``: processes parsing (None: every core for a cold load of many files, where the
-    process has no thread; one with a resident index: ``watch`` runs threads).
+    process has no thread; one with a resident index: ``watch`` runs threads). ``meanwhile``:
+    the caller's work that needs no spec (a plan's modules, its state), run once, while forked
+    children parse (before the parse when none do).
     """
     repo = repo.resolve()
     result = LoadResult()
@@ -104,7 +107,8 @@ def load_specs(
         for rel, sig in spec_files(repo, index, changed, result.problems)
     ]
     missing = [(rel, sig) for rel, entry, sig in found if entry is None]
-    result.processes = _parse(missing, repo, config, reported, index, 1 if resident else workers)
+    workers = 1 if resident else workers
+    result.processes = _parse(missing, repo, config, reported, index, workers, meanwhile)
     result.parsed = len(missing)
     seen: dict[str, str] = {}
     present = set()
@@ -144,6 +148,7 @@ def _parse(
     reported: frozenset[str],
     index: SpecIndex,
     workers: int | None,
+    meanwhile: Callable[[], object] | None,
 ) -> int:
     """Parse the files the index lacks into it, on every core when there are many of them.
     Returns how many processes did (children that failed had their part parsed here)."""
@@ -164,12 +169,14 @@ def _parse(
 
     parts = min(workers or (fanout.cores() if len(missing) >= FORK_AT else 1), len(missing))
     if parts < 2 or not fanout.can_fork():
+        if meanwhile is not None:
+            meanwhile()
         work(missing, False)
         return 1
     processes = 1
     # Equal parts: this process also walks and merges, but a child pays copy-on-write faults and
     # packs its result (with 0.9 here, this process waited 0.08-0.2 s for the child; 0.02-0.08).
-    for result in fanout.run(missing, work, parts=parts):
+    for result in fanout.run(missing, work, parts=parts, meanwhile=meanwhile):
         if result is not None:  # None: that child failed and its part was parsed here
             raws, hashes = result
             index.entries.update((rel, entry_of(raw)) for rel, raw in raws)
@@ -278,16 +285,9 @@ def _desired(
 ) -> Desired:
     """One document as a keyed Desired, or SpecErrors: the image is read only once the rest holds."""
     if not isinstance(doc.data, dict):
-        raise SpecErrors(
-            [
-                Problem(
-                    rel,
-                    f"a spec must be a mapping of keys (name: …, model: …, prompt: …), "
-                    f"not {_kind(doc.data)}",
-                    line=doc.line,
-                )
-            ]
-        )
+        kind = _kind(doc.data)
+        message = f"a spec must be a mapping of keys (name: …, model: …, prompt: …), not {kind}"
+        raise SpecErrors([Problem(rel, message, line=doc.line)])
     merged = {k: v for k, v in config.defaults.items() if k not in FORBIDDEN_DEFAULTS}
     merged.update(doc.data)
     inherited = [k for k in config.defaults if k not in doc.data]

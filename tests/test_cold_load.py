@@ -293,9 +293,34 @@ def test_a_cold_load_stats_each_file_before_reading_it(tmp_path: Path) -> None:
     listed = walk.spec_files(tmp_path, index, None, [])
     assert listed == [("specs/a.yaml", None)]
     listed.append(("specs/gone.yaml", None))  # listed, then deleted before its parse
-    _parse(listed, tmp_path, load_config(tmp_path), frozenset(), index, 1)
+    _parse(listed, tmp_path, load_config(tmp_path), frozenset(), index, 1, None)
     assert index.entries["specs/a.yaml"].stat == stat_of(tmp_path / "specs" / "a.yaml")
     gone = index.entries["specs/gone.yaml"]
     assert gone.stat == NO_STAT and "cannot be read" in gone.problems[0].message
     (tmp_path / "specs" / "gone.yaml").write_text("name: back\n")  # back: no stat matches it
     assert index.lookup("specs/gone.yaml", stat_of(tmp_path / "specs" / "gone.yaml")) is None
+
+
+def test_meanwhile_runs_once_here_while_children_work(tmp_path: Path) -> None:
+    """``fanout.run``'s ``meanwhile`` runs in this process, once, after the children are forked
+    and before its own part; a load that does not fork runs it before its parse."""
+    code = (
+        "import os, sys\nfrom reconciler import fanout\nseen = []\n"
+        "def work(part, forked):\n    seen.append(('work', os.getpid()))\n"
+        "    return list(part) if forked else None\n"
+        "def meanwhile():\n    seen.append(('meanwhile', os.getpid()))\n"
+        "results = fanout.run(range(6), work, parts=3, meanwhile=meanwhile)\n"
+        "me = os.getpid()\n"
+        "print(results == [[2, 3], [4, 5]], seen == [('meanwhile', me), ('work', me)])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=True)  # fmt: skip
+    assert done.stdout.split() == ["True", "True"], done.stderr
+    from reconciler.config import load_config
+    from reconciler.loader import load_specs
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text(f"name: a\nmodel: {MODEL}\nprompt: A clip.\n")
+    calls: list[int] = []
+    result = load_specs(tmp_path, load_config(tmp_path), meanwhile=lambda: calls.append(1))
+    assert calls == [1] and result.parsed == 1 and [s.name for s in result.specs] == ["a"]
