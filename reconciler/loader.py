@@ -110,25 +110,24 @@ def load_specs(
     workers = 1 if resident else workers
     result.processes = _parse(missing, repo, config, reported, index, workers, meanwhile)
     result.parsed = len(missing)
-    seen: dict[str, str] = {}
-    present = set()
+    seen: dict[str, Desired] = {}  # name -> the spec defining it first
+    entries, files, kept = index.entries, result.files, result.specs  # 10,000 times: no lookups
     for rel, known, _ in found:
-        present.add(rel)
-        entry = index.entries[rel] if known is None else known
+        entry = entries[rel] if known is None else known
         specs, problems = entry.specs, entry.problems
         problems = list(problems) if problems else []
-        result.files[rel] = [s.name for s in specs]
+        files[rel] = [s.name for s in specs]
         for spec in specs:
-            if spec.name in seen:
-                message = f"duplicate name {spec.name!r}: already defined in {seen[spec.name]}"
+            if (first := seen.setdefault(spec.name, spec)) is not spec:
+                where = f"{first.file}:{first.line}"
+                message = f"duplicate name {spec.name!r}: already defined in {where}"
                 problems.append(Problem(rel, message, line=spec.line, field="name"))
             else:
-                seen[spec.name] = f"{rel}:{spec.line}"
-                result.specs.append(spec)
+                kept.append(spec)
         if problems:
             result.bad_files.add(rel)
             result.problems.extend(problems)
-    index.prune(present)
+    index.prune({rel for rel, _, _ in found})
     result.index = index
     if changed is None or not resident:
         index.save()  # after an event, watch's index is saved by its next full load
