@@ -75,8 +75,13 @@ class Options:
     hold_removals: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass
 class Action:
+    """What the plan does for one name. Not frozen, though never changed once the plan is made:
+    a plan builds one per spec, and a frozen dataclass's ``__init__`` (13 fields, each set through
+    ``object.__setattr__``) cost 1.4 µs where this one costs 0.3 (10,000 specs: 10 of make_plan's
+    40 ms). Change one with ``dataclasses.replace``, as everything does."""
+
     name: str
     kind: ActionKind
     key: str | None
@@ -150,9 +155,8 @@ def make_plan(
         action = _action_for(s, generations, outputs, lock, observed, config, opts, by_key)
         gen = generations.get(s.key)
         if gen is not None:
-            # The action was just made here and nobody else holds it: set the field in place
-            # rather than copy ten thousand frozen dataclasses.
-            object.__setattr__(action, "version", gen.version)
+            # The action was just made here and nobody else holds it: set in place, not copied.
+            action.version = gen.version
         actions.append(action)
     current = {**{n: e.path for n, e in lock.items()}, **{n: o.path for n, o in outputs.items()}}
     for name in sorted(set(current) - wanted):
