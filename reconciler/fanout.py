@@ -64,17 +64,28 @@ def split(items: Sequence[T], parts: int, *, first: float = 1.0) -> list[Sequenc
     return [items[start:end] for start, end in pairwise(bounds)]
 
 
-def run(items: Sequence[T], work: Callable[[Sequence[T], bool], Any], *, parts: int) -> list[Any]:
+def run(
+    items: Sequence[T],
+    work: Callable[[Sequence[T], bool], Any],
+    *,
+    parts: int,
+    meanwhile: Callable[[], object] | None = None,
+) -> list[Any]:
     """``work(part, forked)`` over ``parts`` slices of ``items``: the first here, the rest in
     forked children (``forked`` True: return marshal-able data). Returns the children's results,
     in order; a child that failed has its part done here instead (``forked`` False, result None),
     so every item is worked on exactly once in the end, whatever happens to the children.
+    ``meanwhile`` runs here once the children are forked, before this process's part: work of
+    the caller's that the children need not see, done while they run (a child pays copy-on-write
+    faults and packs its result, so this process would otherwise wait for it).
     """
     slices = split(items, parts)
     pending: list[tuple[int, int, Sequence[T]]] = []
     try:
         for part in slices[1:]:
             pending.append((*_fork(part, work), part))
+        if meanwhile is not None:
+            meanwhile()
         work(slices[0], False)
         results = []
         while pending:

@@ -42,6 +42,7 @@ from .spec import Desired, ImageInput, Reference
 INDEX_FILE = "spec-index.marshal"
 FORMAT = 2  # bump when what an entry holds changes shape
 SLACK_NS = 2_000_000_000  # a stat this close to its read may hide a later edit of the same tick
+NO_STAT: Stat = (-1, -1, -1, -1)  # a file gone before its stat: no file matches it, so re-read
 
 # The modules whose code decides an entry: an edited checkout (same version) starts afresh too.
 _SOURCES = (
@@ -197,31 +198,37 @@ class SpecIndex:
 
 
 def _raw(entry: Entry) -> tuple[Any, ...]:
-    specs = tuple(
+    specs = tuple([
         (s.name, s.file, s.line, s.model, s.prompt, s.parameters, _raw_image(s.image), s.video_uri,
-         s.key, _raw_image(s.last_frame), tuple((_raw_image(r.image), r.type) for r in s.references),
+         s.key, _raw_image(s.last_frame),
+         tuple([(_raw_image(r.image), r.type) for r in s.references]) if s.references else (),
          s.source, s.source_key, s.depth, s.length, s.take)
         for s in entry.specs
-    )  # fmt: skip
-    problems = tuple((p.file, p.message, p.line, p.field) for p in entry.problems)
-    return entry.stat, specs, problems, entry.images, tuple(sorted(entry.targets)), entry.seen_ns
+    ])  # fmt: skip
+    problems = tuple([(p.file, p.message, p.line, p.field) for p in entry.problems])
+    targets = tuple(sorted(entry.targets)) if entry.targets else ()
+    return entry.stat, specs, problems, entry.images, targets, entry.seen_ns
 
 
 def _entry(raw: Any) -> Entry:
+    # Built for every entry of a warm load and every one a forked child sends back (serial work
+    # after the parse): the common case, no image and no problem, makes nothing it need not.
     stat, specs, problems, images, targets, seen_ns = raw
     return Entry(
-        stat=tuple(stat),
-        specs=[
-            Desired(name, file, line, model, prompt, parameters, _image(image), video_uri, key,
-                    _image(last), tuple(Reference(_image(i), t) for i, t in refs), source,
+        tuple(stat),
+        [
+            Desired(name, file, line, model, prompt, parameters,
+                    None if image is None else ImageInput(*image), video_uri, key,
+                    None if last is None else ImageInput(*last),
+                    tuple(Reference(_image(i), t) for i, t in refs) if refs else (), source,
                     source_key, depth, length, take)
             for (name, file, line, model, prompt, parameters, image, video_uri, key, last, refs,
                  source, source_key, depth, length, take) in specs
         ],
-        problems=[Problem(*p) for p in problems],
-        images=images,
-        targets=frozenset(targets),
-        seen_ns=seen_ns,
+        [Problem(*p) for p in problems] if problems else [],
+        images,
+        frozenset(targets) if targets else frozenset(),
+        seen_ns,
     )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import difflib
 import errno
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +22,8 @@ from . import chains, failpoints, fanout
 from .config import CONFIG_FILE, Config
 from .errors import Problem, SpecErrors
 from .facts import DEFAULT_DURATION, IMAGE_MAGIC, MAX_IMAGE_BYTES, MODELS
-from .files import Stat, signature
-from .index import SpecIndex
+from .files import Stat, signature, stat_of
+from .index import NO_STAT, SpecIndex
 from .index import _entry as entry_of  # the index file's plain form: what a child sends back
 from .index import _raw as raw_entry
 from .spec import (
@@ -75,6 +75,7 @@ def load_specs(
     index: SpecIndex | None = None,
     changed: set[str] | None = None,
     workers: int | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> LoadResult:
     """Load and validate every spec; never raises for user input, collects problems instead.
 
@@ -83,7 +84,9 @@ def load_specs(
     ``index`` in memory and names the spec files an event ``changed``: only those are looked
     at, every other file is taken as last loaded (its periodic full load checks them all).
     ``workers``: processes parsing (None: every core for a cold load of many files, where the
-    process has no thread; one with a resident index: ``watch`` runs threads).
+    process has no thread; one with a resident index: ``watch`` runs threads). ``meanwhile``:
+    the caller's work that needs no spec (a plan's modules, its state), run once, while forked
+    children parse (before the parse when none do).
     """
     repo = repo.resolve()
     result = LoadResult()
@@ -98,33 +101,33 @@ def load_specs(
     if index is None or index.stamp != stamp:
         index = SpecIndex.open(repo, stamp) if index is None else index.restart(stamp)
         changed = None
-    # No stat: a file no event named, as the index holds it.
+    # No stat: a file no event named, as the index holds it (or, holding none, not yet read).
     found = [
-        (rel, index.entries[rel] if sig is None else index.lookup(rel, sig), sig)
+        (rel, index.entries.get(rel) if sig is None else index.lookup(rel, sig), sig)
         for rel, sig in spec_files(repo, index, changed, result.problems)
     ]
-    missing = [(rel, sig) for rel, entry, sig in found if entry is None and sig is not None]
-    result.processes = _parse(missing, repo, config, reported, index, 1 if resident else workers)
+    missing = [(rel, sig) for rel, entry, sig in found if entry is None]
+    workers = 1 if resident else workers
+    result.processes = _parse(missing, repo, config, reported, index, workers, meanwhile)
     result.parsed = len(missing)
-    seen: dict[str, str] = {}
-    present = set()
+    seen: dict[str, Desired] = {}  # name -> the spec defining it first
+    entries, files, kept = index.entries, result.files, result.specs  # 10,000 times: no lookups
     for rel, known, _ in found:
-        present.add(rel)
-        entry = index.entries[rel] if known is None else known
+        entry = entries[rel] if known is None else known
         specs, problems = entry.specs, entry.problems
         problems = list(problems) if problems else []
-        result.files[rel] = [s.name for s in specs]
+        files[rel] = [s.name for s in specs]
         for spec in specs:
-            if spec.name in seen:
-                message = f"duplicate name {spec.name!r}: already defined in {seen[spec.name]}"
+            if (first := seen.setdefault(spec.name, spec)) is not spec:
+                where = f"{first.file}:{first.line}"
+                message = f"duplicate name {spec.name!r}: already defined in {where}"
                 problems.append(Problem(rel, message, line=spec.line, field="name"))
             else:
-                seen[spec.name] = f"{rel}:{spec.line}"
-                result.specs.append(spec)
+                kept.append(spec)
         if problems:
             result.bad_files.add(rel)
             result.problems.extend(problems)
-    index.prune(present)
+    index.prune({rel for rel, _, _ in found})
     result.index = index
     if changed is None or not resident:
         index.save()  # after an event, watch's index is saved by its next full load
@@ -138,23 +141,24 @@ def load_specs(
 
 
 def _parse(
-    missing: list[tuple[str, Stat]],
+    missing: list[tuple[str, Stat | None]],
     repo: Path,
     config: Config,
     reported: frozenset[str],
     index: SpecIndex,
     workers: int | None,
+    meanwhile: Callable[[], object] | None,
 ) -> int:
     """Parse the files the index lacks into it, on every core when there are many of them.
     Returns how many processes did (children that failed had their part parsed here)."""
 
-    def work(part: Sequence[tuple[str, Stat]], forked: bool) -> Any:
+    def work(part: Sequence[tuple[str, Stat | None]], forked: bool) -> Any:
         if forked:
             failpoints.hit("parse_child")
         for rel, sig in part:
-            specs, problems = load_file(
-                f"{repo}/{rel}", repo, config, reported=reported, index=index, rel=rel
-            )
+            path = f"{repo}/{rel}"
+            sig = sig or stat_of(path) or NO_STAT  # not stat'ed by the walk: here, before reading
+            specs, problems = load_file(path, repo, config, reported=reported, index=index, rel=rel)
             index.store(rel, sig, specs, problems)
         if not forked:
             return None
@@ -164,12 +168,14 @@ def _parse(
 
     parts = min(workers or (fanout.cores() if len(missing) >= FORK_AT else 1), len(missing))
     if parts < 2 or not fanout.can_fork():
+        if meanwhile is not None:
+            meanwhile()
         work(missing, False)
         return 1
     processes = 1
     # Equal parts: this process also walks and merges, but a child pays copy-on-write faults and
     # packs its result (with 0.9 here, this process waited 0.08-0.2 s for the child; 0.02-0.08).
-    for result in fanout.run(missing, work, parts=parts):
+    for result in fanout.run(missing, work, parts=parts, meanwhile=meanwhile):
         if result is not None:  # None: that child failed and its part was parsed here
             raws, hashes = result
             index.entries.update((rel, entry_of(raw)) for rel, raw in raws)
@@ -278,16 +284,9 @@ def _desired(
 ) -> Desired:
     """One document as a keyed Desired, or SpecErrors: the image is read only once the rest holds."""
     if not isinstance(doc.data, dict):
-        raise SpecErrors(
-            [
-                Problem(
-                    rel,
-                    f"a spec must be a mapping of keys (name: …, model: …, prompt: …), "
-                    f"not {_kind(doc.data)}",
-                    line=doc.line,
-                )
-            ]
-        )
+        kind = _kind(doc.data)
+        message = f"a spec must be a mapping of keys (name: …, model: …, prompt: …), not {kind}"
+        raise SpecErrors([Problem(rel, message, line=doc.line)])
     merged = {k: v for k, v in config.defaults.items() if k not in FORBIDDEN_DEFAULTS}
     merged.update(doc.data)
     inherited = [k for k in config.defaults if k not in doc.data]

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
+from operator import attrgetter
 
 from . import diffs
 from .config import Config
@@ -37,6 +38,7 @@ MATERIALIZE, REMOVE = ActionKind.MATERIALIZE, ActionKind.REMOVE
 NOOP, BLOCKED = ActionKind.NOOP, ActionKind.BLOCKED
 FAILED, MATERIALIZED, PENDING = State.FAILED, State.MATERIALIZED, State.PENDING
 SUBMITTING, UNKNOWN = State.SUBMITTING, State.UNKNOWN
+_NAME = attrgetter("name")  # the order of specs and actions (no lambda call per item)
 
 
 def output_path(config: Config, name: str, sha256: str) -> str:
@@ -73,8 +75,13 @@ class Options:
     hold_removals: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass
 class Action:
+    """What the plan does for one name. Not frozen, though never changed once the plan is made:
+    a plan builds one per spec, and a frozen dataclass's ``__init__`` (13 fields, each set through
+    ``object.__setattr__``) cost 1.4 µs where this one costs 0.3 (10,000 specs: 10 of make_plan's
+    40 ms). Change one with ``dataclasses.replace``, as everything does."""
+
     name: str
     kind: ActionKind
     key: str | None
@@ -142,15 +149,14 @@ def make_plan(
     for entry in lock.values():
         by_key.setdefault(entry.spec_key, []).append(entry)
     actions = []
-    for s in sorted(specs, key=lambda s: s.name):
+    for s in sorted(specs, key=_NAME):
         if opts.targets and s.name not in opts.targets:
             continue
         action = _action_for(s, generations, outputs, lock, observed, config, opts, by_key)
         gen = generations.get(s.key)
         if gen is not None:
-            # The action was just made here and nobody else holds it: set the field in place
-            # rather than copy ten thousand frozen dataclasses.
-            object.__setattr__(action, "version", gen.version)
+            # The action was just made here and nobody else holds it: set in place, not copied.
+            action.version = gen.version
         actions.append(action)
     current = {**{n: e.path for n, e in lock.items()}, **{n: o.path for n, o in outputs.items()}}
     for name in sorted(set(current) - wanted):
@@ -162,7 +168,7 @@ def make_plan(
             continue
         actions.append(Action(name, REMOVE, None, "spec removed", path=current[name]))
     actions = _chains(actions, generations, observed.now)
-    return Plan(_pay_once(sorted(actions, key=lambda a: a.name)))
+    return Plan(_pay_once(sorted(actions, key=_NAME)))
 
 
 def _chains(
@@ -171,11 +177,13 @@ def _chains(
     """What a chain's source means for each extension of a spec that must be paid for: it says
     so when its source changed, and waits (blocked, with the reason) while its source is blocked
     or the provider's copy of the source is gone (the way out is to regenerate the source)."""
+    extensions = [a for a in actions if a.spec and a.spec.source is not None and a.kind in PAID]
+    if not extensions:
+        return actions
     by_name = {a.name: a for a in actions}
-    ordered = sorted(actions, key=lambda a: a.spec.depth if a.spec else 0)
-    for action in ordered:
+    for action in sorted(extensions, key=lambda a: a.spec.depth if a.spec else 0):
         spec = action.spec
-        if spec is None or spec.source is None or action.kind not in PAID:
+        if spec is None or spec.source is None:
             continue
         source = by_name.get(spec.source)
         if source is not None and source.kind in PAID:

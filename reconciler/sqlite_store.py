@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import lifecycle
 from .errors import StateError
@@ -42,9 +42,6 @@ from .lifecycle import Event, Generation, State
 from .money import Window, over
 from .owners import now_iso, this_owner
 from .store import Output, charge, expected, recover_stale, stale_claim
-
-if TYPE_CHECKING:
-    import sqlite_utils
 
 
 def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
@@ -61,63 +58,69 @@ def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
             time.sleep(0.05)
 
 
-def _m1_initial(db: sqlite_utils.Database) -> None:
-    db.table("generations").create(
-        dict(
-            spec_key=str, name=str, model=str, resolution=str, duration=int, cost=float,
-            state=str, operation=str, video_uri=str, file_id=str, sha256=str, bytes=int,
-            error=str, error_kind=str, op_failures=int, owner=str, claimed_at=float,
-            created_at=str, updated_at=str, submitted_at=str, finished_at=str,
-        ),
-        pk="spec_key",
-        not_null={"state", "model", "name"},
-        defaults={"op_failures": 0},
-    )  # fmt: skip
-    db.table("generations").create_index(["state"])
-    db.table("attempts").create(
-        {
-            "id": int, "spec_key": str, "name": str, "at": str, "outcome": str,
-            "operation": str, "status": int, "message": str, "owner": str,
-        },
-        pk="id",
-    )  # fmt: skip
-    db.table("attempts").create_index(["spec_key"])
-    db.table("outputs").create(
-        {
-            "name": str, "spec_key": str, "path": str, "sha256": str, "bytes": int,
-            "size": int, "mtime_ns": int, "materialized_at": str,
-        },
-        pk="name",
-    )  # fmt: skip
-    db.table("meta").create({"key": str, "value": str}, pk="key")
+def _m1_initial(conn: sqlite3.Connection) -> None:
+    # The schema as sqlite_utils wrote it from the first release on, to the byte: sqlite keeps
+    # the statements' text, and tests/test_store.py holds both ways to the same sqlite_master.
+    # Plain SQL: importing sqlite_utils took 60-110 ms of a fresh clone's `plan` (its stand-in
+    # state is an empty db migrated in memory).
+    conn.execute(_table(
+        "generations", '"spec_key" TEXT PRIMARY KEY', '"name" TEXT NOT NULL',
+        '"model" TEXT NOT NULL', '"resolution" TEXT', '"duration" INTEGER', '"cost" REAL',
+        '"state" TEXT NOT NULL', '"operation" TEXT', '"video_uri" TEXT', '"file_id" TEXT',
+        '"sha256" TEXT', '"bytes" INTEGER', '"error" TEXT', '"error_kind" TEXT',
+        '"op_failures" INTEGER DEFAULT 0', '"owner" TEXT', '"claimed_at" REAL',
+        '"created_at" TEXT', '"updated_at" TEXT', '"submitted_at" TEXT', '"finished_at" TEXT',
+    ))  # fmt: skip
+    conn.execute(_index("generations", "state"))
+    conn.execute(_table(
+        "attempts", '"id" INTEGER PRIMARY KEY', '"spec_key" TEXT', '"name" TEXT', '"at" TEXT',
+        '"outcome" TEXT', '"operation" TEXT', '"status" INTEGER', '"message" TEXT',
+        '"owner" TEXT',
+    ))  # fmt: skip
+    conn.execute(_index("attempts", "spec_key"))
+    conn.execute(_table(
+        "outputs", '"name" TEXT PRIMARY KEY', '"spec_key" TEXT', '"path" TEXT', '"sha256" TEXT',
+        '"bytes" INTEGER', '"size" INTEGER', '"mtime_ns" INTEGER', '"materialized_at" TEXT',
+    ))  # fmt: skip
+    conn.execute(_table("meta", '"key" TEXT PRIMARY KEY', '"value" TEXT'))
 
 
-def _m2_row_version(db: sqlite_utils.Database) -> None:
-    db.conn.execute("ALTER TABLE generations ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+def _table(name: str, *columns: str) -> str:
+    """sqlite_utils' CREATE TABLE, layout included."""
+    return f'CREATE TABLE "{name}" (\n   ' + ",\n   ".join(columns) + "\n)"
 
 
-def _m3_ledger_cost(db: sqlite_utils.Database) -> None:
+def _index(table: str, column: str) -> str:
+    """sqlite_utils' CREATE INDEX for one column, layout included."""
+    return f'CREATE INDEX "idx_{table}_{column}"\n    ON "{table}" ("{column}")'
+
+
+def _m2_row_version(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE generations ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+
+
+def _m3_ledger_cost(conn: sqlite3.Connection) -> None:
     # What each ledger row charges (a claim: the video's estimate) or refunds (negative).
-    db.conn.execute("ALTER TABLE attempts ADD COLUMN cost REAL")
-    db.conn.execute("CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at)")
+    conn.execute("ALTER TABLE attempts ADD COLUMN cost REAL")
+    conn.execute("CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at)")
 
 
-def _m4_remote_until(db: sqlite_utils.Database) -> None:
+def _m4_remote_until(conn: sqlite3.Connection) -> None:
     # When the provider's copy of a generation's video goes: chains need it as a source.
-    db.conn.execute("ALTER TABLE generations ADD COLUMN remote_until TEXT")
+    conn.execute("ALTER TABLE generations ADD COLUMN remote_until TEXT")
 
 
-def _m5_spec_json(db: sqlite_utils.Database) -> None:
+def _m5_spec_json(conn: sqlite3.Connection) -> None:
     # The spec each generation was asked for, as a reviewer reads it: replaces show a field diff.
-    db.conn.execute("ALTER TABLE generations ADD COLUMN spec_json TEXT")
+    conn.execute("ALTER TABLE generations ADD COLUMN spec_json TEXT")
 
 
-def _m6_ledger_takes(db: sqlite_utils.Database) -> None:
+def _m6_ledger_takes(conn: sqlite3.Connection) -> None:
     # The bytes of each take (a download, an adoption): `reconcile takes` lists every one.
-    db.conn.execute("ALTER TABLE attempts ADD COLUMN sha256 TEXT")
+    conn.execute("ALTER TABLE attempts ADD COLUMN sha256 TEXT")
 
 
-MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _m1_initial),
     ("0002_row_version", _m2_row_version),
     ("0003_ledger_cost", _m3_ledger_cost),
@@ -160,7 +163,6 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: not a usable state db ({exc})") from None
         self.conn = conn
-        self._db: sqlite_utils.Database | None = None
         self.owner = this_owner()
         self._lock = threading.RLock()
         self._depth = 0  # open write transactions of this store (nested ones join the outer)
@@ -170,17 +172,6 @@ class SqliteStore:
         except BaseException:
             conn.close()  # a refused db (a newer schema) is let go at once, not by the GC
             raise
-
-    @property
-    def db(self) -> sqlite_utils.Database:
-        """sqlite_utils over the same connection, for migrations: made
-        on first use, since importing sqlite_utils (its plugin scan included) takes 60-110 ms
-        here and most commands open an up-to-date db and read it with sqlite3 alone."""
-        if self._db is None:
-            import sqlite_utils
-
-            self._db = sqlite_utils.Database(self.conn)
-        return self._db
 
     def close(self) -> None:
         with self._lock:
@@ -244,11 +235,11 @@ class SqliteStore:
             )
         for name, step in MIGRATIONS:
             if name in applied:
-                continue  # an up-to-date db takes no write lock and imports no sqlite_utils
+                continue  # an up-to-date db takes no write lock
             with self.tx() as conn:
                 if conn.execute("SELECT 1 FROM migrations WHERE name = ?", [name]).fetchone():
                     continue
-                step(self.db)
+                step(conn)
                 conn.execute("INSERT INTO migrations VALUES (?, ?)", [name, now_iso()])
 
     def _rows(

@@ -141,3 +141,18 @@ def test_shell_completion_scripts(tmp_path: Path) -> None:
         done = complete(tmp_path, f"{shell}_source", "", 0)
         assert done.returncode == 0, done.stderr
         assert marker in done.stdout, shell
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_is_planned_without_sqlite_utils(tmp_path: Path) -> None:
+    """A repo with no state db: `plan`, `status` and `validate` read an empty stand-in migrated in
+    memory with sqlite3 alone (sqlite_utils took 60-110 ms to import), and create nothing."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text(
+        "name: a\nmodel: veo-3.1-fast-generate-preview\nprompt: A quiet harbour at dusk.\n"
+    )
+    for command in ("plan", "status", "validate"):
+        code = f"from reconciler.cli import main\ntry:\n    main([{command!r}])\nexcept SystemExit:\n    pass"
+        modules = fresh(code, tmp_path)
+        assert "sqlite_utils" not in modules, command
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["specs"]

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import ROOT, jpeg_bytes, png_bytes
 
-from reconciler import failpoints, fanout, yamlio
+from reconciler import failpoints, fanout, walk, yamlio
 from reconciler.index import SLACK_NS
 
 DOCUMENTS = [
@@ -254,3 +254,73 @@ def test_no_fork_outside_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert answers == [False]
+
+
+# -- the walk: no stat per file, the same files in the same order ---------------------------------
+
+
+def test_the_walk_finds_spec_files_in_component_order(tmp_path: Path) -> None:
+    """Regular files and links to them, by the listing's own file types; links to folders, dot
+    files, other suffixes and dangling links left out; the order is that of the paths' components
+    (a folder's files before a sibling sorting after it), as the index and every message keep."""
+    specs = tmp_path / "specs"
+    for rel in ("b.yaml", "a.yaml", "a/z.yml", "a/b/c.yaml", "a-b.yaml", "a.b/x.yaml", "A.yaml",
+                "x.txt", ".hidden.yaml", ".dot/y.yaml", "dir.yaml/in.yaml", "z/zz/zzz.yaml"):  # fmt: skip
+        (specs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (specs / rel).write_text("name: x\n")
+    (specs / "link.yaml").symlink_to(specs / "b.yaml")
+    (specs / "dangling.yaml").symlink_to(specs / "gone.yaml")
+    (specs / "folder-link").symlink_to(specs / "a")
+    (specs / "folder.yaml").mkdir()  # a folder named like a spec: walked into, not read
+    found = walk.walk_specs(tmp_path, [])
+    expected = ["A.yaml", "a/b/c.yaml", "a/z.yml", "a-b.yaml", "a.b/x.yaml", "a.yaml", "b.yaml",
+                "dir.yaml/in.yaml", "link.yaml", "z/zz/zzz.yaml"]  # fmt: skip
+    assert found == [f"specs/{rel}" for rel in expected]
+    assert found == sorted(found, key=lambda rel: rel.split("/"))
+
+
+def test_a_cold_load_stats_each_file_before_reading_it(tmp_path: Path) -> None:
+    """With an empty index the walk stats nothing; each file's stat is taken where it is parsed,
+    before it is read, and a file gone by then is a problem now and is parsed again next time."""
+    from reconciler.config import load_config
+    from reconciler.files import stat_of
+    from reconciler.index import NO_STAT, SpecIndex
+    from reconciler.loader import _parse
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text(f"name: a\nmodel: {MODEL}\nprompt: A clip.\n")
+    index = SpecIndex(None, "stamp")
+    listed = walk.spec_files(tmp_path, index, None, [])
+    assert listed == [("specs/a.yaml", None)]
+    listed.append(("specs/gone.yaml", None))  # listed, then deleted before its parse
+    _parse(listed, tmp_path, load_config(tmp_path), frozenset(), index, 1, None)
+    assert index.entries["specs/a.yaml"].stat == stat_of(tmp_path / "specs" / "a.yaml")
+    gone = index.entries["specs/gone.yaml"]
+    assert gone.stat == NO_STAT and "cannot be read" in gone.problems[0].message
+    (tmp_path / "specs" / "gone.yaml").write_text("name: back\n")  # back: no stat matches it
+    assert index.lookup("specs/gone.yaml", stat_of(tmp_path / "specs" / "gone.yaml")) is None
+
+
+def test_meanwhile_runs_once_here_while_children_work(tmp_path: Path) -> None:
+    """``fanout.run``'s ``meanwhile`` runs in this process, once, after the children are forked
+    and before its own part; a load that does not fork runs it before its parse."""
+    code = (
+        "import os, sys\nfrom reconciler import fanout\nseen = []\n"
+        "def work(part, forked):\n    seen.append(('work', os.getpid()))\n"
+        "    return list(part) if forked else None\n"
+        "def meanwhile():\n    seen.append(('meanwhile', os.getpid()))\n"
+        "results = fanout.run(range(6), work, parts=3, meanwhile=meanwhile)\n"
+        "me = os.getpid()\n"
+        "print(results == [[2, 3], [4, 5]], seen == [('meanwhile', me), ('work', me)])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=True)  # fmt: skip
+    assert done.stdout.split() == ["True", "True"], done.stderr
+    from reconciler.config import load_config
+    from reconciler.loader import load_specs
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text(f"name: a\nmodel: {MODEL}\nprompt: A clip.\n")
+    calls: list[int] = []
+    result = load_specs(tmp_path, load_config(tmp_path), meanwhile=lambda: calls.append(1))
+    assert calls == [1] and result.parsed == 1 and [s.name for s in result.specs] == ["a"]

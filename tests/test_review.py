@@ -179,3 +179,33 @@ def test_cost_reports_the_ledger(repo: Repo, sim: Simulator) -> None:
     assert by_spec == [{"group": "hero", "usd": 0.8, "posts": 1}]
     by_model = repo.run("cost", "--by", "model").stdout
     assert "veo-3.1-fast-generate-preview" in by_model and "$0.80" in by_model
+
+
+def test_the_plain_table_is_laid_out_cell_by_cell() -> None:
+    """A pipe's table (one template per line, written at once) is the layout of padding each
+    cell but the last to its column's widest and trimming the line's end: empty cells, wide
+    characters counted as one, a one-column table, no rows."""
+    import io
+
+    from reconciler.report import _table
+
+    def by_cells(headers: list[str], rows: list[list[str]]) -> str:
+        widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+        lines = []
+        for row in [headers, *rows]:
+            cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
+            lines.append("  ".join([*cells, row[-1]]).rstrip() + "\n")
+        return "".join(lines)
+
+    cases = [
+        (["", "name", "action", "cost", "why"],
+         [["+", "a", "create", "$0.80", "new spec"], ["-/+", "longer-name", "replace", "", ""],
+          ["!", "café", "blocked", "", "{braces} and  spaces "]]),
+        (["name", "state", "path", "sha256", "error"], [["x", "", "", "", ""]]),
+        (["only"], [["one"], [""], ["{0}"]]),
+        (["a", "b"], []),
+    ]  # fmt: skip
+    for headers, rows in cases:
+        out = io.StringIO()
+        _table(out, headers, rows, rest="9 unchanged")
+        assert out.getvalue() == by_cells(headers, rows) + "(9 unchanged)\n"

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -136,26 +137,87 @@ def test_a_refused_db_is_closed_at_once(db_path: Path) -> None:
         gc.enable()
 
 
-def test_a_db_from_the_first_schema_is_upgraded_in_place(db_path: Path) -> None:
-    """A db that only has 0001 gains the row version column, its rows intact, and claims use it."""
-    import sqlite3
-
+def first_schema_by_sqlite_utils(conn: sqlite3.Connection) -> None:
+    """Migration 0001 as every db before this one was made: through sqlite_utils (the code as it
+    was). The store now writes it in plain SQL; these are the statements it must match."""
     import sqlite_utils
 
-    from reconciler import sqlite_store as store_module
-
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(db_path)
     db = sqlite_utils.Database(conn)
-    store_module._m1_initial(db)
+    db.table("generations").create(
+        dict(
+            spec_key=str, name=str, model=str, resolution=str, duration=int, cost=float,
+            state=str, operation=str, video_uri=str, file_id=str, sha256=str, bytes=int,
+            error=str, error_kind=str, op_failures=int, owner=str, claimed_at=float,
+            created_at=str, updated_at=str, submitted_at=str, finished_at=str,
+        ),
+        pk="spec_key",
+        not_null={"state", "model", "name"},
+        defaults={"op_failures": 0},
+    )  # fmt: skip
+    db.table("generations").create_index(["state"])
+    db.table("attempts").create(
+        {
+            "id": int, "spec_key": str, "name": str, "at": str, "outcome": str,
+            "operation": str, "status": int, "message": str, "owner": str,
+        },
+        pk="id",
+    )  # fmt: skip
+    db.table("attempts").create_index(["spec_key"])
+    db.table("outputs").create(
+        {
+            "name": str, "spec_key": str, "path": str, "sha256": str, "bytes": int,
+            "size": int, "mtime_ns": int, "materialized_at": str,
+        },
+        pk="name",
+    )  # fmt: skip
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+
+
+def first_schema_db(path: Path) -> None:
+    """A db as an old release left it: 0001 applied through sqlite_utils, nothing after."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    # The store made its migrations table first, then ran 0001.
     conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    first_schema_by_sqlite_utils(conn)
     conn.execute("INSERT INTO migrations VALUES ('0001_initial', 'then')")
-    conn.execute(
-        "INSERT INTO generations (spec_key, name, model, resolution, duration, state, op_failures)"
-        " VALUES ('k1', 'hero', 'm', '720p', 8, 'pending', 0)"
-    )
     conn.commit()
     conn.close()
+
+
+def schema(path: Path) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT * FROM sqlite_master ORDER BY rowid").fetchall()
+
+
+def test_a_new_db_has_the_schema_sqlite_utils_made(tmp_path: Path) -> None:
+    """A db created now (0001 in plain SQL) and one created by an earlier release (0001 through
+    sqlite_utils) then migrated: the same sqlite_master, row for row and byte for byte."""
+    Store(tmp_path / "new" / "state.db").close()
+    first_schema_db(tmp_path / "old" / "state.db")
+    Store(tmp_path / "old" / "state.db").close()
+    new, old = schema(tmp_path / "new" / "state.db"), schema(tmp_path / "old" / "state.db")
+    assert len(new) == 12 and new[0][1] == "migrations"
+    assert new == old
+    # And migration 0001 alone, statement for statement, beside sqlite_utils'.
+    from reconciler.sqlite_store import _m1_initial
+
+    with closing(sqlite3.connect(":memory:")) as mine, closing(sqlite3.connect(":memory:")) as old:
+        _m1_initial(mine)
+        first_schema_by_sqlite_utils(old)
+        query = "SELECT * FROM sqlite_master ORDER BY rowid"
+        assert mine.execute(query).fetchall() == old.execute(query).fetchall()
+
+
+def test_a_db_from_the_first_schema_is_upgraded_in_place(db_path: Path) -> None:
+    """A db that only has 0001 gains the row version column, its rows intact, and claims use it."""
+    first_schema_db(db_path)
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(
+            "INSERT INTO generations (spec_key, name, model, resolution, duration, state, "
+            "op_failures) VALUES ('k1', 'hero', 'm', '720p', 8, 'pending', 0)"
+        )
+        conn.commit()
     upgraded = Store(db_path)
     try:
         gen = upgraded.get("k1")
@@ -169,7 +231,7 @@ def test_a_db_from_the_first_schema_is_upgraded_in_place(db_path: Path) -> None:
 
 def test_wal_mode(store: Store, db_path: Path) -> None:
     """The db runs in WAL mode, so readers never wait for a writer."""
-    assert store.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -509,19 +571,23 @@ def test_reader_reads_while_a_writer_holds_the_write_lock(db_path: Path) -> None
         writer.close()
 
 
-def test_an_up_to_date_db_is_opened_and_read_without_sqlite_utils(tmp_path: Path) -> None:
-    """sqlite_utils (60-110 ms to import, its plugin scan included) runs migrations; a command
-    on a db already migrated opens and reads it with sqlite3 alone."""
+def test_no_db_is_opened_or_migrated_through_sqlite_utils(tmp_path: Path) -> None:
+    """sqlite_utils costs 60-110 ms to import (its plugin scan included): a db up to date, a new
+    one, an old one to migrate and a read-only command's stand-in for a missing one are all
+    opened, migrated and read with sqlite3 alone."""
     Store(tmp_path / "state.db").close()
+    first_schema_db(tmp_path / "old.db")
     code = (
         "import sys; from pathlib import Path; from reconciler.sqlite_store import SqliteStore\n"
-        "store = SqliteStore(Path(sys.argv[1])); store.generations(); store.outputs()\n"
+        "store = SqliteStore(Path(sys.argv[1]), create=sys.argv[2] == 'create')\n"
+        "store.generations(); store.outputs(); store.attempts()\n"
         "store.spent('2026-01-01T00:00:00Z'); store.close()\n"
         "print('sqlite_utils' in sys.modules)"
     )
-    ran = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state.db")],
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    assert ran.stdout.strip() == "False", ran.stderr
-    fresh = subprocess.run([sys.executable, "-c", code, str(tmp_path / "new.db")],
-                           capture_output=True, text=True, check=True)  # fmt: skip
-    assert fresh.stdout.strip() == "True"  # a new db is migrated through it
+    for name, create in [("state.db", "create"), ("new.db", "create"), ("old.db", "create"),
+                         ("missing.db", "read-only")]:  # fmt: skip
+        ran = subprocess.run([sys.executable, "-c", code, str(tmp_path / name), create],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        assert ran.stdout.strip() == "False", (name, ran.stderr)
+    assert not (tmp_path / "missing.db").exists()
+    assert schema(tmp_path / "old.db") == schema(tmp_path / "new.db")

@@ -155,7 +155,7 @@ def test_an_objects_folders_are_made_when_missing_even_mid_run(tmp_path: Path) -
 
 def statements(store: SqliteStore) -> list[str]:
     seen: list[str] = []
-    store.db.conn.set_trace_callback(seen.append)
+    store.conn.set_trace_callback(seen.append)
     return seen
 
 
@@ -187,7 +187,7 @@ def test_only_the_writes_around_the_post_wait_for_the_disk(tmp_path: Path) -> No
         ).fetchone()
     assert (state, operation) == ("materialized", "operations/x")
     reopened = SqliteStore(tmp_path / "state.db")
-    assert reopened.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert reopened.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     reopened.close()
 
 
