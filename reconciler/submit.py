@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,6 +149,7 @@ class Submission(KeyWork):
     async def _post(self, body: dict[str, Any]) -> str:
         """POST and commit the operation name. Cancelled mid-way (a stop past its grace), the row
         is recorded as unknown first: the request may have been accepted."""
+        self.ctx.posted[self.key] = time.monotonic()  # its run is timed from here (RunTimes)
         try:
             operation = await self.client.submit(self.spec.model, body)
         except asyncio.CancelledError:
