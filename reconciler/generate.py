@@ -339,7 +339,7 @@ class _KeyTask(KeyWork):
             waited = time.monotonic() - started
             if result.done:
                 if kind is not None:
-                    ctx.runs.record(kind, planned, due, at_first=not seen_running)
+                    ctx.runs.record(kind, planned, waited, at_first=not seen_running)
                 return result
             seen_running = True
             # Not again before the shortest run seen (a probe's second poll); past it, on the

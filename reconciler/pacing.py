@@ -141,17 +141,18 @@ class RunTimes:
     kind already seen is usually found done at its first poll: each poll is a request (quota,
     CPU), and 1,000 operations of 1 s, first polled at 80% of the shortest run seen, took 2.2.
 
-    A bound is the time from an operation's POST to the poll that found it done, as planned
-    (the answer's arrival is later by the event loop's lateness, which would creep upward run
-    after run): an upper bound of its run, tight when a poll saw it running an interval before.
-    The first poll waits for the shortest of the last RUNS_KEPT bounds. One found done there
-    teaches nothing and is not kept (it would keep the old figure alive); one found running
-    keeps its longer bound, so a provider that got slower is followed once RUNS_KEPT were, and
-    a spike of short runs is forgotten as fast. That it got faster shows only by polling
-    earlier: one operation in PROBE_EVERY is polled first PROBE_STEP before the shortest (then
-    at it, if running); a probe that finds it done keeps that bound and makes the next one
-    probe again, four times further, so a spike of long runs is forgotten in a few operations
-    rather than kept for a daemon's life, and the bound settles within PROBE_STEP of the run."""
+    A bound is the time from an operation's POST to the answer of the poll that found it done:
+    an upper bound of its run, tight when a poll saw it running an interval before. The first
+    poll waits for the shortest of the last RUNS_KEPT bounds. One found done there teaches
+    nothing and is not kept (it would keep the old figure alive); one found running keeps its
+    longer bound, so a provider that got slower is followed once RUNS_KEPT were, and a spike of
+    short runs is forgotten as fast. That it got faster shows only by polling earlier: one
+    operation in PROBE_EVERY is polled first PROBE_STEP before the shortest (then at it, if
+    running); a probe that finds it done keeps that bound and makes the next one probe again,
+    four times further, so a spike of long runs is forgotten in a few operations rather than
+    kept for a daemon's life. The probes also take back the creep of the bounds (each is a
+    little late: the event loop, the request): the first poll stays within PROBE_STEP of the
+    run, and being an upper bound, it seldom finds one running."""
 
     def __init__(self) -> None:
         self._kinds: dict[Hashable, _Kind] = {}
@@ -169,10 +170,10 @@ class RunTimes:
         seen.until_probe = PROBE_EVERY
         return (1 - seen.step) * shortest, shortest
 
-    def record(self, kind: Hashable, planned: tuple[float, float], due: float, *,
+    def record(self, kind: Hashable, planned: tuple[float, float], waited: float, *,
                at_first: bool) -> None:  # fmt: skip
-        """An operation of ``kind``, its first polls as ``plan`` said, found done by the poll
-        planned ``due`` seconds after its POST: its first, or one after a poll saw it running."""
+        """An operation of ``kind``, its first polls as ``plan`` said, found done ``waited``
+        seconds after its POST: at its first poll, or after a poll that saw it running."""
         seen = self._kinds.setdefault(kind, _Kind())
         first, shortest = planned
         probe = first < shortest
@@ -182,7 +183,7 @@ class RunTimes:
             return  # as expected: nothing learned
         elif probe:
             seen.step = PROBE_STEP
-        seen.bounds.append(due)
+        seen.bounds.append(waited)
 
 
 @dataclass
