@@ -25,7 +25,7 @@ import ssl
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _PRINTABLE = "".join(chr(c) for c in range(33, 127))  # kept as they are in a request target
@@ -217,6 +217,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.keep = keep
         self._idle: list[_Conn] = []
+        self._origins: dict[tuple[str, str], tuple[Origin, str]] = {}
 
     async def read(self, awaitable: Any, what: str = "Read") -> Any:
         """One read (or a write's drain) within the timeout; every way it fails is a ``Broken``."""
@@ -278,18 +279,11 @@ class Pool:
         after the answer (the paid POST). A GET on a kept connection that the server closed
         while idle is sent again once on a new one: nothing was answered, nothing happened."""
         parts = urlsplit(url)
-        scheme = parts.scheme
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise Unsendable(f"cannot send to {scheme or 'a URL without a scheme'}")
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError as exc:
-            raise Unsendable(str(exc)) from None
-        origin = (scheme, parts.hostname, port)
+        origin, host = self._origins.get((parts.scheme, parts.netloc)) or self._origin(parts)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if not target.isascii() or " " in target:  # as httpx: percent-encoded, never refused
             target = quote(target, safe=_PRINTABLE)
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}"]
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if body is not None:
             lines.append(f"Content-Length: {len(body)}")
@@ -326,6 +320,23 @@ class Pool:
             if fresh:
                 response._keep = False
             return response
+
+    def _origin(self, parts: SplitResult) -> tuple[Origin, str]:
+        """Where a URL's requests go, and its Host header; kept per scheme and host as written
+        (parsing them again cost a few microseconds a request)."""
+        scheme = parts.scheme
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise Unsendable(f"cannot send to {scheme or 'a URL without a scheme'}")
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError as exc:
+            raise Unsendable(str(exc)) from None
+        if len(self._origins) >= 64:  # a daemon's redirects to ever new hosts stay bounded
+            self._origins.clear()
+        found = self._origins[scheme, parts.netloc] = (
+            (scheme, parts.hostname, port), parts.netloc.rpartition("@")[2]
+        )  # fmt: skip
+        return found
 
     async def _head(self, conn: _Conn) -> tuple[int, dict[str, str]]:
         while True:

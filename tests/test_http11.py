@@ -290,3 +290,37 @@ def test_the_output_copy_is_written_in_the_same_pass_and_renamed_into_place(
     failed.write(data[:10])
     failed.discard()
     assert sorted(p.name for p in videos.iterdir()) == ["again.mp4", "clip.mp4"]
+
+
+def test_requests_go_to_the_host_and_port_of_their_own_url() -> None:
+    """Two servers on two ports, asked in turn through one pool: each request reaches the
+    server its URL names, with its Host header, though the pool keeps what it parsed of each."""
+
+    def answering(tag: bytes) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(asyncio.IncompleteReadError):  # the pool closed it
+                while head := await read_request(reader):
+                    host = next(ln for ln in head.split(b"\r\n") if ln.startswith(b"Host: "))
+                    body = tag + b" " + host[6:]
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(body), body))  # fmt: skip
+                    await writer.drain()
+            writer.close()
+
+        return handler
+
+    async def main() -> None:
+        one, base_one = await serving(answering(b"one"))
+        two, base_two = await serving(answering(b"two"))
+        http = pool()
+        try:
+            for base, tag in [(base_one, b"one"), (base_two, b"two")] * 2:
+                answer = await http.request("GET", f"{base}/x", {})
+                assert await answer.read() == tag + b" " + base.split("//")[1].encode()
+        finally:
+            await http.aclose()
+            await asyncio.sleep(0.1)
+            one.close()
+            two.close()
+
+    asyncio.run(main())
