@@ -152,6 +152,21 @@ class Response(_Body):
         else:
             self._keep = False  # the body runs to the connection's end
 
+    async def read(self) -> bytes:
+        """The whole body. One of known length already received whole (a poll's or a POST's
+        answer, as a rule) is taken at once: no wait, so no timeout, and none of ``chunks``'s
+        steps, which cost a third of a poll's CPU."""
+        conn = self._conn
+        if (
+            conn is not None and self._length is not None and conn.reader.exception() is None
+            and len(getattr(conn.reader, "_buffer", b"")) >= self._length
+        ):  # fmt: skip
+            self.content = await conn.reader.readexactly(self._length)  # returns at once
+            self._conn = None
+            self._pool.release(conn, keep=self._keep)
+            return self.content
+        return await super().read()
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in pieces of at most ``READ`` bytes."""
         conn = self._conn
@@ -289,7 +304,8 @@ class Pool:
             lines.append(f"Content-Length: {len(body)}")
         if fresh:
             lines.append("Connection: close")
-        if any(c in line for line in lines for c in "\r\n\0"):
+        flat = "".join(lines)
+        if "\r" in flat or "\n" in flat or "\0" in flat:
             raise Unsendable("a header or the URL holds a line break")
         try:
             head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -304,7 +320,12 @@ class Pool:
                 conn = await self._connect(origin)
             try:
                 conn.writer.write(head + body if body else head)
-                await self.read(conn.writer.drain(), "Write")
+                transport = conn.writer.transport
+                # Sent whole at once (a poll's few hundred bytes, as a rule): drain would return
+                # at once, and its timeout cost as much as the rest of the write. A failed send
+                # closes the transport: then drain raises what it was.
+                if transport.is_closing() or transport.get_write_buffer_size():
+                    await self.read(conn.writer.drain(), "Write")
                 status, answer = await self._head(conn)
                 bodiless = method == "HEAD" or status in (204, 304)
                 response = Response(self, conn, status, answer, bodiless=bodiless)

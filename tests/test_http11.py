@@ -324,3 +324,38 @@ def test_requests_go_to_the_host_and_port_of_their_own_url() -> None:
             two.close()
 
     asyncio.run(main())
+
+
+def test_a_body_received_whole_or_in_parts_is_read_whole_and_its_connection_kept() -> None:
+    """A Content-Length body already received whole with its head is taken at once, one that
+    arrives later in parts is waited for; both leave the connection for the next request."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b" there")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        async with served(handler) as (base, http):
+            whole = await http.request("GET", f"{base}/a", {})
+            assert await whole.read() == b"hello world"
+            parts = await http.request("GET", f"{base}/b", {})
+            assert await parts.read() == b"hello there"
+            empty = await http.request("GET", f"{base}/c", {})
+            assert empty.status_code == 204 and await empty.read() == b""
+
+    asyncio.run(main())
+    assert connections == 1
