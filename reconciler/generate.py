@@ -125,6 +125,11 @@ async def generate(
     )
     try:
         task = _KeyTask(ctx, client, spec, source_uri=source_uri, slot=slot or Slot())
+        if intent.submit and action.state is None and action.version is None:
+            # The plan saw no row: the claim goes first without reading it again (one hop
+            # fewer). The claim's transaction reads it anyway, and a row made meanwhile fails
+            # that claim (or is claimed) exactly as the row read here would have decided.
+            task.carried = (None, False)
         return await task.run(intent)
     except Deferred as deferred:
         return Outcome(spec.name, deferred.state, str(deferred))
