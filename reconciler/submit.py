@@ -149,7 +149,7 @@ class Submission(KeyWork):
     async def _post(self, body: dict[str, Any]) -> str:
         """POST and commit the operation name. Cancelled mid-way (a stop past its grace), the row
         is recorded as unknown first: the request may have been accepted."""
-        self.ctx.posted[self.key] = time.monotonic()  # its run is timed from here (RunTimes)
+        sent = time.monotonic()  # the operation's run is timed from here (RunTimes)
         try:
             operation = await self.client.submit(self.spec.model, body)
         except asyncio.CancelledError:
@@ -168,6 +168,8 @@ class Submission(KeyWork):
         if recorded is None:
             # Someone else moved the row meanwhile: this paid job must still not be forgotten.
             await self._rescue(operation, "the row was taken over by another process")
+        else:
+            self.ctx.posted[self.key] = sent  # taken by its first poll, in this task
         failpoints.hit("after_running")
         if self.spec.source_key:
             # Using the source's provider copy renews it: kept about 2 more days from now.
