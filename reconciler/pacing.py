@@ -57,6 +57,11 @@ class Pacer:
         """Seconds until a submit could go out now, without reserving anything."""
         return max(0.0, self._next - self._clock(), self._hold_until - self._clock())
 
+    def ready(self) -> bool:
+        """Whether ``turn`` would return at once (no rate or hold in force, no turn waiting):
+        then it needs no task of its own raced against a stop (two tasks per submit)."""
+        return not self._lock.locked() and self.wait_needed() == 0.0
+
     async def turn(self) -> None:
         """Wait until the next submit may go out, then reserve that slot."""
         async with self._lock:

@@ -137,12 +137,15 @@ class Submission(KeyWork):
             message = f"submits are held for {wait / 60:.0f} min after a rate limit"
             self.report.retrying(self.spec.name, f"{message}: left pending for a later run")
             raise Deferred(message)
-        turn = asyncio.ensure_future(ctx.pacer.turn())
-        stop = asyncio.ensure_future(ctx.stop.wait())
-        await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not turn.done():
-            turn.cancel()
+        if ctx.pacer.ready():
+            await ctx.pacer.turn()  # returns at once: no wait to race a stop against
+        else:
+            turn = asyncio.ensure_future(ctx.pacer.turn())
+            stop = asyncio.ensure_future(ctx.stop.wait())
+            await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not turn.done():
+                turn.cancel()
         if ctx.stop.requested:
             raise Deferred("not submitted: stopping")
 

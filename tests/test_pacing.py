@@ -273,3 +273,17 @@ def test_polls_back_off_toward_a_cap_for_long_operations(
     """The wait between two polls of one operation, past its expected end: the interval at
     first, then growing, never past POLL_CAP (or the interval, if longer)."""
     assert Tuning(poll_interval=interval).poll_delay(late) == pytest.approx(delay)
+
+
+def test_ready_says_when_a_turn_would_not_wait() -> None:
+    """Unmetered, a turn never waits; capped, the turn after one waits its gap, and past the
+    gap it is ready again."""
+    p, fake = pacer(6.0)
+    assert p.ready()
+    turn_times(p, fake, 1)
+    assert not p.ready()
+    fake.now = 10.0
+    assert p.ready()
+    unmetered, clock = pacer()
+    assert unmetered.ready()
+    assert turn_times(unmetered, clock, 3) == [0.0] * 3 and unmetered.ready()
