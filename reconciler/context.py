@@ -21,7 +21,7 @@ from .errors import FatalError, TransientError
 from .events import Reporter
 from .lifecycle import Event, Generation, OutcomeState
 from .money import RunLimit, Window, windows
-from .pacing import Pacer, Tuning
+from .pacing import Pacer, RunTimes, Tuning
 from .shutdown import StopFlag
 from .spec import Desired
 from .workspace import Workspace
@@ -72,9 +72,10 @@ class Context:
     still_wanted: Callable[[str, str], bool] = lambda _name, _key: True
     run_limit: RunLimit = field(default_factory=RunLimit)  # what this run may still spend
     polls: int = 0  # polls sent in this run (the summary reports them per operation)
-    # The shortest time from POST to a poll that saw it done, per (model, resolution, seconds),
-    # among operations submitted in this run: polls before most of it has passed are skipped.
-    durations: dict[tuple[str, str, int], float] = field(default_factory=dict)
+    # When each key's POST went out (monotonic), taken by its first poll: runs are timed from it.
+    posted: dict[str, float] = field(default_factory=dict)
+    # How long operations of each kind run: when to poll one first (pacing.RunTimes).
+    runs: RunTimes = field(default_factory=RunTimes)
     # The task working on a name in this run (apply) or daemon, for chains: an extension waits
     # for its source's task before it is submitted.
     source_task: Callable[[str], asyncio.Task[Any] | None] = lambda _name: None

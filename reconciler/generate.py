@@ -47,15 +47,6 @@ from .wire import OpResult
 from .workspace import Workspace
 
 FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to be claimed
-# Polls of an operation start at this share of the shortest run of its kind seen in this run:
-# before that it is all but certainly still running, and each poll costs a request (quota, CPU):
-# 1,000 operations of 1 s polled every 0.2 s took 4.3 polls each, now 2-3. One shorter than any
-# seen so far is found late by at most that share of the shortest. An operation found done at its
-# first poll ran for at most the time waited, perhaps far less (the provider got faster; the wait
-# itself was the skip): it counts as half of it, so a slow spike is forgotten in a few operations
-# instead of shrinking by 0.8 per operation (a daemon keeps what it learned for its whole life).
-FIRST_POLL_SHARE = 0.8
-DONE_AT_FIRST_POLL = 0.5
 
 
 def claimed_elsewhere(gen: Generation, waited: float) -> str:
@@ -134,6 +125,11 @@ async def generate(
     )
     try:
         task = _KeyTask(ctx, client, spec, source_uri=source_uri, slot=slot or Slot())
+        if intent.submit and action.state is None and action.version is None:
+            # The plan saw no row: the claim goes first without reading it again (one hop
+            # fewer). The claim's transaction reads it anyway, and a row made meanwhile fails
+            # that claim (or is claimed) exactly as the row read here would have decided.
+            task.carried = (None, False)
         return await task.run(intent)
     except Deferred as deferred:
         return Outcome(spec.name, deferred.state, str(deferred))
@@ -300,14 +296,18 @@ class _KeyTask(KeyWork):
         """Poll on the schedule; None when stopping or when polling keeps failing this run."""
         ctx, spec = self.ctx, self.spec
         self.report.polling(spec.name, operation)
-        started = time.monotonic()
-        # Learned only from operations POSTed by this task just now: started is their POST.
-        kind = (spec.model, spec.resolution, spec.duration) if self.key in ctx.submitted else None
-        seen_running = False  # a poll saw it running: the time waited is then a tight bound
+        # Runs are learned only from operations this task POSTed just now, timed from the POST.
+        posted = ctx.posted.pop(self.key, None)
+        started = time.monotonic() if posted is None else posted
+        kind = None if posted is None else (spec.model, spec.resolution, spec.duration)
+        planned = ctx.runs.plan(kind) if kind else (0.0, 0.0)
+        due, shortest = planned
+        seen_running = False
         while True:
-            early = FIRST_POLL_SHARE * ctx.durations.get(kind, 0.0) if kind else 0.0
-            ahead = early - (time.monotonic() - started)
+            ahead = due - (time.monotonic() - started)
             if ahead > 0 and not await ctx.stop.pause(ahead):
+                return None
+            if seen_running and ctx.stop.requested:  # late for this poll, and stopping
                 return None
             failpoints.hit("before_poll")
             ctx.polls += 1
@@ -344,12 +344,13 @@ class _KeyTask(KeyWork):
             waited = time.monotonic() - started
             if result.done:
                 if kind is not None:
-                    ran = waited if seen_running else waited * DONE_AT_FIRST_POLL
-                    ctx.durations[kind] = min(ran, ctx.durations.get(kind, ran))
+                    ctx.runs.record(kind, planned, waited, at_first=not seen_running)
                 return result
             seen_running = True
-            if not await ctx.stop.pause(ctx.tuning.poll_delay(waited)):
-                return None
+            # Not again before the shortest run seen (a probe's second poll); past it, on the
+            # interval at first, then backing off toward a cap (Tuning.poll_delay).
+            late = waited - shortest
+            due = shortest if late < 0 else waited + ctx.tuning.poll_delay(late)
 
     async def _op_error(self, operation: str, error: PermanentError) -> State | None:
         """Record an operation that ended without a video; None when the row no longer holds

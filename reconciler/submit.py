@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -136,18 +137,22 @@ class Submission(KeyWork):
             message = f"submits are held for {wait / 60:.0f} min after a rate limit"
             self.report.retrying(self.spec.name, f"{message}: left pending for a later run")
             raise Deferred(message)
-        turn = asyncio.ensure_future(ctx.pacer.turn())
-        stop = asyncio.ensure_future(ctx.stop.wait())
-        await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not turn.done():
-            turn.cancel()
+        if ctx.pacer.ready():
+            await ctx.pacer.turn()  # returns at once: no wait to race a stop against
+        else:
+            turn = asyncio.ensure_future(ctx.pacer.turn())
+            stop = asyncio.ensure_future(ctx.stop.wait())
+            await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not turn.done():
+                turn.cancel()
         if ctx.stop.requested:
             raise Deferred("not submitted: stopping")
 
     async def _post(self, body: dict[str, Any]) -> str:
         """POST and commit the operation name. Cancelled mid-way (a stop past its grace), the row
         is recorded as unknown first: the request may have been accepted."""
+        sent = time.monotonic()  # the operation's run is timed from here (RunTimes)
         try:
             operation = await self.client.submit(self.spec.model, body)
         except asyncio.CancelledError:
@@ -166,6 +171,8 @@ class Submission(KeyWork):
         if recorded is None:
             # Someone else moved the row meanwhile: this paid job must still not be forgotten.
             await self._rescue(operation, "the row was taken over by another process")
+        else:
+            self.ctx.posted[self.key] = sent  # taken by its first poll, in this task
         failpoints.hit("after_running")
         if self.spec.source_key:
             # Using the source's provider copy renews it: kept about 2 more days from now.

@@ -561,3 +561,38 @@ def test_fixture_copies_match_the_shared_originals() -> None:
     originals = {p.name: p.read_bytes() for p in shared.glob("*.json")}
     copies = {p.name: p.read_bytes() for p in FIXTURES.glob("*.json")}
     assert copies == originals
+
+
+KEYED = "https://api.example.com:8443"
+
+
+@pytest.mark.parametrize(
+    ("url", "keyed"),
+    [
+        (f"{KEYED}/v1beta/models/m/operations/a", True),
+        (f"{KEYED}/v1beta/files/f:download?alt=media", True),
+        (f"{KEYED}?x=1", True),
+        ("https://api.example.com/v1beta/files/f", False),  # another port
+        ("https://api.example.com:8444/v1beta/files/f", False),
+        ("http://api.example.com:8443/v1beta/files/f", False),  # another scheme
+        ("https://storage.example.com:8443/v1beta/files/f", False),
+        ("https://u:p@api.example.com:8443/x", True),  # urlsplit's host: the same origin
+        ("HTTPS://API.example.com:8443/x", True),  # urlsplit lowers the scheme and host
+        ("https://api.exa\tmple.com:8443/x", True),  # urlsplit drops the tab: decided alone
+        ("https://api.example.com.evil:8443/x", False),
+    ],
+)
+def test_the_key_goes_only_to_the_configured_origins_however_often_asked(
+    url: str, keyed: bool
+) -> None:
+    """The headers of a request carry the key only for the configured scheme, host and port;
+    the answer kept per scheme and host as written is the same the second time, and other
+    hosts asked in between do not change it."""
+    from reconciler.client import VeoClient
+    from reconciler.config import ApiSettings
+
+    client = VeoClient(ApiSettings(KEYED, KEYED, "secret-key"))
+    for other in (url, "https://other.example.com/x", f"{KEYED}/y", url):
+        headers = client._with_auth(other)
+        expected = other == f"{KEYED}/y" or (other == url and keyed)
+        assert (headers.get("x-goog-api-key") == "secret-key") is expected, other

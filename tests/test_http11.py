@@ -290,3 +290,72 @@ def test_the_output_copy_is_written_in_the_same_pass_and_renamed_into_place(
     failed.write(data[:10])
     failed.discard()
     assert sorted(p.name for p in videos.iterdir()) == ["again.mp4", "clip.mp4"]
+
+
+def test_requests_go_to_the_host_and_port_of_their_own_url() -> None:
+    """Two servers on two ports, asked in turn through one pool: each request reaches the
+    server its URL names, with its Host header, though the pool keeps what it parsed of each."""
+
+    def answering(tag: bytes) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(asyncio.IncompleteReadError):  # the pool closed it
+                while head := await read_request(reader):
+                    host = next(ln for ln in head.split(b"\r\n") if ln.startswith(b"Host: "))
+                    body = tag + b" " + host[6:]
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(body), body))  # fmt: skip
+                    await writer.drain()
+            writer.close()
+
+        return handler
+
+    async def main() -> None:
+        one, base_one = await serving(answering(b"one"))
+        two, base_two = await serving(answering(b"two"))
+        http = pool()
+        try:
+            for base, tag in [(base_one, b"one"), (base_two, b"two")] * 2:
+                answer = await http.request("GET", f"{base}/x", {})
+                assert await answer.read() == tag + b" " + base.split("//")[1].encode()
+        finally:
+            await http.aclose()
+            await asyncio.sleep(0.1)
+            one.close()
+            two.close()
+
+    asyncio.run(main())
+
+
+def test_a_body_received_whole_or_in_parts_is_read_whole_and_its_connection_kept() -> None:
+    """A Content-Length body already received whole with its head is taken at once, one that
+    arrives later in parts is waited for; both leave the connection for the next request."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b" there")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        async with served(handler) as (base, http):
+            whole = await http.request("GET", f"{base}/a", {})
+            assert await whole.read() == b"hello world"
+            parts = await http.request("GET", f"{base}/b", {})
+            assert await parts.read() == b"hello there"
+            empty = await http.request("GET", f"{base}/c", {})
+            assert empty.status_code == 204 and await empty.read() == b""
+
+    asyncio.run(main())
+    assert connections == 1

@@ -10,7 +10,17 @@ import asyncio
 
 import pytest
 
-from reconciler.pacing import MIN_PER_MINUTE, UNLIMITED_PER_MINUTE, Pacer
+from reconciler.pacing import (
+    MIN_PER_MINUTE,
+    POLL_CAP,
+    PROBE_EVERY,
+    PROBE_STEP,
+    RUNS_KEPT,
+    UNLIMITED_PER_MINUTE,
+    Pacer,
+    RunTimes,
+    Tuning,
+)
 
 
 class FakeTime:
@@ -160,3 +170,120 @@ def test_success_while_unmetered_stays_unmetered() -> None:
     p.succeeded()
     assert p.rate is None
     assert turn_times(p, fake, 3) == [0.0] * 3
+
+
+# -- when an operation is polled ------------------------------------------------------------------
+
+KIND = ("veo", "720p", 8)
+
+
+def settled(bound: float) -> RunTimes:
+    """Runs of ``bound`` s seen, and the probe after the first one spent (found running)."""
+    runs = RunTimes()
+    runs.record(KIND, (0.0, 0.0), bound, at_first=False)
+    probe = runs.plan(KIND)
+    assert probe == pytest.approx(((1 - PROBE_STEP) * bound, bound))
+    runs.record(KIND, probe, bound, at_first=False)
+    return runs
+
+
+def test_an_unknown_kind_is_polled_at_once() -> None:
+    """Nothing seen of a kind (nor of another kind's runs): the first poll goes out at once."""
+    runs = settled(1.0)
+    assert RunTimes().plan(KIND) == (0.0, 0.0)
+    assert runs.plan(("veo", "1080p", 8)) == (0.0, 0.0)
+
+
+def test_operations_of_a_known_kind_are_first_polled_at_its_shortest_run() -> None:
+    """Once a kind is known, its operations are first polled at the shortest run kept, found done
+    there teaching nothing; one in PROBE_EVERY is polled a step earlier, then at the shortest."""
+    runs = settled(1.0)
+    plans = []
+    for _ in range(3 * PROBE_EVERY):
+        plan = runs.plan(KIND)
+        plans.append(plan)
+        if plan[0] < plan[1]:
+            runs.record(KIND, plan, plan[1], at_first=False)  # the probe found it running
+        else:
+            runs.record(KIND, plan, plan[0], at_first=True)
+    probes = [p for p in plans if p[0] < p[1]]
+    assert len(probes) == 3 and probes[0] == pytest.approx((1 - PROBE_STEP, 1.0))
+    assert all(p[1] == 1.0 for p in plans)
+
+
+def test_a_provider_that_got_slower_is_followed_once_a_few_were_found_running() -> None:
+    """Runs of 1 s, then of 3 s: each found running at its first poll keeps its longer bound;
+    after RUNS_KEPT of them the first poll waits for 3 s (an interval or so past the run)."""
+    runs = settled(1.0)
+    for _ in range(RUNS_KEPT):
+        plan = runs.plan(KIND)
+        assert plan[0] <= 1.0
+        runs.record(KIND, plan, 3.1, at_first=False)
+    assert runs.plan(KIND)[1] == pytest.approx(3.1)
+
+
+def test_a_provider_that_got_faster_is_followed_by_probes_that_go_further() -> None:
+    """Runs of 10 s, then of 1 s: the next probe finds it done a step early, so the next
+    operation probes again, four times further each time, until one finds it running; the first
+    poll is then within a few steps of the run instead of still at 10 s."""
+    runs = settled(10.0)
+    firsts = []
+    for _ in range(3 * PROBE_EVERY):
+        plan = runs.plan(KIND)
+        first, shortest = plan
+        if first < shortest:
+            firsts.append(first)
+        if first >= 1.0:
+            runs.record(KIND, plan, first, at_first=True)
+        else:  # found running at the probe, done at the shortest
+            runs.record(KIND, plan, shortest, at_first=False)
+    # 10 s -> 9.5 (step 5%) -> 7.6 (20%) -> 3.8 (50%) -> 1.9 -> 0.95: running, 1.9 kept; the
+    # next probes start again from the small step, and the shortest closes in on 1 s.
+    assert firsts[:5] == pytest.approx([9.5, 7.6, 3.8, 1.9, 0.95])
+    assert 1.0 <= runs.plan(KIND)[1] < 1.5
+
+
+def test_a_spike_of_short_runs_is_forgotten() -> None:
+    """A few runs far shorter than usual lower the first poll; the usual runs found running at
+    it afterwards keep their bounds, and RUNS_KEPT of them bring it back."""
+    runs = settled(1.0)
+    runs.record(KIND, runs.plan(KIND), 0.2, at_first=False)
+    assert runs.plan(KIND)[1] == pytest.approx(0.2)
+    for _ in range(RUNS_KEPT):
+        runs.record(KIND, runs.plan(KIND), 1.0, at_first=False)
+    assert runs.plan(KIND)[1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("interval", "late", "delay"),
+    [
+        (0.2, 0.0, 0.2),  # just past the shortest run seen: the interval
+        (0.2, 1.2, 0.2),  # six intervals past it still
+        (0.2, 2.4, 0.4),  # then growing with the time waited
+        (0.2, 7.2, 1.2),
+        (10.0, 60.0, 10.0),
+        (10.0, 120.0, 20.0),
+        (10.0, 600.0, POLL_CAP),  # a long operation: never more than the cap apart
+        (60.0, 6000.0, 60.0),  # an interval past the cap stays the interval
+    ],
+)
+def test_polls_back_off_toward_a_cap_for_long_operations(
+    interval: float, late: float, delay: float
+) -> None:
+    """The wait between two polls of one operation, past its expected end: the interval at
+    first, then growing, never past POLL_CAP (or the interval, if longer)."""
+    assert Tuning(poll_interval=interval).poll_delay(late) == pytest.approx(delay)
+
+
+def test_ready_says_when_a_turn_would_not_wait() -> None:
+    """Unmetered, a turn never waits; capped, the turn after one waits its gap, and past the
+    gap it is ready again."""
+    p, fake = pacer(6.0)
+    assert p.ready()
+    turn_times(p, fake, 1)
+    assert not p.ready()
+    fake.now = 10.0
+    assert p.ready()
+    unmetered, clock = pacer()
+    assert unmetered.ready()
+    assert turn_times(unmetered, clock, 3) == [0.0] * 3 and unmetered.ready()

@@ -1,5 +1,5 @@
 """The apply loop's costs (issue 11): one pool of connections for polls and downloads, polls
-skipped while an operation is surely running, bytes hashed once on their way into the cache, and
+skipped while an operation is surely running and spread out for long ones, bytes hashed once on their way into the cache, and
 fsyncs only where a power cut could cost money. Real simulator, real sqlite files."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 from collections import Counter
 from contextlib import closing
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,16 @@ def test_polls_and_downloads_share_a_few_kept_alive_connections(repo: Repo, sim:
     assert sim.connections <= 20 + POLL_SLOTS + DOWNLOAD_SLOTS, sim.connections
 
 
+def polls_per_operation(sim: Simulator) -> list[int]:
+    """How many times each operation was polled, in the order they were POSTed."""
+    per_op = Counter(r.path.rsplit("/", 1)[-1] for r in sim.requests if "/operations/" in r.path)
+    ops = sorted(sim.operations.values(), key=lambda o: o.created)
+    return [per_op[op.id] for op in ops]
+
+
 def test_later_operations_are_not_polled_while_surely_running(repo: Repo, sim: Simulator) -> None:
     """One at a time, operations of 1 s polled every 0.1 s: the first is polled all along (about
-    ten times); the next ones start at 80% of the shortest seen, so a few polls each."""
+    ten times); the next ones are first polled at the shortest run seen, so a few polls each."""
     sim.set_latency(1.0)
     write_specs(repo, 3)
     result = repo.apply("--concurrency", "1")
@@ -79,6 +87,61 @@ def test_a_slow_operation_is_forgotten_once_they_are_fast_again(repo: Repo, sim:
     assert found[0] >= 2.5, found
     assert found[-1] < 0.8, found
     assert len(repo.videos()) == 5
+
+
+@pytest.mark.slow  # six operations of 0.4 s in turn
+def test_operations_of_a_kind_seen_are_found_done_at_their_first_poll(
+    repo: Repo, sim: Simulator
+) -> None:
+    """One at a time, operations of 0.4 s polled every 0.1 s: the first is polled all along; the
+    next ones are first polled at the shortest run seen, where they are done (one or two probe
+    a step earlier, then poll at it), and none is found more than an interval late."""
+    sim.set_latency(0.4)
+    write_specs(repo, 6)
+    result = repo.apply("--concurrency", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, *later = polls_per_operation(sim)
+    assert first >= 4, (first, later)
+    assert sum(later) <= len(later) + 2 and later.count(1) >= len(later) - 2, (first, later)
+    for op in sim.operations.values():
+        polls = [r.time for r in sim.requests if r.path.endswith(f"/operations/{op.id}")]
+        assert max(polls) - op.finished_at < 0.1 + 0.15, (op.id, max(polls) - op.finished_at)
+    assert len(repo.videos()) == 6
+
+
+@pytest.mark.slow  # ten operations in turn, seven of them of 0.6 s
+def test_a_provider_that_got_slower_is_followed(repo: Repo, sim: Simulator) -> None:
+    """Three operations of 0.2 s, then seven of 0.6 s, one at a time: the first slow ones are
+    found running at their first poll (at the 0.2 s learned) and polled on; once a few were,
+    the first poll waits for 0.6 s, and the last ones are found done there."""
+    sim.set_latency(0.6)
+    sim.inject("submit", simmod.slow(0.2), times=3)
+    write_specs(repo, 10)
+    result = repo.apply("--concurrency", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    polls = polls_per_operation(sim)
+    assert all(n >= 3 for n in polls[3:6]), polls  # 0.2 s, then every 0.1 s up to 0.6 s
+    assert sum(polls[-2:]) <= 3, polls  # at most one of the last two is found running
+    assert len(repo.videos()) == 10
+
+
+@pytest.mark.slow  # one operation of 3 s
+def test_a_long_operation_is_polled_less_and_less_often(repo: Repo, sim: Simulator) -> None:
+    """An operation of 3 s polled every 0.05 s: after six intervals the polls spread out
+    (Tuning.poll_delay), so it is polled about 20 times rather than 60, and found done within
+    the last (growing) wait of its end."""
+    sim.set_latency(3.0)
+    write_specs(repo, 1)
+    result = repo.apply("--poll-interval", "0.05")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [polls] = polls_per_operation(sim)
+    assert 10 <= polls <= 30, polls
+    times = sorted(r.time for r in sim.requests if "/operations/" in r.path)
+    gaps = [b - a for a, b in pairwise(times)]
+    assert max(gaps[:5]) < 0.15 and gaps[-1] > 0.2, gaps  # the interval first, then longer
+    [op] = sim.operations.values()
+    assert times[-1] - op.finished_at < 0.7
+    assert len(repo.videos()) == 1
 
 
 def test_a_large_video_is_hashed_once_and_lands_whole(tmp_path: Path) -> None:
