@@ -307,7 +307,7 @@ class Incoming:
         self.size = 0
         self.head = b""  # the first bytes, kept to check the container before committing
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         if len(self.head) < 64:
             self.head += chunk[: 64 - len(self.head)]
         self._digest.update(chunk)
