@@ -41,18 +41,22 @@ class RawBody:
         self.whole = False
 
     def pour(self, write: Callable[[memoryview], object]) -> int:
-        """Hand the body's bytes to ``write`` in order, as read into one reused buffer (so
-        ``write`` must not keep the view); blocking: run it on a thread. The size, or Broken as
-        the stream's reads fail (a connection closed short, a read past the timeout)."""
+        """Hand the body's bytes to ``write`` in order, as read into two buffers in turn: a
+        view is not read into again before the next call of ``write`` has returned (so ``write``
+        may go on hashing it on another thread until then, while the next read comes in).
+        Blocking: run it on a thread. The size, or Broken as the stream's reads fail (a
+        connection closed short, a read past the timeout)."""
         head, self._head = self._head, b""
         if head:
             write(memoryview(head))
         left = self.size - len(head)
         if left:
-            view = memoryview(bytearray(min(left, READ)))
+            views = [memoryview(bytearray(min(left, READ))) for _ in range(2)]
             with self._sock.dup() as sock:  # closed by this thread: no fd reused under it
                 sock.settimeout(self._timeout)
                 while left:
+                    view = views.pop(0)
+                    views.append(view)
                     try:
                         got = sock.recv_into(view, min(left, len(view)))
                     except TimeoutError as exc:

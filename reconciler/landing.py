@@ -53,6 +53,7 @@ class Landing:
         self._incoming: Incoming | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._inflight: deque[asyncio.Future[Any]] = deque()
+        self._aside: tuple[ThreadPoolExecutor, ...] = ()
 
     async def feed(self, chunk: bytes) -> None:
         self._parts.append(chunk)
@@ -89,7 +90,9 @@ class Landing:
     def _land(self, view: memoryview) -> None:
         if self._incoming is None:
             self._incoming = self.cache.begin(self._spare_in)
-        self._incoming.write(view)
+        if not self._aside:  # sha256 and the output's copy, each beside the object's write
+            self._aside = tuple(ThreadPoolExecutor(1, thread_name_prefix="landing") for _ in "hs")
+        self._incoming.write_behind(view, (self._aside[0], self._aside[1]))
         failpoints.hit("mid_download")
 
     def _take(self) -> list[bytes]:
@@ -141,6 +144,8 @@ class Landing:
     def _discard(self) -> None:
         if self._incoming is not None:
             self._incoming.discard()
+        for thread in self._aside:  # idle: discard and commit wait for what they were given
+            thread.shutdown()
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

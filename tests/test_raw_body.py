@@ -245,3 +245,30 @@ def test_sigkill_half_way_through_a_raw_download_pays_once(tmp_path: Path) -> No
     [video] = (repo.path / "videos").iterdir()
     assert video.read_bytes() == served
     assert not [p for p in leftovers(repo.path / "state") if p.name.startswith(".incoming")]
+
+
+def test_chunks_written_behind_land_in_order_with_those_written_inline(tmp_path: Path) -> None:
+    """``Incoming.write_behind``: the hash and the output's copy made on two threads, each buffer
+    reused only once the next call has returned (as ``RawBody.pour`` does), chunks written
+    inline between them waiting their turn: the object's name is the hash of exactly the bytes
+    written, in their order, and both copies hold them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ObjectCache(tmp_path / "objects")
+    incoming = cache.begin(tmp_path / "videos")
+    buffers = [bytearray(RAW_MIN) for _ in range(2)]
+    with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as copier:
+        for i, at in enumerate(range(0, len(VIDEO), RAW_MIN // 4)):
+            piece = VIDEO[at : at + RAW_MIN // 4]
+            if i % 3 == 2:
+                incoming.write(piece)  # inline: after those still on the threads
+                continue
+            buffer = buffers[i % 2]
+            buffer[: len(piece)] = piece
+            incoming.write_behind(memoryview(buffer)[: len(piece)], (hasher, copier))
+        sha, size = incoming.commit(defer_sync=True)
+    assert sha == hashlib.sha256(VIDEO).hexdigest() and size == len(VIDEO)
+    assert cache.path(sha).read_bytes() == VIDEO
+    cache.materialize(sha, tmp_path / "videos" / "big.mp4")  # renames the output's copy
+    assert (tmp_path / "videos" / "big.mp4").read_bytes() == VIDEO
+    cache.syncer.drain()
