@@ -161,6 +161,7 @@ class VeoClient:
         video_uri: str,
         file_id: str | None,
         sink: Callable[[bytes], Awaitable[None]],
+        *,
         pour: Callable[[RawBody], Awaitable[int]] | None = None,
     ) -> int:
         """Stream the video into ``sink``; returns the byte count. Never buffers the whole file.

@@ -110,6 +110,8 @@ def test_a_large_body_is_poured_whole_and_its_connection_kept(tmp_path: Path) ->
 def test_a_body_cut_short_reset_or_stalled_is_broken_and_leaves_nothing(
     tmp_path: Path, how: str
 ) -> None:
+    """Half the body, then the server closes, resets or goes silent: ``Broken``, no file left."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(HEAD % len(VIDEO) + VIDEO[: 2 * RAW_MIN])
@@ -205,6 +207,8 @@ def test_a_large_video_through_apply_is_whole_and_a_cut_one_retried(tmp_path: Pa
 
 
 def test_bytes_that_are_not_a_video_are_refused_on_the_raw_path(tmp_path: Path) -> None:
+    """A poured body that is not an MP4 fails the commit and leaves neither temp file."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         page = b"<html>" + VIDEO[6:]
