@@ -183,12 +183,11 @@ class VeoClient:
                         raise self._answer_error(Call.DOWNLOAD, response, subject=file_id or "")
                     expected = response.headers.get("content-length")
                     size = 0
-                    # As they arrive: the sink gathers them into pieces for its writer thread.
                     try:
                         raw = response.raw() if pour is not None else None
                         if raw is not None and pour is not None:
-                            size = await pour(raw)
-                        else:
+                            size = await pour(raw)  # read, hashed and written off the loop
+                        else:  # as they arrive: the sink gathers them for its writer thread
                             async for chunk in response.chunks():
                                 await sink(chunk)
                                 size += len(chunk)
