@@ -276,3 +276,23 @@ def test_chunks_written_behind_land_in_order_with_those_written_inline(tmp_path:
     cache.materialize(sha, tmp_path / "videos" / "big.mp4")  # renames the output's copy
     assert (tmp_path / "videos" / "big.mp4").read_bytes() == VIDEO
     cache.syncer.drain()
+
+
+def test_an_output_copy_that_fails_behind_is_dropped_and_placed_by_copy(tmp_path: Path) -> None:
+    """The output's copy is best effort on its thread too: when its writes fail (here, its file
+    closed under it), the object still lands whole and placing copies it instead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ObjectCache(tmp_path / "objects")
+    incoming = cache.begin(tmp_path / "videos")
+    assert incoming.spare is not None
+    incoming.spare[0].close()
+    with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as copier:
+        for at in range(0, len(VIDEO), RAW_MIN):
+            incoming.write_behind(memoryview(VIDEO)[at : at + RAW_MIN], (hasher, copier))
+        sha, _ = incoming.commit(defer_sync=True)
+    assert sha == hashlib.sha256(VIDEO).hexdigest() and sha not in cache.spares
+    assert leftovers(tmp_path / "videos") == []
+    cache.materialize(sha, tmp_path / "videos" / "big.mp4")
+    assert (tmp_path / "videos" / "big.mp4").read_bytes() == VIDEO
+    cache.syncer.drain()
