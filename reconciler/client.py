@@ -32,7 +32,7 @@ from urllib.parse import urljoin, urlsplit
 from . import __version__
 from .config import ApiSettings
 from .errors import ApiError
-from .http11 import Broken, ConnectFailed, Unsendable, pool
+from .http11 import Broken, ConnectFailed, RawBody, Unsendable, pool
 from .wire import (
     SUBMIT_RETRYING_5XX,
     Call,
@@ -173,9 +173,16 @@ class VeoClient:
         return video_uri
 
     async def download(
-        self, video_uri: str, file_id: str | None, sink: Callable[[bytes], Awaitable[None]]
+        self,
+        video_uri: str,
+        file_id: str | None,
+        sink: Callable[[bytes], Awaitable[None]],
+        *,
+        pour: Callable[[RawBody], Awaitable[int]] | None = None,
     ) -> int:
-        """Stream the video into ``sink``; returns the byte count. Never buffers the whole file."""
+        """Stream the video into ``sink``; returns the byte count. Never buffers the whole file.
+        ``pour``: takes a body that can be read off the event loop (``http11.Response.raw``: a
+        large one on a plain connection) whole instead, on the sink's own thread."""
         url = self.download_url(video_uri, file_id)
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -192,11 +199,14 @@ class VeoClient:
                         raise self._answer_error(Call.DOWNLOAD, response, subject=file_id or "")
                     expected = response.headers.get("content-length")
                     size = 0
-                    # As they arrive: the sink gathers them into pieces for its writer thread.
                     try:
-                        async for chunk in response.chunks():
-                            await sink(chunk)
-                            size += len(chunk)
+                        raw = response.raw() if pour is not None else None
+                        if raw is not None and pour is not None:
+                            size = await pour(raw)  # read, hashed and written off the loop
+                        else:  # as they arrive: the sink gathers them for its writer thread
+                            async for chunk in response.chunks():
+                                await sink(chunk)
+                                size += len(chunk)
                     finally:
                         await response.aclose()  # a sink that failed: the connection goes
                     if expected is not None and expected.isdigit() and int(expected) != size:

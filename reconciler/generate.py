@@ -381,12 +381,9 @@ class _KeyTask(KeyWork):
             run = ctx.db if ctx.ws.cache.remote is None else None
             landing = Landing(ctx.ws.cache, run, spare_in=folder)
             try:
-
-                async def sink(chunk: bytes) -> None:
-                    await landing.feed(chunk)
-                    failpoints.hit("mid_download")
-
-                await self.client.download(gen.video_uri or "", gen.file_id, sink)
+                await self.client.download(
+                    gen.video_uri or "", gen.file_id, landing.feed, pour=landing.pour
+                )
                 done = await landing.finish()
             finally:
                 await landing.close()

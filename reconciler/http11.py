@@ -27,10 +27,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
 
+from .httpbody import PROTOCOL, READ, Broken, RawBody  # Broken: one of this module's failures
+
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _PRINTABLE = "".join(chr(c) for c in range(33, 127))  # kept as they are in a request target
-READ = 1 << 20  # the most one read hands up: a download moves in pieces of up to 1 MiB
 LIMIT = 1 << 20  # the stream's buffer: the longest header block, and the flow control's mark
+RAW_MIN = READ  # a longer Content-Length body may be read off the event loop (``Response.raw``)
 Origin = tuple[str, str, int]
 
 
@@ -41,19 +43,6 @@ class ConnectFailed(Exception):
 
 class Unsendable(Exception):
     """The request was refused before anything was sent (a URL this client cannot send to)."""
-
-
-class Broken(Exception):
-    """The connection failed or the answer was malformed once the request may have been sent.
-    Said as httpx named it (ReadTimeout, RemoteProtocolError, ...: RELIABILITY.md quotes them);
-    ``detail`` says more, for tests and debugging."""
-
-    def __init__(self, name: str, detail: str = "") -> None:
-        super().__init__(name)
-        self.detail = detail
-
-
-PROTOCOL = "RemoteProtocolError"
 
 
 def proxied() -> bool:
@@ -111,6 +100,10 @@ class _Body:
     def chunks(self) -> AsyncIterator[bytes]:
         raise NotImplementedError
 
+    def raw(self) -> RawBody | None:
+        """The body to be read with blocking calls on a thread, where it can be: see Response."""
+        return None
+
     @property
     def text(self) -> str:
         return self.content.decode("utf-8", "replace")
@@ -138,6 +131,7 @@ class Response(_Body):
         self._keep = "close" not in headers.get("connection", "").lower()
         self._length: int | None = None
         self._chunked = False
+        self._raw: RawBody | None = None
         if bodiless:
             self._length = 0
         elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -170,7 +164,7 @@ class Response(_Body):
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in pieces of at most ``READ`` bytes."""
         conn = self._conn
-        assert conn is not None, "the body was read already"
+        assert conn is not None and self._raw is None, "the body was read already"
         read = self._pool.read
         try:
             if self._chunked:
@@ -203,13 +197,44 @@ class Response(_Body):
             raise Broken(PROTOCOL, f"a bad chunk size: {line[:40]!r}")
         return int(size, 16)
 
+    def raw(self) -> RawBody | None:
+        """A large Content-Length body on a plain connection, to be read from the socket itself
+        by ``RawBody.pour`` on a thread of the caller's (``httpbody`` says why); None for any
+        other (TLS, chunked, to the connection's end, a small one): then ``chunks``. The
+        stream's transport is paused meanwhile; ``aclose`` resumes it (or shuts it)."""
+        conn = self._conn
+        if conn is None or self._raw is not None or (self._length or 0) <= RAW_MIN:
+            return None
+        transport: Any = conn.writer.transport  # a socket transport: it pauses
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.is_closing() or transport.get_extra_info("ssl_object"):
+            return None
+        transport.pause_reading()
+        buffered = conn.reader._buffer  # type: ignore[attr-defined]  # what the stream read
+        head = bytes(buffered[: self._length])
+        del buffered[: len(head)]
+        self._raw = RawBody(sock, head, self._length or 0, self._pool.timeout)
+        return self._raw
+
     def _drop(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     async def aclose(self) -> None:
-        """Let the connection go without reading the rest of the body."""
+        """Let the connection go without reading the rest of the body; a raw body read whole
+        gives it back to the pool, one not read whole has its socket shut first (a read still
+        blocked on its thread, a cancelled download's, returns at once)."""
+        raw, self._raw = self._raw, None
+        if raw is not None and raw.whole and self._conn is not None:
+            conn, self._conn = self._conn, None
+            transport: Any = conn.writer.transport
+            if not getattr(conn.reader, "_paused", False):  # else its next read resumes it
+                transport.resume_reading()
+            self._pool.release(conn, keep=self._keep)
+            return
+        if raw is not None:
+            raw.abort()
         self._drop()
 
 

@@ -7,6 +7,11 @@ loop never waits on the disk or on sha256 (about 1 GB/s here: a 256 MiB video ha
 would stall every other poll for a quarter of a second). Each byte is hashed once, as it is
 written; the object is trusted from then on (``ObjectCache.trusted``). A small video (one piece)
 costs one thread hop in all: begin, write, check and commit together.
+
+A large video on a plain connection (``http11.Response.raw``: the simulator, a local mirror) is
+not received by the loop at all: ``pour`` reads it from the socket on that same thread, into one
+reused buffer, and hashes and writes each read there (no wake of the loop, copy or hand-over per
+read). Over TLS the loop receives as above: the bytes on the socket are not the body's.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import failpoints
 from .errors import TransientError
 from .objects import Incoming, ObjectCache
+
+if TYPE_CHECKING:
+    from .http11 import RawBody
 
 PIECE = 1 << 20
 AHEAD = 2  # pieces handed to the writer, not yet written: 2 MiB more RSS at most (8: 6 MiB)
@@ -44,10 +53,12 @@ class Landing:
         self._incoming: Incoming | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._inflight: deque[asyncio.Future[Any]] = deque()
+        self._aside: tuple[ThreadPoolExecutor, ...] = ()
 
     async def feed(self, chunk: bytes) -> None:
         self._parts.append(chunk)
         self._gathered += len(chunk)
+        failpoints.hit("mid_download")
         if self._gathered < PIECE:
             return
         piece = self._take()
@@ -58,6 +69,31 @@ class Landing:
         self._inflight.append(future)
         while len(self._inflight) > AHEAD:
             await self._inflight.popleft()
+
+    async def pour(self, body: RawBody) -> int:
+        """Land a body read on the writer thread itself (``RawBody.pour``): each read hashed
+        and written there from one reused buffer, with no event-loop hop, copy or piece handed
+        over in between (a large video over a plain connection). Its size; then ``finish``."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="landing")
+        while self._inflight:  # anything fed before lands first
+            await self._inflight.popleft()
+        rest = self._take()
+        loop = asyncio.get_running_loop()
+        size: int = await loop.run_in_executor(self._writer, self._pour, rest, body)
+        return size
+
+    def _pour(self, rest: list[bytes], body: RawBody) -> int:
+        self._write(rest)
+        return body.pour(self._land)
+
+    def _land(self, view: memoryview) -> None:
+        if self._incoming is None:
+            self._incoming = self.cache.begin(self._spare_in)
+        if not self._aside:  # sha256 and the output's copy, each beside the object's write
+            self._aside = tuple(ThreadPoolExecutor(1, thread_name_prefix="landing") for _ in "hs")
+        self._incoming.write_behind(view, (self._aside[0], self._aside[1]))
+        failpoints.hit("mid_download")
 
     def _take(self) -> list[bytes]:
         """The chunks gathered so far, as they came: not joined, which would copy every byte."""
@@ -108,6 +144,8 @@ class Landing:
     def _discard(self) -> None:
         if self._incoming is not None:
             self._incoming.discard()
+        for thread in self._aside:  # idle: discard and commit wait for what they were given
+            thread.shutdown()
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -306,18 +307,42 @@ class Incoming:
         self._digest = hashlib.sha256()
         self.size = 0
         self.head = b""  # the first bytes, kept to check the container before committing
+        self._behind: tuple[Future[None], Future[bool] | None] | None = None  # write_behind's
 
-    def write(self, chunk: bytes) -> None:
-        if len(self.head) < 64:
-            self.head += chunk[: 64 - len(self.head)]
+    def write(self, chunk: bytes | memoryview) -> None:
+        self.settle()
+        self._head(chunk)
         self._digest.update(chunk)
         self.fh.write(chunk)
-        if self.spare is not None:
-            try:
-                self.spare[0].write(chunk)
-            except OSError:  # best effort (its folder's disk is full): placed by copy instead
-                self.drop_spare()
+        if self.spare is not None and not _written(self.spare[0], chunk):
+            self.drop_spare()  # best effort (its folder's disk is full): placed by copy instead
         self.size += len(chunk)
+
+    def write_behind(self, chunk: memoryview, aside: tuple[Executor, Executor]) -> None:
+        """``write``, with the hash and the output's copy made on two threads of the caller's
+        (one each, so each keeps the chunks' order) while the object's copy is written here:
+        the three overlap each other and the caller's next read. ``chunk`` must stay unchanged
+        until the next call of this (or ``write``, ``commit``, ``discard``) has returned: each
+        first waits for the chunk before it."""
+        self.settle()
+        self._head(chunk)
+        hashing = aside[0].submit(self._digest.update, chunk)
+        spare = aside[1].submit(_written, self.spare[0], chunk) if self.spare else None
+        self._behind = (hashing, spare)
+        self.fh.write(chunk)
+        self.size += len(chunk)
+
+    def settle(self) -> None:
+        """Wait for the chunk ``write_behind`` left to its threads."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind[0].result()
+            if behind[1] is not None and not behind[1].result():
+                self.drop_spare()
+
+    def _head(self, chunk: bytes | memoryview) -> None:
+        if len(self.head) < 64:
+            self.head += chunk[: 64 - len(self.head)]
 
     def drop_spare(self) -> None:
         if self.spare is not None:
@@ -329,12 +354,14 @@ class Incoming:
 
     @property
     def sha256(self) -> str:
+        self.settle()
         return self._digest.hexdigest()
 
     def commit(self, *, share: bool = True, defer_sync: bool = False) -> tuple[str, int]:
         """fsync, rename into place under the hash, then upload it to the team's remote (unless
         it came from there); returns (sha256, size). ``defer_sync``: the fsyncs are the
         syncer's, after the rename (a download: see the module's docstring)."""
+        self.settle()
         self.fh.flush()
         if not defer_sync:
             os.fsync(self.fh.fileno())
@@ -367,7 +394,17 @@ class Incoming:
 
     def discard(self) -> None:
         """Drop whatever was not committed (safe to call after commit)."""
+        self.settle()
         self.fh.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
         self.drop_spare()
+
+
+def _written(fh: BinaryIO, chunk: bytes | memoryview) -> bool:
+    """Whether the output's copy took ``chunk``: it is best effort, never the download's failure."""
+    try:
+        fh.write(chunk)
+    except (OSError, ValueError):  # ValueError: closed, dropped after an earlier failure
+        return False
+    return True
