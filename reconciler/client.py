@@ -32,7 +32,8 @@ from urllib.parse import urljoin, urlsplit
 from . import __version__
 from .config import ApiSettings
 from .errors import ApiError
-from .http11 import Broken, ConnectFailed, RawBody, Unsendable, pool
+from .http11 import Broken, ConnectFailed, RawBody, Unsendable
+from .httpproxy import pool
 from .wire import (
     SUBMIT_RETRYING_5XX,
     Call,

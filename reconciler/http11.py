@@ -5,7 +5,7 @@ on the development machine even on a warm keep-alive connection, and an apply of
 makes over 4,000 of them: most of the run's CPU. These requests are plain (a GET or a JSON POST,
 an answer framed by Content-Length or chunked), so reading the status line and headers by hand
 and the body by its framing costs a few tens of microseconds instead. Whatever is not that simple
-stays httpx's: the client falls back to it whenever a proxy is configured (``proxied``).
+stays httpx's: the client falls back to it whenever a proxy is configured (``httpproxy``).
 
 What it keeps of httpx's behaviour: TLS verified against certifi's roots (or ``SSL_CERT_FILE`` /
 ``SSL_CERT_DIR``, as httpx reads them), a connect timeout and a timeout on every read and write,
@@ -22,7 +22,6 @@ import json
 import os
 import re
 import ssl
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
@@ -43,14 +42,6 @@ class ConnectFailed(Exception):
 
 class Unsendable(Exception):
     """The request was refused before anything was sent (a URL this client cannot send to)."""
-
-
-def proxied() -> bool:
-    """Whether the environment names a proxy (HTTP(S)_PROXY, ALL_PROXY): then httpx, which
-    honours them and NO_PROXY, carries the requests instead of this client."""
-    proxies = urllib.request.getproxies()
-    proxies.pop("no", None)
-    return bool(proxies)
 
 
 _tls: ssl.SSLContext | None = None
@@ -92,7 +83,7 @@ class _Conn:
         self.writer.close()
 
 
-class _Body:
+class Body:
     """What callers read of an answer, over its ``chunks``: the same for both pools."""
 
     content = b""
@@ -117,7 +108,7 @@ class _Body:
         return self.content
 
 
-class Response(_Body):
+class Response(Body):
     """An answer whose status and headers are read; the body is read with ``read`` or
     ``chunks``, after which the connection goes back to the pool (or is closed)."""
 
@@ -409,68 +400,3 @@ class Pool:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-
-
-class ProxiedPool:
-    """The same calls through httpx, for when a proxy applies (``proxied``): httpx reads the
-    proxy variables and NO_PROXY; its failures are told apart as ``Pool``'s are."""
-
-    def __init__(self, *, timeout: float, connect_timeout: float, keep: int) -> None:
-        import httpx
-
-        self._httpx = httpx
-        limits = httpx.Limits(max_connections=keep or None, max_keepalive_connections=keep)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            follow_redirects=False, limits=limits,
-        )  # fmt: skip
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        body: bytes | None = None,
-        *,
-        fresh: bool = False,
-    ) -> Any:
-        httpx = self._httpx
-        try:
-            request = self._http.build_request(method, url, headers=headers, content=body)
-            answer = await self._http.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise ConnectFailed(type(exc).__name__) from exc
-        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise Unsendable(str(exc)) from exc
-        except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise Broken(type(exc).__name__) from exc
-        return _ProxiedResponse(answer, httpx)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-
-class _ProxiedResponse(_Body):
-    def __init__(self, answer: Any, httpx: Any) -> None:
-        self._answer = answer
-        self._httpx = httpx
-        self.status_code: int = answer.status_code
-        self.headers = {k.lower(): v for k, v in answer.headers.items()}
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._answer.aiter_bytes():
-                yield chunk
-        except (self._httpx.TransportError, self._httpx.DecodingError) as exc:
-            raise Broken(type(exc).__name__) from exc
-        finally:
-            await self._answer.aclose()
-
-    async def aclose(self) -> None:
-        await self._answer.aclose()
-
-
-def pool(*, timeout: float, connect_timeout: float, keep: int) -> Pool | ProxiedPool:
-    """This module's pool, or httpx's where a proxy applies."""
-    kind = ProxiedPool if proxied() else Pool
-    return kind(timeout=timeout, connect_timeout=connect_timeout, keep=keep)

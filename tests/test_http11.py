@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import http11
-from reconciler.http11 import Broken, ConnectFailed, Pool, ProxiedPool, Unsendable
+from reconciler import http11, httpproxy
+from reconciler.http11 import Broken, ConnectFailed, Pool, Unsendable
+from reconciler.httpproxy import ProxiedPool
 from reconciler.objects import ObjectCache
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -159,11 +160,11 @@ def test_a_proxy_in_the_environment_hands_the_requests_to_httpx(
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
                  "all_proxy"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
-    assert not http11.proxied()
-    assert isinstance(http11.pool(timeout=1, connect_timeout=1, keep=1), Pool)
+    assert not httpproxy.proxied()
+    assert isinstance(httpproxy.pool(timeout=1, connect_timeout=1, keep=1), Pool)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    assert http11.proxied()
-    assert isinstance(http11.pool(timeout=1, connect_timeout=1, keep=1), ProxiedPool)
+    assert httpproxy.proxied()
+    assert isinstance(httpproxy.pool(timeout=1, connect_timeout=1, keep=1), ProxiedPool)
 
 
 def test_https_verifies_certificates() -> None:
