@@ -4,16 +4,46 @@ A plain `plan` or `status` whose last answer still holds is answered from the me
 or any command is imported (see ``memo``): that import is most of what such a run costs.
 """
 
+import atexit
+import os
 import sys
+import threading
 
 from .memo import replay_argv
 
 
 def run() -> None:
     replay_argv(sys.argv[1:])
-    from .cli import main
+    from .cli import common, main
 
-    main()
+    try:
+        main()
+        code: str | int | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    if common.leaving_quickly and not isinstance(code, str):
+        leave(code or 0)
+    sys.exit(code)
+
+
+def leave(code: int) -> None:
+    """Exit without the interpreter's teardown, after what of it matters here.
+
+    Freeing what a load of 10,000 specs allocated took 15-30 ms at exit: 5-8% of a cold `plan`.
+    A command that only reads (``common.leave_quickly``) has nothing left for the teardown to
+    finish but its output and the exit handlers, so they are done here; with another thread
+    still running (one that a normal exit would wait for), or output that cannot be flushed
+    (a closed pipe), the exit is the normal one.
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    if threading.active_count() > 1:
+        return
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 if __name__ == "__main__":

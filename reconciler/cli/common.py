@@ -24,6 +24,15 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+leaving_quickly = False  # see leave_quickly
+
+
+def leave_quickly() -> None:
+    """Let this run end without the interpreter's teardown (``reconciler.__main__.leave``): for
+    a command that only reads, whose files are all written and closed by the time it returns."""
+    global leaving_quickly
+    leaving_quickly = True
+
 
 def friendly(fn: F) -> F:
     """Turn every error a user can cause into one message and a non-zero exit."""

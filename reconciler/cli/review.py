@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..memo import Memo, canonical, take_missed
-from .common import asset_repo, friendly, make_options, run_options
+from .common import asset_repo, friendly, leave_quickly, make_options, run_options
 
 if TYPE_CHECKING:
     from ..workspace import Workspace
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 @friendly
 def validate() -> None:
     """Load and check every spec; nothing else (the state is not even opened)."""
+    leave_quickly()
     from ..config import load_config
     from ..loader import load_specs
 
@@ -60,6 +61,7 @@ def plan(
     **kw: Any,
 ) -> None:
     """Show what apply would do and what it would cost. Never calls the API."""
+    leave_quickly()
     repo = asset_repo().resolve()
     args = canonical(
         "plan", fmt=fmt, as_json=as_json, detailed=detailed_exitcode, targets=kw["targets"],
@@ -162,6 +164,7 @@ def show(plan_path: Path, fmt: str) -> None:
 @friendly
 def status(as_json: bool, sim: bool) -> None:
     """One row per spec: name, state, path, sha256, error."""
+    leave_quickly()
     repo = asset_repo().resolve()
     memo = None if sim else _memo(repo, canonical("status", as_json=as_json))
     from .. import report
