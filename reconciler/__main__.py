@@ -4,24 +4,23 @@ A plain `plan` or `status` whose last answer still holds is answered from the me
 or any command is imported (see ``memo``): that import is most of what such a run costs.
 """
 
-import atexit
 import os
 import sys
-import threading
 
 from .memo import replay_argv
 
 
 def run() -> None:
     replay_argv(sys.argv[1:])
-    from .cli import common, main
+    from .cli import main
 
     try:
         main()
         code: str | int | None = 0
     except SystemExit as exc:
         code = exc.code
-    if common.leaving_quickly and not isinstance(code, str):
+    common = sys.modules.get(f"{__package__}.cli.common")  # imported once a command ran
+    if common is not None and common.leaving_quickly and not isinstance(code, str):
         leave(code or 0)
     sys.exit(code)
 
@@ -35,6 +34,9 @@ def leave(code: int) -> None:
     still running (one that a normal exit would wait for), or output that cannot be flushed
     (a closed pipe), the exit is the normal one.
     """
+    import atexit
+    import threading
+
     try:
         sys.stdout.flush()
         sys.stderr.flush()
