@@ -20,6 +20,11 @@ def run() -> None:
     except SystemExit as exc:
         code = exc.code
     common = sys.modules.get(f"{__package__}.cli.common")  # imported once a command ran
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # what was left to write when the reader (`| head`) had gone
+        if common is not None and common.reader_left():
+            code = common.QUIET_EPIPE
     if common is not None and common.leaving_quickly and not isinstance(code, str):
         leave(code or 0)
     sys.exit(code)

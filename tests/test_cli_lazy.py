@@ -206,3 +206,27 @@ def test_read_only_commands_leave_without_teardown_but_keep_their_output(
     assert ("teardown" not in result.stdout) is quick, result.stdout
     expected = {"plan": "create", "validate": "1 spec valid.", "status": "a"}.get(args[0])
     assert expected is None or expected in result.stdout
+
+
+@pytest.mark.slow  # real processes
+@pytest.mark.parametrize("args", [["status"], ["plan"], ["validate"], ["plan", "--json"]])
+def test_output_to_a_pipe_nobody_reads_ends_quietly(tmp_path: Path, args: list[str]) -> None:
+    """`reconcile status | head` and kin: once the reader has gone there is nobody to tell, so
+    no "Error: Broken pipe" and no traceback; exit 141 (128 + SIGPIPE), as git's commands."""
+    (tmp_path / "specs").mkdir()
+    for i in range(50):
+        (tmp_path / "specs" / f"s{i}.yaml").write_text(
+            f"name: s{i}\nmodel: veo-3.1-fast-generate-preview\nprompt: A harbour, take {i}.\n"
+        )
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "reconciler", *args], cwd=tmp_path, stdout=write,
+            stderr=subprocess.PIPE, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""

@@ -45,6 +45,8 @@ def friendly(fn: F) -> F:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         except OSError as exc:
+            if isinstance(exc, BrokenPipeError) and reader_left():
+                sys.exit(QUIET_EPIPE)  # our output's reader left; a socket's pipe is said below
             # A folder where a file should be, a read-only disk, a port in use: name it, no trace.
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
@@ -57,6 +59,28 @@ def friendly(fn: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+QUIET_EPIPE = 141  # 128 + SIGPIPE: how `git log | head` and coreutils end when the reader left
+
+
+def reader_left() -> bool:
+    """Whether our output is a pipe whose reader has gone (`reconcile status | head`): then
+    there is nobody to tell, and the rest of the output goes nowhere instead of raising again
+    at exit. The shell's own tools end the same way, without a word."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def given_repo() -> Path:
