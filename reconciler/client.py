@@ -87,11 +87,13 @@ class VeoClient:
         prefix = _PREFIX.match(url)
         headers = self._auth.get(prefix[0]) if prefix else None
         if headers is None:
-            parts = urlsplit(url)
             headers = self._headers
-            if self.settings.api_key and (parts.scheme, parts.hostname or "", parts.port) in (
-                self._origins
-            ):
+            try:
+                parts = urlsplit(url)
+                origin = (parts.scheme, parts.hostname or "", parts.port)
+            except ValueError:  # a port out of range, a bad [IPv6]: the pool refuses it too
+                origin = None
+            if self.settings.api_key and origin in self._origins:
                 headers = {**self._headers, "x-goog-api-key": self.settings.api_key}
             if prefix:
                 if len(self._auth) >= 64:  # a daemon's redirects to ever new hosts
@@ -193,7 +195,7 @@ class VeoClient:
                         "location" in response.headers
                     ):
                         await response.aclose()
-                        url = urljoin(url, response.headers["location"])
+                        url = _joined(url, response.headers["location"])
                         continue
                     if response.status_code >= 300:
                         await response.read()
@@ -219,6 +221,14 @@ class VeoClient:
                 raise transport_error(Call.DOWNLOAD, Failure.SENT, detail) from exc
         detail = f"too many redirects downloading {file_id or 'the video'}"
         raise transport_error(Call.DOWNLOAD, Failure.REDIRECTS, detail)
+
+
+def _joined(url: str, location: str) -> str:
+    """Where a redirect leads; Unsendable when urllib cannot read it (a bad [IPv6] host)."""
+    try:
+        return urljoin(url, location)
+    except ValueError as exc:
+        raise Unsendable(f"a redirect to {location[:80]!r}: {exc}") from None
 
 
 def _origin(url: str) -> str:

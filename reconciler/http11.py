@@ -309,7 +309,10 @@ class Pool:
         """Send one request and read the answer's head. ``fresh``: on a new connection, closed
         after the answer (the paid POST). A GET on a kept connection that the server closed
         while idle is sent again once on a new one: nothing was answered, nothing happened."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # a bad [IPv6] host (a redirect's, say)
+            raise Unsendable(str(exc)) from None
         origin, host = self._origins.get((parts.scheme, parts.netloc)) or self._origin(parts)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if not target.isascii() or " " in target:  # as httpx: percent-encoded, never refused

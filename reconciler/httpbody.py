@@ -4,7 +4,8 @@ socket itself by blocking calls on a thread (``RawBody``, made by ``http11.Respo
 
 Why read a body on a thread: through asyncio's stream, a 256 MiB video cost an event-loop wake,
 two copies (into the stream's buffer, out of it) and a hop to the thread that hashes and writes
-it, per 256 KiB read; read on that thread into one reused buffer, it costs a ``recv_into``.
+it, per 256 KiB read; read on that thread into two reused buffers in turn, it costs a
+``recv_into``.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ written; the object is trusted from then on (``ObjectCache.trusted``). A small v
 costs one thread hop in all: begin, write, check and commit together.
 
 A large video on a plain connection (``http11.Response.raw``: the simulator, a local mirror) is
-not received by the loop at all: ``pour`` reads it from the socket on that same thread, into one
-reused buffer, and hashes and writes each read there (no wake of the loop, copy or hand-over per
-read). Over TLS the loop receives as above: the bytes on the socket are not the body's.
+not received by the loop at all: ``pour`` reads it from the socket on that same thread, into two
+reused buffers in turn, and writes each read there while two more threads of the download's hash
+it and write the output's copy (``Incoming.write_behind``): no wake of the loop, copy or hand-over
+per read. Over TLS the loop receives as above: the bytes on the socket are not the body's.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ class Landing:
             await self._inflight.popleft()
 
     async def pour(self, body: RawBody) -> int:
-        """Land a body read on the writer thread itself (``RawBody.pour``): each read hashed
-        and written there from one reused buffer, with no event-loop hop, copy or piece handed
-        over in between (a large video over a plain connection). Its size; then ``finish``."""
+        """Land a body read on the writer thread itself (``RawBody.pour``): each read written
+        there from two reused buffers in turn, hashed and copied to the output beside it, with no
+        event-loop hop, copy or piece handed over in between (a large video over a plain
+        connection). Its size; then ``finish``."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="landing")
         while self._inflight:  # anything fed before lands first

@@ -360,3 +360,40 @@ def test_a_body_received_whole_or_in_parts_is_read_whole_and_its_connection_kept
 
     asyncio.run(main())
     assert connections == 1
+
+
+@pytest.mark.parametrize("location", [b"http://127.0.0.1:99999/v", b"http://[::1/v"])
+def test_a_redirect_to_a_url_urlsplit_refuses_is_an_api_error_not_a_crash(
+    location: bytes,
+) -> None:
+    """A download redirected to a URL whose port is out of range or whose IPv6 host is not
+    closed (a provider's or a mirror's mistake) is refused as the client refuses any URL it
+    cannot send to: an ApiError the run reports, not a ValueError that ends it. The same for
+    such a URL given as the video's own."""
+    from reconciler.client import VeoClient
+    from reconciler.config import ApiSettings
+    from reconciler.errors import ApiError
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n"
+                     % location)  # fmt: skip
+        await writer.drain()
+        writer.close()
+
+    async def sink(chunk: bytes) -> None:
+        raise AssertionError("nothing is downloaded")
+
+    async def main() -> None:
+        server, base = await serving(handler)
+        client = VeoClient(ApiSettings(base, base, "secret-key"), timeout=5.0)
+        try:
+            with pytest.raises(ApiError, match="download failed"):
+                await client.download(f"{base}/v", None, sink)
+            with pytest.raises(ApiError, match="download failed"):  # the provider's own URI
+                await client.download(location.decode(), None, sink)
+        finally:
+            await client.aclose()
+            server.close()
+
+    asyncio.run(main())

@@ -1,6 +1,7 @@
 """The apply loop's costs (issue 11): one pool of connections for polls and downloads, polls
-skipped while an operation is surely running and spread out for long ones, bytes hashed once on their way into the cache, and
-fsyncs only where a power cut could cost money. Real simulator, real sqlite files."""
+skipped while an operation is surely running and spread out for long ones, bytes hashed once on
+their way into the cache, and fsyncs only where a power cut could cost money. Real simulator,
+real sqlite files."""
 
 from __future__ import annotations
 
