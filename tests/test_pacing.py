@@ -243,6 +243,20 @@ def test_a_provider_that_got_faster_is_followed_by_probes_that_go_further() -> N
     assert 1.0 <= runs.plan(KIND)[1] < 1.5
 
 
+def test_short_runs_among_long_ones_keep_the_first_poll_short() -> None:
+    """Runs of 0.3 s and 1.5 s in turn: the short ones, found done at their first poll, keep
+    their bounds, so the long ones found running never make every first poll wait 1.5 s."""
+    runs = settled(0.3)
+    for i in range(8 * RUNS_KEPT):
+        plan = runs.plan(KIND)
+        if i % 2:  # a short run: done by the first poll (or the probe's second, at the shortest)
+            runs.record(KIND, plan, plan[0] if plan[0] >= 0.3 else plan[1],
+                        at_first=plan[0] >= 0.3)  # fmt: skip
+        else:  # a long run, found running at the first poll and done at 1.5 s
+            runs.record(KIND, plan, 1.5, at_first=False)
+    assert runs.plan(KIND)[1] == pytest.approx(0.3)
+
+
 def test_a_spike_of_short_runs_is_forgotten() -> None:
     """A few runs far shorter than usual lower the first poll; the usual runs found running at
     it afterwards keep their bounds, and RUNS_KEPT of them bring it back."""

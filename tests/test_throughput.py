@@ -25,6 +25,7 @@ from reconciler.files import Syncer
 from reconciler.landing import PIECE, Landing
 from reconciler.lifecycle import Event, Generation, State
 from reconciler.objects import ObjectCache
+from reconciler.pacing import RUNS_KEPT
 from reconciler.sim import Simulator
 from reconciler.sqlite_store import SqliteStore
 
@@ -110,20 +111,20 @@ def test_operations_of_a_kind_seen_are_found_done_at_their_first_poll(
     assert len(repo.videos()) == 6
 
 
-@pytest.mark.slow  # ten operations in turn, seven of them of 0.6 s
+@pytest.mark.slow  # 25 operations in turn, 22 of them of 0.6 s
 def test_a_provider_that_got_slower_is_followed(repo: Repo, sim: Simulator) -> None:
-    """Three operations of 0.2 s, then seven of 0.6 s, one at a time: the first slow ones are
-    found running at their first poll (at the 0.2 s learned) and polled on; once a few were,
-    the first poll waits for 0.6 s, and the last ones are found done there."""
+    """Three operations of 0.2 s, then RUNS_KEPT + 2 of 0.6 s, one at a time: the first slow
+    ones are found running at their first poll (at the 0.2 s learned) and polled on; once
+    RUNS_KEPT were, the first poll waits for 0.6 s, and the last ones are found done there."""
     sim.set_latency(0.6)
     sim.inject("submit", simmod.slow(0.2), times=3)
-    write_specs(repo, 10)
+    write_specs(repo, 3 + RUNS_KEPT + 2)
     result = repo.apply("--concurrency", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     polls = polls_per_operation(sim)
     assert all(n >= 3 for n in polls[3:6]), polls  # 0.2 s, then every 0.1 s up to 0.6 s
     assert sum(polls[-2:]) <= 3, polls  # at most one of the last two is found running
-    assert len(repo.videos()) == 10
+    assert len(repo.videos()) == 3 + RUNS_KEPT + 2
 
 
 @pytest.mark.slow  # one operation of 3 s
