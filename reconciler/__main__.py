@@ -36,12 +36,15 @@ def leave(code: int) -> None:
     Freeing what a load of 10,000 specs allocated took 15-30 ms at exit: 5-8% of a cold `plan`.
     A command that only reads (``common.leave_quickly``) has nothing left for the teardown to
     finish but its output and the exit handlers, so they are done here; with another thread
-    still running (one that a normal exit would wait for), or output that cannot be flushed
-    (a closed pipe), the exit is the normal one.
+    still running (one that a normal exit would wait for), output that cannot be flushed (a
+    closed pipe), or a profiler or tracer watching (``python -m cProfile -m reconciler plan``
+    prints its figures once ``run`` returns), the exit is the normal one.
     """
     import atexit
     import threading
 
+    if watched():
+        return
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -51,6 +54,15 @@ def leave(code: int) -> None:
         return
     atexit._run_exitfuncs()
     os._exit(code)
+
+
+def watched() -> bool:
+    """Whether a profiler, a tracer or a debugger is attached (3.12's cProfile and coverage use
+    sys.monitoring rather than a profile or trace function), or `python -i` waits to inspect."""
+    if sys.getprofile() is not None or sys.gettrace() is not None or sys.flags.inspect:
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    return monitoring is not None and any(monitoring.get_tool(i) is not None for i in range(6))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The last answers of ``plan`` and ``status``, replayed while nothing they read has changed.
 
-A warm ``plan`` of ten thousand specs that would print "No changes" again still imports pydantic
-and sqlite_utils, reads ten thousand rows and builds ten thousand records: seconds of work to
-say what it said last time. This memo keeps, in ``state/answer-memo.marshal``, the text a command
+A warm ``plan`` of ten thousand specs that would print "No changes" again still imports pydantic,
+reads ten thousand rows and builds ten thousand records: seconds of work to say what it said
+last time. This memo keeps, in ``state/answer-memo.marshal``, the text a command
 printed and its exit code, beside a digest of the stats of everything the answer was made from:
 every file and folder under ``specs/`` and the images the specs read, ``reconcile.yaml``,
 ``reconcile.lock``, the state db and its WAL, the object cache's folders, every output file the

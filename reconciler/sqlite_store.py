@@ -221,12 +221,18 @@ class SqliteStore:
             )
 
     def _migrate(self) -> None:
-        with self.tx() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
-            )
+        # Read first: a db that has its migrations table takes no write lock here, so a read-only
+        # command opens it at once while another process (an apply) holds the lock.
+        query = "SELECT name FROM migrations"
+        try:
+            applied = {row[0] for row in self.conn.execute(query)}
+        except sqlite3.OperationalError:  # no such table (a new db); anything else, again below
+            with self.tx() as conn:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
+                )
+            applied = {row[0] for row in self.conn.execute(query)}
         known = {name for name, _ in MIGRATIONS}
-        applied = {row[0] for row in self.conn.execute("SELECT name FROM migrations")}
         if applied - known:
             newer = ", ".join(sorted(applied - known))
             raise StateError(

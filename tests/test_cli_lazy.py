@@ -230,3 +230,22 @@ def test_output_to_a_pipe_nobody_reads_ends_quietly(tmp_path: Path, args: list[s
         os.close(write)
     assert result.returncode == 141, result.stderr
     assert result.stderr == ""
+
+
+@pytest.mark.slow  # real processes
+@pytest.mark.parametrize("args", [["validate"], ["plan"], ["status"]])
+def test_a_profiled_command_leaves_as_usual(tmp_path: Path, args: list[str]) -> None:
+    """Under cProfile (as `python -m cProfile -m reconciler plan`) a read-only command takes the
+    normal exit: the profiler prints its figures after the command returns, and a quick exit
+    left it nothing to print."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text(
+        "name: a\nmodel: veo-3.1-fast-generate-preview\nprompt: A harbour at dawn.\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-s", "cumtime", "-m", "reconciler", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "function calls" in result.stdout, result.stdout[-2000:]

@@ -308,10 +308,15 @@ def test_meanwhile_runs_once_here_while_children_work(tmp_path: Path) -> None:
         "import os, sys\nfrom reconciler import fanout\nseen = []\n"
         "def work(part, forked):\n    seen.append(('work', os.getpid()))\n"
         "    return list(part) if forked else None\n"
-        "def meanwhile():\n    seen.append(('meanwhile', os.getpid()))\n"
+        # A child already forked (running, or exited and not yet reaped) is there to wait for;
+        # WNOWAIT leaves it to fanout to reap. None forked: ChildProcessError.
+        "def forked():\n    try:\n"
+        "        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)\n"
+        "    except ChildProcessError:\n        return False\n    return True\n"
+        "def meanwhile():\n    seen.append(('meanwhile', os.getpid(), forked()))\n"
         "results = fanout.run(range(6), work, parts=3, meanwhile=meanwhile)\n"
         "me = os.getpid()\n"
-        "print(results == [[2, 3], [4, 5]], seen == [('meanwhile', me), ('work', me)])\n"
+        "print(results == [[2, 3], [4, 5]], seen == [('meanwhile', me, True), ('work', me)])\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=True)  # fmt: skip

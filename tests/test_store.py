@@ -571,6 +571,23 @@ def test_reader_reads_while_a_writer_holds_the_write_lock(db_path: Path) -> None
         writer.close()
 
 
+def test_an_up_to_date_db_opens_while_a_writer_holds_the_write_lock(db_path: Path) -> None:
+    """Opening a db whose migrations are all applied takes no write lock: a read-only `plan` or
+    `status` started while an apply holds its write transaction reads at once, where it used to
+    wait for the lock (up to busy_timeout, then fail) only to create the migrations table."""
+    writer = Store(db_path)
+    try:
+        claim(writer)
+        with writer.tx():
+            reader = Store(db_path, busy_timeout=0.2, create=False)
+            try:
+                assert reader.generations()["k1"].state == SUBMITTING
+            finally:
+                reader.close()
+    finally:
+        writer.close()
+
+
 def test_no_db_is_opened_or_migrated_through_sqlite_utils(tmp_path: Path) -> None:
     """sqlite_utils costs 60-110 ms to import (its plugin scan included): a db up to date, a new
     one, an old one to migrate and a read-only command's stand-in for a missing one are all
