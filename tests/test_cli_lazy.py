@@ -249,3 +249,26 @@ def test_a_profiled_command_leaves_as_usual(tmp_path: Path, args: list[str]) -> 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "function calls" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.slow  # real processes
+@pytest.mark.parametrize("closed", [1, 2])
+@pytest.mark.parametrize("args", [["validate"], ["plan"], ["status"]])
+def test_a_command_started_with_its_output_closed_runs(
+    tmp_path: Path, args: list[str], closed: int
+) -> None:
+    """`reconcile plan >&-` (or `2>&-`): Python starts with no sys.stdout (or sys.stderr); what
+    would go there goes nowhere, and the command runs to its usual exit, without a traceback."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text(
+        "name: a\nmodel: veo-3.1-fast-generate-preview\nprompt: A harbour at dawn.\n"
+    )
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:
+        result = subprocess.run(
+            [sys.executable, "-m", "reconciler", *args], cwd=tmp_path, stdout=sink, stderr=sink,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60,
+            preexec_fn=lambda: os.close(closed),
+        )  # fmt: skip
+    assert result.returncode == 0, out.read_text()
+    assert "Traceback" not in out.read_text()
