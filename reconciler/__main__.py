@@ -13,7 +13,7 @@ from .memo import replay_argv
 def run() -> None:
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:  # started with it closed (`>&-`): what it says goes nowhere
-            setattr(sys, name, open(os.devnull, "w"))  # open for the process's life
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
     replay_argv(sys.argv[1:])
     from .cli import main
 
