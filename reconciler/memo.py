@@ -27,12 +27,14 @@ import marshal
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 MEMO_FILE = "answer-memo.marshal"
 FORMAT = 1
 SLACK_NS = 2_000_000_000  # as the spec index's: coarse file systems stamp times this late
+FORK_AT = 2_000  # paths to stat before a replay stats them in a forked child (fork: ~2 ms)
 # Variables that change from one shell command to the next without changing any answer; the API
 # key is left out so that not even a digest of it is written down.
 _VOLATILE = frozenset({"_", "OLDPWD", "SHLVL", "GPTPROTO_API_KEY"})
@@ -94,7 +96,33 @@ def _walk(root: str, out: list[Any], *, depth: int = -1, code: bool = False) -> 
 
 
 def fingerprint(repo: Path, paths: list[str]) -> list[Any]:
-    """Every input's stat: the trees walked, then the db, then ``paths`` (absolute)."""
+    """Every input's stat: the trees walked, then the db, then ``paths`` (absolute).
+
+    Two stats of 2-3 us per spec (its file, its video) are most of a replay: with thousands of
+    ``paths``, a forked child stats them while this process walks the trees (``fanout``; the
+    same list either way, so the same digest; a child that fails is done over here)."""
+    jobs = (lambda: _trees(repo), lambda: _files(paths))
+    done: dict[int, list[Any]] = {}
+
+    def work(part: Sequence[int], forked: bool) -> Any:
+        for job in part:
+            done[job] = jobs[job]()
+        return {job: done[job] for job in part} if forked else None
+
+    if len(paths) < FORK_AT:
+        work([0, 1], False)
+        return done[0] + done[1]
+    from . import fanout  # here: a replay of a small repo, and --help, never need it
+
+    if fanout.cores() > 1 and fanout.can_fork():
+        for result in fanout.run([0, 1], work, parts=2):
+            done.update(result or {})
+    else:
+        work([0, 1], False)
+    return done[0] + done[1]
+
+
+def _trees(repo: Path) -> list[Any]:
     root = str(repo)
     stats: list[Any] = []
     _walk(os.path.join(root, "specs"), stats)
@@ -103,6 +131,11 @@ def fingerprint(repo: Path, paths: list[str]) -> list[Any]:
     # The db and its WAL by themselves: a write moves one of them (a checkpoint that deletes the
     # WAL writes the db), and their folder moves with every cache written beside them.
     stats.extend((rel, _stat(os.path.join(root, rel))) for rel in _DB)
+    return stats
+
+
+def _files(paths: list[str]) -> list[Any]:
+    stats: list[Any] = []
     folders: dict[str, int | None] = {}  # a descriptor per folder: each file stat'ed by name
     try:
         for path in paths:

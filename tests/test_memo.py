@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import SPEC, Repo, png_bytes
 
-from reconciler import lockfile, memo
+from reconciler import fanout, lockfile, memo
 from reconciler.audit import memo_inputs, read_records
 from reconciler.events import Reporter
 from reconciler.facts import REMOTE_FILE_SECONDS
@@ -363,3 +363,26 @@ def test_a_memo_of_an_odd_shape_costs_a_full_run_never_a_traceback(
     path.write_bytes(marshal.dumps(data))
     again, replayed = run(offline_repo, "status")
     assert not replayed and again.stdout == first.stdout
+
+
+def test_many_paths_are_stated_in_a_child_to_the_same_fingerprint(tmp_path: Path) -> None:
+    """Past FORK_AT paths a forked child stats them while this process walks the trees: the
+    list (so the digest) is the one the serial walk makes, missing files and folders included."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text("name: a\n")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    paths = []
+    for i in range(memo.FORK_AT + 50):
+        if i % 7:  # every seventh missing: its folder speaks for it
+            (videos / f"v{i}.mp4").write_bytes(b"x" * (i % 5))
+        paths.append(str(videos / f"v{i}.mp4"))
+    paths.append(str(tmp_path / "gone" / "v.mp4"))  # a folder that is not there
+    serial = memo._trees(tmp_path) + memo._files(paths)
+    assert fanout.can_fork()  # so on a machine of two cores or more, the child stats them
+    assert memo.fingerprint(tmp_path, paths) == serial
+    assert (
+        memo.fingerprint(tmp_path, paths[:10]) == memo._trees(tmp_path) + serial[-len(paths) :][:10]
+    )
+    (videos / "v1.mp4").write_bytes(b"changed")
+    assert memo.fingerprint(tmp_path, paths) != serial
