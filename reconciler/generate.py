@@ -299,7 +299,7 @@ class _KeyTask(KeyWork):
         # Runs are learned only from operations this task POSTed just now, timed from the POST.
         posted = ctx.posted.pop(self.key, None)
         started = time.monotonic() if posted is None else posted
-        kind = None if posted is None else (spec.model, spec.resolution, spec.duration)
+        kind = None if posted is None else spec.run_kind
         planned = ctx.runs.plan(kind) if kind else (0.0, 0.0)
         due, shortest = planned
         seen_running = False

@@ -147,9 +147,10 @@ class _Kind:
 
 
 class RunTimes:
-    """When to poll an operation first, per kind (model, resolution, seconds), so that one of a
-    kind already seen is usually found done at its first poll: each poll is a request (quota,
-    CPU), and 1,000 operations of 1 s, first polled at 80% of the shortest run seen, took 2.2.
+    """When to poll an operation first, per kind (model, resolution, seconds, from images or
+    not), so that one of a kind already seen is usually found done at its first poll: each poll
+    is a request (quota, CPU), and 1,000 operations of 1 s, first polled at 80% of the shortest
+    run seen, took 2.2.
 
     A bound is the time from an operation's POST to the answer of the poll that found it done:
     an upper bound of its run, tight when a poll saw it running an interval before. The first

@@ -361,6 +361,12 @@ class Desired:
         found = [self.image, self.last_frame, *(r.image for r in self.references)]
         return [image for image in found if image is not None]
 
+    @property
+    def run_kind(self) -> tuple[str, str, float, bool]:
+        """What a generation's run time depends on, as far as we can tell: when to poll it first
+        (``pacing.RunTimes``). An extension (its own seconds) and a run from images apart."""
+        return (self.model, self.resolution, self.seconds, bool(self.images))
+
     def request_body(self, repo: Path, *, source_uri: str | None = None) -> dict[str, Any]:
         """The submit body; every image is re-read and refused if it changed since the key was
         made. ``source_uri``: the provider URI of the output this spec extends (a chain)."""

@@ -15,7 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, SPEC, Repo
+from conftest import API_KEY, SPEC, Repo, png_bytes
 
 from reconciler import sim as simmod
 from reconciler.client import DOWNLOAD_SLOTS, POLL_SLOTS, VeoClient
@@ -109,6 +109,30 @@ def test_operations_of_a_kind_seen_are_found_done_at_their_first_poll(
         polls = [r.time for r in sim.requests if r.path.endswith(f"/operations/{op.id}")]
         assert max(polls) - op.finished_at < 0.1 + 0.15, (op.id, max(polls) - op.finished_at)
     assert len(repo.videos()) == 6
+
+
+@pytest.mark.slow  # eight operations in turn
+def test_runs_from_an_image_are_timed_apart_from_text_runs(repo: Repo, sim: Simulator) -> None:
+    """Text runs of 1.2 s, then first-frame runs of 0.3 s, one at a time: the image runs learn
+    their own shortest run, so from the second on they are found done within a poll or two of
+    their end, not first polled at the text runs' 1.2 s (0.9 s late)."""
+    sim.set_latency(1.2)
+    sim.inject("submit", simmod.slow(0.3), times=4, prompt_contains="From the frame")
+    (repo.path / "assets").mkdir(exist_ok=True)
+    (repo.path / "assets" / "frame.png").write_bytes(png_bytes())
+    for i in range(4):  # applied in name order: every text run first
+        repo.write(f"specs/a{i}.yaml", SPEC.format(name=f"a{i}", prompt=f"Text clip {i}."))
+        image = SPEC.format(name=f"b{i}", prompt=f"From the frame {i}.")
+        repo.write(f"specs/b{i}.yaml", image + "image: ../assets/frame.png\n")
+    result = repo.apply("--concurrency", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    ops = sorted(sim.operations.values(), key=lambda o: o.created)
+    late = []
+    for op in ops[5:]:  # the image runs after the first of their kind
+        found = max(r.time for r in sim.requests if r.path.endswith(f"/operations/{op.id}"))
+        late.append(found - op.finished_at)
+    assert all(0 <= t < 0.5 for t in late), late
+    assert len(repo.videos()) == 8
 
 
 @pytest.mark.slow  # 25 operations in turn, 22 of them of 0.6 s
