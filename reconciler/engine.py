@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 
 from .client import VeoClient
 from .config import ApiSettings
+from .context import Context, Slot
 from .errors import FatalError, ReconcileError, StateError, TransientError
 from .events import Reporter
-from .generate import Context, Slot, generate, place, wait_for_source
+from .generate import generate, place, wait_for_source
 from .lifecycle import ActionKind, Outcome, OutcomeState, State
 from .outputs import remove
 from .pacing import Pacer, Tuning
@@ -183,7 +184,7 @@ class Engine:
             source = await wait_for_source(ctx, action)  # before a slot: never held waiting
             if isinstance(source, Outcome):
                 return source
-            slot = Slot(slots)  # given back as soon as the operation is done (generate.Slot)
+            slot = Slot(slots)  # given back as soon as the operation is done (context.Slot)
             await slot.hold()
             try:
                 return await generate(ctx, client, action, opts, source_uri=source, slot=slot)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from . import failpoints, outputs
 from .client import VeoClient
@@ -144,21 +143,15 @@ def _looked(ws: Workspace, gen: Generation | None) -> tuple[Generation | None, b
     return gen, bool(gen and gen.sha256 and ws.cache.has(gen.sha256))
 
 
-def _moved_and_cache(
-    ws: Workspace, key: str, event: Event, **kw: Any
-) -> tuple[Generation | None, bool]:
-    """A transition, then the row it committed and whether the cache holds its bytes."""
-    return _looked(ws, ws.gens.transition(key, event, **kw))
-
-
 def _downloaded(
     ws: Workspace, spec: Desired, file_id: str | None, sha: str, size: int, *, place: bool
 ) -> tuple[Generation | None, bool, Outcome | None]:
     """Record the downloaded bytes, then place them when that is the next step (``next_step``'s
     PLACE: materialized, cached): one hop to the state thread where there were two. The row, the
     cache check, and the placement's Outcome or None (not placed: the task goes on from the row)."""
-    done, cached = _moved_and_cache(ws, spec.key, Event.DOWNLOADED, expect_file_id=file_id,
-                                    sha256=sha, bytes=size)  # fmt: skip
+    moved = ws.gens.transition(spec.key, Event.DOWNLOADED, expect_file_id=file_id, sha256=sha,
+                               bytes=size)  # fmt: skip
+    done, cached = _looked(ws, moved)
     if done is None:
         return None, False, None
     failpoints.hit("after_cached")
