@@ -23,7 +23,6 @@ The index is tied to the reconciler's version and to what the loader reads of ``
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import json
 import marshal
@@ -35,6 +34,7 @@ from typing import Any
 
 from . import __version__
 from .errors import Problem
+from .fanout import gc_paused
 from .files import Stat, stat_of
 from .memo import write_cache
 from .spec import Desired, ImageInput, Reference
@@ -108,17 +108,12 @@ class SpecIndex:
             with open(path, "rb") as handle:
                 racy_ns = os.fstat(handle.fileno()).st_mtime_ns
                 raw = handle.read()  # marshal.load() on a file object is ten times slower
-            frozen = gc.isenabled()
-            gc.disable()  # tens of thousands of small objects, none of them cyclic
-            try:
+            with gc_paused():  # tens of thousands of small objects, none of them cyclic
                 data = marshal.loads(raw)
                 if data["stamp"] == stamp and data["format"] == FORMAT:
                     index.entries = {rel: _entry(raw) for rel, raw in data["entries"].items()}
                     index.hashes = data["hashes"]
                     index.racy_ns = racy_ns
-            finally:
-                if frozen:
-                    gc.enable()
         except FileNotFoundError:
             pass
         except Exception:  # corrupt, truncated, another layout: rebuilt, never an error
