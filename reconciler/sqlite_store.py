@@ -361,8 +361,10 @@ class SqliteStore:
         return stale_claim(gen.owner, gen.claimed_at)
 
     def recover_stale(self) -> list[Generation]:
-        rows = self._rows("generations", "state = ?", [State.SUBMITTING.value])
-        return recover_stale(self, [Generation.from_row(r) for r in rows])
+        with self._lock:
+            query = f"{_SELECT_GENERATIONS} WHERE state = ?"
+            rows = self.conn.execute(query, [State.SUBMITTING.value]).fetchall()
+        return recover_stale(self, [_generation(r) for r in rows])
 
     # -- this working tree (TreeStore) ------------------------------------------------------------
 
