@@ -101,24 +101,21 @@ def fingerprint(repo: Path, paths: list[str]) -> list[Any]:
     Two stats of 2-3 us per spec (its file, its video) are most of a replay: with thousands of
     ``paths``, a forked child stats them while this process walks the trees (``fanout``; the
     same list either way, so the same digest; a child that fails is done over here)."""
-    jobs = (lambda: _trees(repo), lambda: _files(paths))
+    if len(paths) < FORK_AT:
+        return _trees(repo) + _files(paths)
+    from . import fanout  # here: a replay of a small repo, and --help, never need it
+
+    if fanout.cores() < 2 or not fanout.can_fork():
+        return _trees(repo) + _files(paths)
     done: dict[int, list[Any]] = {}
 
     def work(part: Sequence[int], forked: bool) -> Any:
-        for job in part:
-            done[job] = jobs[job]()
+        for job in part:  # 0: the trees, here; 1: the paths, in the child
+            done[job] = _trees(repo) if job == 0 else _files(paths)
         return {job: done[job] for job in part} if forked else None
 
-    if len(paths) < FORK_AT:
-        work([0, 1], False)
-        return done[0] + done[1]
-    from . import fanout  # here: a replay of a small repo, and --help, never need it
-
-    if fanout.cores() > 1 and fanout.can_fork():
-        for result in fanout.run([0, 1], work, parts=2):
-            done.update(result or {})
-    else:
-        work([0, 1], False)
+    for result in fanout.run([0, 1], work, parts=2):
+        done.update(result or {})
     return done[0] + done[1]
 
 
