@@ -48,10 +48,11 @@ class Workspace:
 
     last_read: tuple[dict[str, Generation], dict[str, Output], dict[str, LockEntry]] | None = None
 
-    def __init__(self, repo: Path, *, sandbox: bool = False, read_only: bool = False) -> None:
+    def __init__(self, repo: Path, *, sandbox: bool = False, read_only: bool = False,
+                 config: Config | None = None) -> None:  # fmt: skip
         self.repo = repo.resolve()
         self.sandbox = sandbox
-        self.config: Config = self.read_config()
+        self.config: Config = self.read_config(config)
         state_dir = self.repo / STATE_DIR
         self.lock_path = self.repo / lockfile.LOCK_FILE
         if sandbox:
@@ -88,9 +89,9 @@ class Workspace:
                 stack.callback(self.tree.close)
             stack.callback(self.gens.close)
 
-    def read_config(self) -> Config:
-        """reconcile.yaml, with the sandbox's output folder when running against the simulator."""
-        config = load_config(self.repo)
+    def read_config(self, read: Config | None = None) -> Config:
+        """reconcile.yaml (``read``: as the caller read it), with the sandbox's output folder."""
+        config = read or load_config(self.repo)
         if self.sandbox:
             # Simulated videos must never pass for paid ones: a sandbox run keeps its state, its
             # outputs and its lock apart from the real ones.

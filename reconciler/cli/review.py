@@ -100,10 +100,11 @@ def _plan(
         # first) and its state opened. The loader reads what the workspace does of the config.
         from ..workspace import Workspace
 
-        opened.append(Workspace(repo, sandbox=sim, read_only=True))
+        opened.append(Workspace(repo, sandbox=sim, read_only=True, config=config))
 
+    config = load_config(repo)  # read once: the loader's and the workspace's
     try:
-        result = load_specs(repo, load_config(repo), meanwhile=meanwhile)
+        result = load_specs(repo, config, meanwhile=meanwhile)
         ws = opened[0]
         result.raise_for_problems()
         specs = result.specs
