@@ -14,14 +14,15 @@ import marshal
 import os
 import shutil
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import SPEC, Repo, png_bytes
+from conftest import ROOT, SPEC, Repo, png_bytes
 
-from reconciler import fanout, lockfile, memo
+from reconciler import lockfile, memo
 from reconciler.audit import memo_inputs, read_records
 from reconciler.events import Reporter
 from reconciler.facts import REMOTE_FILE_SECONDS
@@ -365,24 +366,39 @@ def test_a_memo_of_an_odd_shape_costs_a_full_run_never_a_traceback(
     assert not replayed and again.stdout == first.stdout
 
 
+FINGERPRINTS = """
+import sys
+from pathlib import Path
+from reconciler import fanout, memo
+
+root = Path(sys.argv[1])
+(root / "specs").mkdir()
+(root / "specs" / "a.yaml").write_text("name: a\\n")
+videos = root / "videos"
+videos.mkdir()
+paths = []
+for i in range(memo.FORK_AT + 50):
+    if i % 7:  # every seventh missing: its folder speaks for it
+        (videos / f"v{i}.mp4").write_bytes(b"x" * (i % 5))
+    paths.append(str(videos / f"v{i}.mp4"))
+paths.append(str(root / "gone" / "v.mp4"))  # a folder that is not there
+serial = memo._trees(root) + memo._files(paths)
+assert fanout.can_fork()  # so on a machine of two cores or more, the child stats them
+assert memo.fingerprint(root, paths) == serial
+assert memo.fingerprint(root, paths[:10]) == memo._trees(root) + serial[-len(paths) :][:10]
+(videos / "v1.mp4").write_bytes(b"changed")
+assert memo.fingerprint(root, paths) != serial
+print("held")
+"""
+
+
 def test_many_paths_are_stated_in_a_child_to_the_same_fingerprint(tmp_path: Path) -> None:
     """Past FORK_AT paths a forked child stats them while this process walks the trees: the
-    list (so the digest) is the one the serial walk makes, missing files and folders included."""
-    (tmp_path / "specs").mkdir()
-    (tmp_path / "specs" / "a.yaml").write_text("name: a\n")
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    paths = []
-    for i in range(memo.FORK_AT + 50):
-        if i % 7:  # every seventh missing: its folder speaks for it
-            (videos / f"v{i}.mp4").write_bytes(b"x" * (i % 5))
-        paths.append(str(videos / f"v{i}.mp4"))
-    paths.append(str(tmp_path / "gone" / "v.mp4"))  # a folder that is not there
-    serial = memo._trees(tmp_path) + memo._files(paths)
-    assert fanout.can_fork()  # so on a machine of two cores or more, the child stats them
-    assert memo.fingerprint(tmp_path, paths) == serial
-    assert (
-        memo.fingerprint(tmp_path, paths[:10]) == memo._trees(tmp_path) + serial[-len(paths) :][:10]
-    )
-    (videos / "v1.mp4").write_bytes(b"changed")
-    assert memo.fingerprint(tmp_path, paths) != serial
+    list (so the digest) is the one the serial walk makes, missing files and folders included.
+    In a fresh process: a test worker may hold threads other tests started (no fork then)."""
+    result = subprocess.run(
+        [sys.executable, "-c", FINGERPRINTS, str(tmp_path)], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "held"
