@@ -185,9 +185,11 @@ def first_schema_db(path: Path) -> None:
     conn.close()
 
 
+MASTER = "SELECT * FROM sqlite_master ORDER BY rowid"
+
+
 def schema(path: Path) -> list[tuple[object, ...]]:
-    with closing(sqlite3.connect(path)) as conn:
-        return conn.execute("SELECT * FROM sqlite_master ORDER BY rowid").fetchall()
+    return raw(path, MASTER)
 
 
 def test_a_new_db_has_the_schema_sqlite_utils_made(tmp_path: Path) -> None:
@@ -205,8 +207,7 @@ def test_a_new_db_has_the_schema_sqlite_utils_made(tmp_path: Path) -> None:
     with closing(sqlite3.connect(":memory:")) as mine, closing(sqlite3.connect(":memory:")) as old:
         _m1_initial(mine)
         first_schema_by_sqlite_utils(old)
-        query = "SELECT * FROM sqlite_master ORDER BY rowid"
-        assert mine.execute(query).fetchall() == old.execute(query).fetchall()
+        assert mine.execute(MASTER).fetchall() == old.execute(MASTER).fetchall()
 
 
 def test_a_db_from_the_first_schema_is_upgraded_in_place(db_path: Path) -> None:
