@@ -62,12 +62,9 @@ def test_later_operations_are_not_polled_while_surely_running(repo: Repo, sim: S
     write_specs(repo, 3)
     result = repo.apply("--concurrency", "1")
     assert result.returncode == 0, result.stdout + result.stderr
-    per_op = Counter(r.path.rsplit("/", 1)[-1] for r in sim.requests if "/operations/" in r.path)
-    first, *later = (
-        per_op[op.id] for op in sorted(sim.operations.values(), key=lambda o: o.created)
-    )
-    assert first >= 8, per_op
-    assert all(n <= 5 for n in later), per_op
+    first, *later = polls = polls_per_operation(sim)
+    assert first >= 8, polls
+    assert all(n <= 5 for n in later), polls
     assert len(repo.videos()) == 3
 
 
