@@ -51,7 +51,7 @@ class Progress(Reporter):
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(file=self.out, highlight=False, soft_wrap=True)
+            self._console = Console(file=self.out, highlight=False, emoji=False, soft_wrap=True)
         return self._console
 
     # -- the events ------------------------------------------------------------------------------

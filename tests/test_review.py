@@ -209,3 +209,39 @@ def test_the_plain_table_is_laid_out_cell_by_cell() -> None:
         out = io.StringIO()
         _table(out, headers, rows, rest="9 unchanged")
         assert out.getvalue() == by_cells(headers, rows) + "(9 unchanged)\n"
+
+
+def test_the_summary_says_the_same_lines_to_a_pipe_and_a_terminal() -> None:
+    """The apply summary goes to a pipe as plain lines written at once (rich cost 0.2 ms a line),
+    to a terminal through rich: both say the same text, brackets and emoji codes as they are."""
+    import io
+    import re
+
+    from reconciler.engine import Summary
+    from reconciler.lifecycle import Outcome, OutcomeState
+    from reconciler.report import render_summary
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    summary = Summary(polls=3, spent=0.8, estimate=1.6, fatal="refused [401] :smile:")
+    summary.outcomes = [
+        Outcome("a", OutcomeState.MATERIALIZED, "placed", path="videos/a.0123.mp4"),
+        Outcome("b[1]", OutcomeState.FAILED, "rejected: [bold]not[/bold] a prompt :thumbs_up:"),
+        Outcome("c", OutcomeState.MATERIALIZED, "up to date"),
+    ]
+    expected = [
+        "Apply incomplete: 1 failed, 1 materialized, 1 up to date",
+        "  b[1]: failed: rejected: [bold]not[/bold] a prompt :thumbs_up:",
+        "  wrote videos/a.0123.mp4",
+        "Spent $0.80 on POSTs that may be billed (estimated $1.60).",
+        "3 polls for 1 video(s) written.",
+        "Stopped: refused [401] :smile:",
+    ]
+    pipe, terminal = io.StringIO(), Terminal()
+    render_summary(summary, pipe)
+    render_summary(summary, terminal)
+    assert pipe.getvalue() == "".join(line + "\n" for line in expected)
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue())
+    assert [line.rstrip() for line in shown.splitlines()] == expected
