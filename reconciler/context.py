@@ -9,11 +9,13 @@ transition.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from queue import SimpleQueue
 from typing import Any
 
 from .client import VeoClient
@@ -79,7 +81,7 @@ class Context:
     # The task working on a name in this run (apply) or daemon, for chains: an extension waits
     # for its source's task before it is submitted.
     source_task: Callable[[str], asyncio.Task[Any] | None] = lambda _name: None
-    _thread: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _thread: StateThread | None = field(default=None, repr=False)
 
     def budget(self) -> list[Window]:
         """The day and month budgets in force now (reconcile.yaml's ``budget``)."""
@@ -92,22 +94,86 @@ class Context:
         One thread, not asyncio's pool of several: the store serializes its calls on one lock
         anyway, and threads that wake for a few microseconds of work each, contending for that
         lock and the GIL, cost more than the work (an apply of 1,000 specs made over 600,000
-        futex calls). Calls run in the order they were made."""
+        futex calls). Calls run in the order they were made (``StateThread``)."""
         if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="state")
-        call = asyncio.get_running_loop().run_in_executor(
-            self._thread, partial(fn, *args, **kwargs)
-        )
+            self._thread = StateThread()
+        return await self._thread.call(partial(fn, *args, **kwargs))
+
+
+class StateThread:
+    """One thread that runs blocking calls in order, each handed back to the event loop.
+
+    Leaner than ``run_in_executor`` on a one-thread pool, which made every call a concurrent
+    future (a Condition each), a work item, a semaphore's Condition, a chained asyncio future and
+    a shield: 30-70 us of CPU a hop, five hops a spec. Here a call is a queue entry and one loop
+    future. A call once queued always runs to its end, and its caller waits for that even when
+    cancelled (a stop's grace ending): cancelled while queued behind another, it must still run,
+    or the operation name a POST was just answered with would be lost (the spec unknown)."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[_Call | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="state", daemon=True)
+        self._thread.start()
+        # Daemon, so an exit never waits on it unasked; stopped and joined at exit, so a call
+        # queued before the interpreter ends still runs (as the pool's workers were joined).
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        atexit.unregister(self.stop)
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        call = _Call(fn, asyncio.get_running_loop())
+        self._queue.put(call)
         try:
-            return await asyncio.shield(call)
+            return await call.future
         except asyncio.CancelledError:
-            # A call once asked for runs to its end even when its task is cancelled (a stop's
-            # grace ending): cancelled while queued behind another, it would never run, and the
-            # operation name a POST was just answered with would be lost (the spec unknown).
-            while not call.done():
+            while not call.settled:  # further cancels are absorbed until the call has ended
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(call)
+                    await call.ended()
             raise
+
+    def _serve(self) -> None:
+        while (call := self._queue.get()) is not None:
+            call.run()
+
+
+class _Call:
+    __slots__ = ("_ended", "_error", "_result", "fn", "future", "loop", "settled")
+
+    def __init__(self, fn: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.fn, self.loop = fn, loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.settled = False
+        self._ended: asyncio.Future[None] | None = None
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:  # on the state thread
+        try:
+            self._result = self.fn()
+        except BaseException as exc:  # handed to the caller, whatever it is
+            self._error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:  # on the event loop
+        self.settled = True
+        if not self.future.cancelled():
+            if self._error is not None:
+                self.future.set_exception(self._error)
+            else:
+                self.future.set_result(self._result)
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+        self._error = None  # no cycle through the traceback
+
+    def ended(self) -> asyncio.Future[None]:
+        if self._ended is None or self._ended.done():
+            self._ended = self.loop.create_future()
+        return self._ended
 
 
 class KeyWork:

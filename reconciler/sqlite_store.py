@@ -132,6 +132,10 @@ _OUTPUT_COLUMNS = tuple(f.name for f in fields(Output))
 _OUTPUT_SET = frozenset(_OUTPUT_COLUMNS)
 _SELECT_GENERATIONS = f"SELECT {', '.join(lifecycle.COLUMNS)} FROM generations"
 _SELECT_ONE = f"{_SELECT_GENERATIONS} WHERE spec_key = ?"
+# sqlite 3.35 and later hand a written row back (RETURNING): a transition needs no second read.
+_RETURNING = (
+    f" RETURNING {', '.join(lifecycle.COLUMNS)}" if sqlite3.sqlite_version_info >= (3, 35) else ""
+)
 # Events committed without an fsync (synchronous=NORMAL): lost only to a power cut, each is found
 # again for free by the next run (a poll, a download within the provider's two days, a repair).
 RELAXED = frozenset({
@@ -160,6 +164,7 @@ class SqliteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             _switch_to_wal(conn, busy_timeout)
             conn.execute("PRAGMA synchronous = NORMAL")  # FULL per transaction: see tx()
+            self._durable = False  # what synchronous is set to now
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: not a usable state db ({exc})") from None
         self.conn = conn
@@ -193,8 +198,11 @@ class SqliteStore:
                     self._depth -= 1
                 return
             self.check()
-            if durable:
-                conn.execute("PRAGMA synchronous = FULL")
+            if self._durable is not durable:
+                # Switched only when it changes: a run of claims, or of downloads, pays nothing
+                # for it (two statements a transaction, each a release of the GIL).
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
             try:
@@ -206,8 +214,6 @@ class SqliteStore:
                 conn.execute("COMMIT")
             finally:
                 self._depth = 0
-                if durable:
-                    conn.execute("PRAGMA synchronous = NORMAL")
 
     exclusive = tx
 
@@ -326,15 +332,15 @@ class SqliteStore:
                 change.update(spec_key=key, created_at=now, version=1)
                 cols = ", ".join(change)
                 marks = ", ".join("?" * len(change))
-                conn.execute(
-                    f"INSERT INTO generations ({cols}) VALUES ({marks})", [*change.values()]
-                )
+                sql = f"INSERT INTO generations ({cols}) VALUES ({marks})"
+                args = [*change.values()]
             else:
                 cols = ", ".join(f"{k} = ?" for k in change)
-                conn.execute(
-                    f"UPDATE generations SET {cols}, version = version + 1 WHERE spec_key = ?",
-                    [*change.values(), key],
-                )
+                sql = f"UPDATE generations SET {cols}, version = version + 1 WHERE spec_key = ?"
+                args = [*change.values(), key]
+            # The row as this transaction leaves it (the ledger below does not touch it): with
+            # RETURNING, from the write itself, not a second read.
+            rows = conn.execute(sql + _RETURNING, args).fetchall()
             if move.ledger is not None:
                 name = change.get("name") or (current.name if current else None)
                 operation = change.get("operation") or (current.operation if current else None)
@@ -345,8 +351,9 @@ class SqliteStore:
                     [key, name, now, kind or move.ledger, operation, status, message, self.owner,
                      cost, sha256],
                 )  # fmt: skip
-            # The row as this transaction leaves it, read inside it: no second read after.
-            return _row_in(conn, key)
+            if not _RETURNING:
+                return _row_in(conn, key)  # sqlite before 3.35: read inside the transaction
+            return _generation(rows[0])
 
     def spent(self, since: str) -> float:
         with self._lock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import time
 
@@ -15,6 +16,7 @@ from engines import Apply, Recorder, api, race, read_status_and_plan, tuning, un
 
 from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.engine import Engine, Summary
+from reconciler.errors import StateError
 from reconciler.lifecycle import ActionKind
 from reconciler.money import run_limit
 from reconciler.sim import op_error
@@ -251,6 +253,8 @@ def test_a_state_call_runs_even_when_its_task_is_cancelled_while_queued(repo: Re
         task = asyncio.ensure_future(accepted())
         await asyncio.sleep(0.1)
         task.cancel()
+        await asyncio.sleep(0.05)
+        task.cancel()  # a second cancel while it waits for the call is absorbed too
         with pytest.raises(asyncio.CancelledError):
             await task
         assert ran == ["operations/123"]  # before the cancel was let through
@@ -261,3 +265,34 @@ def test_a_state_call_runs_even_when_its_task_is_cancelled_while_queued(repo: Re
     finally:
         ws.close()
     assert ran == ["operations/123"]
+
+
+def test_state_calls_run_in_order_and_hand_back_results_and_errors(repo: Repo) -> None:
+    """The state thread runs calls in the order they were made, one at a time, and hands each
+    caller its result or its exception (any: a StateError, a sqlite error, a KeyboardInterrupt)."""
+    ws = Workspace(repo.path)
+    ctx = Engine(ws).ctx
+    order: list[int] = []
+
+    def step(i: int) -> int:
+        order.append(i)
+        time.sleep(0.001 * (i % 3))
+        return i * i
+
+    def fails(exc: BaseException) -> None:
+        raise exc
+
+    async def main() -> None:
+        order.clear()
+        squares = await asyncio.gather(*(ctx.db(step, i) for i in range(200)))
+        assert squares == [i * i for i in range(200)] and order == list(range(200))
+        for exc in (StateError("db gone"), sqlite3.OperationalError("locked"), KeyboardInterrupt()):
+            with pytest.raises(type(exc)):
+                await ctx.db(fails, exc)
+        assert await ctx.db(step, 7) == 49  # the thread goes on after each
+
+    try:
+        asyncio.run(main())
+        asyncio.run(main())  # a second loop (a second apply of the daemon) uses the same thread
+    finally:
+        ws.close()

@@ -236,6 +236,40 @@ def test_wal_mode(store: Store, db_path: Path) -> None:
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
+def test_each_transaction_commits_at_its_own_durability(store: Store) -> None:
+    """synchronous is switched only when it changes: whatever ran before, a durable transaction
+    commits with FULL (its commit fsyncs the WAL) and a relaxed one with NORMAL."""
+    for durable in [True, True, False, False, True, False, True]:
+        with store.tx(durable=durable) as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == (2 if durable else 1)
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["RETURNING", "sqlite before 3.35"])
+def test_a_transition_returns_the_row_it_left(
+    store: Store, db_path: Path, returning: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row a transition hands back is the row in the db, whether sqlite returned it from the
+    write (3.35+) or it was read again inside the transaction (older sqlite)."""
+    import reconciler.sqlite_store as sqlite_store
+
+    if not returning:
+        monkeypatch.setattr(sqlite_store, "_RETURNING", "")
+    elif not sqlite_store._RETURNING:
+        pytest.skip("this sqlite has no RETURNING")  # nothing to hold the fallback to
+    moves = [
+        lambda: claim(store),
+        lambda: store.transition("k1", Event.ACCEPTED, operation="operations/1"),
+        lambda: store.transition("k1", Event.FINISHED, video_uri="https://v/1", file_id="f1"),
+        lambda: store.transition("k1", Event.DOWNLOADED, sha256="ab" * 32, bytes=10),
+    ]
+    for move in moves:
+        moved = move()
+        assert moved is not None and moved == store.get("k1")
+    assert moved.state is MATERIALIZED and moved.version == 4 and moved.op_failures == 0
+    (row,) = raw(db_path, "SELECT state, version FROM generations")
+    assert row == ("materialized", 4)
+
+
 # -- the claim ---------------------------------------------------------------------------------
 
 

@@ -252,19 +252,32 @@ def test_only_the_writes_around_the_post_wait_for_the_disk(tmp_path: Path) -> No
     store = SqliteStore(tmp_path / "state.db")
     seed = Generation(spec_key="k", name="a", model=MODEL, resolution="720p", duration=8,
                       state=State.NEW, cost=1.2)  # fmt: skip
+    # The mode in effect at each commit: the store switches it only when it changes, so it is
+    # followed across transitions (the last switch before this COMMIT, else the one before).
+    mode = ["FULL" if store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2 else "NORMAL"]
     seen = statements(store)
+    switches: list[int] = []
 
     def sync_of(event: Event, **kw: object) -> str:
         seen.clear()
         assert store.transition("k", event, **kw) is not None  # type: ignore[arg-type]
-        pragmas = [s for s in seen if s.startswith("PRAGMA synchronous")]
-        begin = seen.index("BEGIN IMMEDIATE")
-        return pragmas[0] if pragmas and seen.index(pragmas[0]) < begin else "NORMAL"
+        until_commit = seen[: seen.index("COMMIT")]
+        for statement in until_commit:
+            if statement.startswith("PRAGMA synchronous ="):
+                mode[0] = statement.rsplit(" ", 1)[-1]
+        switches.append(sum(s.startswith("PRAGMA synchronous") for s in seen))
+        assert seen.index("BEGIN IMMEDIATE") > max(
+            (i for i, s in enumerate(until_commit) if s.startswith("PRAGMA")), default=-1
+        )  # switched before the transaction, never inside it
+        return mode[0]
 
     assert sync_of(Event.SUBMIT, seed=seed).endswith("FULL")
     assert sync_of(Event.ACCEPTED, operation="operations/x").endswith("FULL")
     assert sync_of(Event.FINISHED, video_uri="u", file_id="f") == "NORMAL"
     assert sync_of(Event.DOWNLOADED, sha256="0" * 64, bytes=1) == "NORMAL"
+    # Two of a kind in a row switch nothing: the operation name after its claim, the download
+    # after the finish (two statements, each a release of the GIL, saved per transaction).
+    assert switches[1] == 0 and switches[3] == 0 and switches[2] == 1
     store.close()
     # What was committed is there for the next process (killed or not: no fsync needed for that).
     with closing(sqlite3.connect(tmp_path / "state.db")) as conn:
