@@ -148,9 +148,8 @@ class Engine:
         try:
             return await self._run_action(action, client, slots, opts)
         finally:
-            if not self._batched:
+            if not self._batched:  # each download drops its own spare copy (generate)
                 await self._synced()
-                await asyncio.to_thread(self.ws.cache.drop_spares)
 
     async def _synced(self) -> None:
         """Wait for the deferred fsyncs of the videos written; a disk that refuses one is said

@@ -149,15 +149,20 @@ def _downloaded(
     """Record the downloaded bytes, then place them when that is the next step (``next_step``'s
     PLACE: materialized, cached): one hop to the state thread where there were two. The row, the
     cache check, and the placement's Outcome or None (not placed: the task goes on from the row)."""
-    moved = ws.gens.transition(spec.key, Event.DOWNLOADED, expect_file_id=file_id, sha256=sha,
-                               bytes=size)  # fmt: skip
-    done, cached = _looked(ws, moved)
-    if done is None:
-        return None, False, None
-    failpoints.hit("after_cached")
-    if not (place and cached and done.state is State.MATERIALIZED and done.sha256):
-        return done, cached, None
-    return done, cached, outputs.place(ws, spec, done.sha256, defer_sync=True)
+    try:
+        moved = ws.gens.transition(spec.key, Event.DOWNLOADED, expect_file_id=file_id,
+                                   sha256=sha, bytes=size)  # fmt: skip
+        done, cached = _looked(ws, moved)
+        if done is None:
+            return None, False, None
+        failpoints.hit("after_cached")
+        if not (place and cached and done.state is State.MATERIALIZED and done.sha256):
+            return done, cached, None
+        return done, cached, outputs.place(ws, spec, done.sha256, defer_sync=True)
+    finally:
+        # Its output's copy, if no placement took it: this download's alone (the daemon runs
+        # others at once, whose copies are on their way to their own placement).
+        ws.cache.drop_spares(sha)
 
 
 class _KeyTask(KeyWork):

@@ -213,11 +213,16 @@ class ObjectCache:
                 spare = (os.fdopen(sfd, "wb"), Path(stmp))
         return Incoming(self, os.fdopen(fd, "wb"), Path(tmp), spare)
 
-    def drop_spares(self) -> None:
+    def drop_spares(self, sha256: str | None = None) -> None:
         """Delete the spare copies no placement took (its file was already in place, or the
-        spec moved on); a killed process's are swept as any temp file (files.sweep_temp)."""
-        spares, self.spares = self.spares, {}
-        for path in spares.values():
+        spec moved on): one object's, once its download's placement is over, or every one left
+        at the end of a run. A killed process's are swept as any temp file (files.sweep_temp)."""
+        if sha256 is not None:
+            dropped = [path] if (path := self.spares.pop(sha256, None)) else []
+        else:
+            spares, self.spares = self.spares, {}
+            dropped = list(spares.values())
+        for path in dropped:
             with contextlib.suppress(OSError):
                 path.unlink()
 

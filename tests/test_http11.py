@@ -281,6 +281,13 @@ def test_the_output_copy_is_written_in_the_same_pass_and_renamed_into_place(
     again.write(data[:100])
     again.commit(defer_sync=True)
     assert cache.spares[sha2] == leftover
+    # One download's spare is dropped alone once its placement is over: another download's,
+    # still on its way to its own placement (the daemon runs several at once), is kept.
+    third = cache.begin(videos)
+    third.write(data[:200])
+    sha3, _ = third.commit(defer_sync=True)
+    cache.drop_spares(sha3)
+    assert sha3 not in cache.spares and cache.spares[sha2] == leftover and leftover.exists()
     cache.drop_spares()
     assert not leftover.exists() and sorted(p.name for p in videos.iterdir()) == ["clip.mp4"]
     # No spare (an earlier run's object): the copy is made as before.
