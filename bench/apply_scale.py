@@ -40,9 +40,40 @@ SPEC = "name: {name}\nmodel: veo-3.1-fast-generate-preview\nprompt: Scale bench 
 POLL = 0.2
 
 
-def children_cpu() -> float:
+def children_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of the children waited for so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime, usage.ru_stime
+
+
+# The disk's part, measured in the same run: each video apply wrote, written again as apply
+# writes it (twice: the cache object and the output's copy, each a new temp file renamed into
+# place), then every file and folder fsynced once, as the syncer does. Run in a child of its
+# own after the apply, beside its folders, so its CPU is read as the apply's was.
+FILES_FLOOR = """
+import os, resource, sys
+root, videos = sys.argv[1], sys.argv[2]
+bodies = [open(os.path.join(videos, n), "rb").read() for n in sorted(os.listdir(videos))
+          if n.endswith(".mp4")]
+u0 = resource.getrusage(resource.RUSAGE_SELF)
+synced = []
+for i, body in enumerate(bodies):
+    for folder, name in ((f"objects/{i % 256:02x}", f"{i:064x}"), ("videos", f"v{i}.mp4")):
+        folder = os.path.join(root, folder)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".incoming.{i}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, body)
+        os.close(fd)
+        os.replace(tmp, os.path.join(folder, name))
+        synced.append(os.path.join(folder, name))
+for path in synced + sorted({os.path.dirname(p) for p in synced}):
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+u1 = resource.getrusage(resource.RUSAGE_SELF)
+print(u1.ru_utime - u0.ru_utime, u1.ru_stime - u0.ru_stime)
+"""
 
 
 def run(specs: int, concurrency: int, latency: float) -> dict[str, float]:
@@ -66,7 +97,7 @@ def run(specs: int, concurrency: int, latency: float) -> dict[str, float]:
         start = time.monotonic()
         proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
         wall = time.monotonic() - start
-        cpu = children_cpu() - cpu0
+        user, system = (after - before for after, before in zip(children_cpu(), cpu0, strict=True))
         if proc.returncode != 0:
             said = [ln for ln in proc.stderr.splitlines() if not ln.startswith("INFO")]
             tail = "\n".join(said[-15:])
@@ -74,9 +105,15 @@ def run(specs: int, concurrency: int, latency: float) -> dict[str, float]:
         videos = len(list((repo / "videos").iterdir()))
         stats = sim.stats()
         duplicates = sum(max(0, sim.posts_for(f"clip {i}.") - 1) for i in range(specs))
+        floor = subprocess.run([sys.executable, "-c", FILES_FLOOR, str(repo / "floor"),
+                                str(repo / "videos")], capture_output=True, text=True, check=True)  # fmt: skip
+        files_user, files_system = map(float, floor.stdout.split())
     return {
         "wall": wall,
-        "cpu": cpu,
+        "cpu": user + system,
+        "user": user,
+        "system": system,
+        "files": files_user + files_system,
         "videos": videos,
         "duplicates": duplicates,
         "posts": stats["paid_posts"],
@@ -107,6 +144,11 @@ def main() -> int:
     print(f"apply  wall {result['wall']:6.1f} s, ratio {ratio:4.2f}x ideal   target: <= 1.1x")
     print(f"cpu    {result['cpu']:6.1f} s: {cpu_ms:5.1f} ms per spec "
           f"({result['cpu'] / result['wall'] * 100:.0f}% of one core)   target: <= 5 ms")  # fmt: skip
+    print(f"       user {result['user'] * 1000 / specs:.1f} + system "
+          f"{result['system'] * 1000 / specs:.1f} ms per spec; of it, the disk's own part (each "
+          "video written as")  # fmt: skip
+    print(f"       two new files, renamed, fsynced; measured in this run): "
+          f"{result['files'] * 1000 / specs:.1f} ms per spec")  # fmt: skip
     print(f"wire   {result['connections']:.0f} TCP connections, {result['posts']:.0f} POSTs, "
           f"{result['polls']:.0f} polls ({result['polls'] / specs:.1f} per operation), "
           f"{result['downloads']:.0f} downloads")  # fmt: skip
