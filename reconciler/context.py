@@ -112,6 +112,7 @@ class StateThread:
 
     def __init__(self) -> None:
         self._queue: SimpleQueue[_Call | None] = SimpleQueue()
+        self.calls = 0  # calls made: what a spec's steps cost in hops (tests hold it down)
         self._thread = threading.Thread(target=self._serve, name="state", daemon=True)
         self._thread.start()
         # Daemon, so an exit never waits on it unasked; stopped and joined at exit, so a call
@@ -126,6 +127,7 @@ class StateThread:
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         call = _Call(fn, asyncio.get_running_loop())
+        self.calls += 1
         self._queue.put(call)
         try:
             return await call.future

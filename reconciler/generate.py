@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from functools import partial
 
 from . import failpoints, outputs
 from .client import VeoClient
@@ -41,21 +42,11 @@ from .pacing import with_retries
 from .plan import Action, Options, claims_for
 from .shutdown import Stopping
 from .spec import Desired
-from .submit import Submission
+from .submit import Submission, claimed_elsewhere
 from .wire import OpResult
 from .workspace import Workspace
 
 FOLLOW_PENDING_TURNS = 3  # poll intervals a follower waits for a pending row to be claimed
-
-
-def claimed_elsewhere(gen: Generation, waited: float) -> str:
-    """Whose claim a follower gave up waiting on, and the ways to take it over."""
-    return (
-        f"being submitted by {gen.owner} (claimed {gen.submitted_at}); waited {waited:.0f}s. If "
-        f"that process is gone, `reconcile resolve {gen.name} --abandoned` records the "
-        "submission as unknown, then `reconcile resolve --operation` or "
-        "`apply --resubmit-unknown`"
-    )
 
 
 async def place(ctx: Context, spec: Desired, sha: str) -> Outcome:
@@ -143,12 +134,15 @@ def _looked(ws: Workspace, gen: Generation | None) -> tuple[Generation | None, b
     return gen, bool(gen and gen.sha256 and ws.cache.has(gen.sha256))
 
 
+Recorded = tuple[Generation | None, bool, Outcome | None]  # what ``_downloaded`` says
+
+
 def _downloaded(
     ws: Workspace, spec: Desired, file_id: str | None, sha: str, size: int, *, place: bool
-) -> tuple[Generation | None, bool, Outcome | None]:
+) -> Recorded:
     """Record the downloaded bytes, then place them when that is the next step (``next_step``'s
-    PLACE: materialized, cached): one hop to the state thread where there were two. The row, the
-    cache check, and the placement's Outcome or None (not placed: the task goes on from the row)."""
+    PLACE: materialized, cached), in the hop that committed them (``Landing.finish_then``). The
+    row, the cache check, and the placement's Outcome, or None: the task goes on from the row."""
     try:
         moved = ws.gens.transition(spec.key, Event.DOWNLOADED, expect_file_id=file_id,
                                    sha256=sha, bytes=size)  # fmt: skip
@@ -160,9 +154,7 @@ def _downloaded(
             return done, cached, None
         return done, cached, outputs.place(ws, spec, done.sha256, defer_sync=True)
     finally:
-        # Its output's copy, if no placement took it: this download's alone (the daemon runs
-        # others at once, whose copies are on their way to their own placement).
-        ws.cache.drop_spares(sha)
+        ws.cache.drop_spares(sha)  # its own (the daemon's others are on their way to placing)
 
 
 class _KeyTask(KeyWork):
@@ -371,21 +363,31 @@ class _KeyTask(KeyWork):
         Outcome when they were placed in the same hop (the usual end of a spec's task)."""
         ctx = self.ctx
 
+        recorded: Recorded | None = None
+
+        def record(done: tuple[str, int], *, wanted: bool) -> Recorded:
+            failpoints.hit("after_download")
+            return _downloaded(ctx.ws, self.spec, gen.file_id, *done, place=wanted)
+
         async def once() -> tuple[str, int]:
+            nonlocal recorded
             # The output's folder (its name waits for the hash): its copy is written as it lands.
             folder = (ctx.ws.repo / ctx.ws.output_path(self.spec.name, "")).parent
-            # A small video is committed on the state thread (one hop), unless committing
-            # uploads it to a bucket: that network call must not hold every claim behind it.
+            # A small video is committed, recorded and placed in one hop to the state thread,
+            # unless committing uploads it to a bucket: that call must not hold every claim.
             run = ctx.db if ctx.ws.cache.remote is None else None
             landing = Landing(ctx.ws.cache, run, spare_in=folder)
             try:
                 await self.client.download(
                     gen.video_uri or "", gen.file_id, landing.feed, pour=landing.pour
                 )
-                done = await landing.finish()
+                # Checked before the hop that may place it, as ``place`` checks before its own.
+                wanted = ctx.still_wanted(self.spec.name, self.key)
+                done, recorded = await landing.finish_then(partial(record, wanted=wanted))
             finally:
                 await landing.close()
-            failpoints.hit("after_download")
+            if recorded is None:
+                failpoints.hit("after_download")
             return done
 
         self.report.downloading(self.spec.name, gen.operation)
@@ -418,10 +420,11 @@ class _KeyTask(KeyWork):
             await self.move(Event.DOWNLOAD_FAILED, expect_operation=gen.operation,
                             message=message, kind=FileExpired.kind)  # fmt: skip
             raise FileExpired(message, status=404) from None
-        # Checked here, before the hop that may place it, as ``place`` checks before its own.
-        wanted = ctx.still_wanted(self.spec.name, self.key)
-        done, cached, placed = await ctx.db(_downloaded, ctx.ws, self.spec, gen.file_id, sha,
-                                            size, place=wanted)  # fmt: skip
+        if recorded is None:  # a large video, committed on its own thread: one hop more
+            wanted = ctx.still_wanted(self.spec.name, self.key)
+            recorded = await ctx.db(_downloaded, ctx.ws, self.spec, gen.file_id, sha, size,
+                                    place=wanted)  # fmt: skip
+        done, cached, placed = recorded
         if placed is not None:
             ctx.reporter.materialized(self.spec.name, placed.message)
             return placed

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import failpoints
 from .errors import TransientError
@@ -31,6 +31,7 @@ from .objects import Incoming, ObjectCache
 if TYPE_CHECKING:
     from .http11 import RawBody
 
+T = TypeVar("T")
 PIECE = 1 << 20
 AHEAD = 2  # pieces handed to the writer, not yet written: 2 MiB more RSS at most (8: 6 MiB)
 
@@ -120,14 +121,32 @@ class Landing:
 
     async def finish(self) -> tuple[str, int]:
         """Write what is left, check the container, commit under the hash: (sha256, size)."""
+        done, _ = await self.finish_then(None)
+        return done
+
+    async def finish_then(
+        self, then: Callable[[tuple[str, int]], T] | None
+    ) -> tuple[tuple[str, int], T | None]:
+        """``finish``, and ``then``'s result when it ran in the same hop, right after the commit
+        (a small video, committed where ``run`` puts it: the caller's state work then costs no
+        hop of its own); else None: a large video is committed on the download's own thread,
+        and the caller runs it where it belongs."""
         rest = self._take()
         if self._writer is None:
-            done: tuple[str, int] = await self._run(self._complete, rest)
+            done: tuple[tuple[str, int], T | None] = await self._run(
+                self._complete_then, rest, then
+            )
             return done
         while self._inflight:
             await self._inflight.popleft()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._complete, rest)
+        return await loop.run_in_executor(self._writer, self._complete, rest), None
+
+    def _complete_then(
+        self, rest: list[bytes], then: Callable[[tuple[str, int]], T] | None
+    ) -> tuple[tuple[str, int], T | None]:
+        done = self._complete(rest)
+        return done, then(done) if then is not None else None
 
     async def close(self) -> None:
         """Drop whatever was not committed (safe after ``finish``), and the writer thread. The

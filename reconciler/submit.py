@@ -34,6 +34,16 @@ from .lifecycle import TRANSITIONS, Event, Generation, Intent, OutcomeState, rem
 MAX_IN_RUN_WAIT = 300.0  # longer Retry-After waits end the run for that spec instead
 
 
+def claimed_elsewhere(gen: Generation, waited: float) -> str:
+    """Whose claim a follower gave up waiting on, and the ways to take it over."""
+    return (
+        f"being submitted by {gen.owner} (claimed {gen.submitted_at}); waited {waited:.0f}s. If "
+        f"that process is gone, `reconcile resolve {gen.name} --abandoned` records the "
+        "submission as unknown, then `reconcile resolve --operation` or "
+        "`apply --resubmit-unknown`"
+    )
+
+
 class Submission(KeyWork):
     recorded: Generation | None = None  # the row the operation name's commit returned
 

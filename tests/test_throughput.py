@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import API_KEY, SPEC, Repo, png_bytes
+from engines import Apply
 
 from reconciler import sim as simmod
 from reconciler.client import DOWNLOAD_SLOTS, POLL_SLOTS, VeoClient
@@ -46,6 +47,20 @@ def test_polls_and_downloads_share_a_few_kept_alive_connections(repo: Repo, sim:
     assert len(repo.videos()) == 20 and sim.paid_posts == 20
     assert sim.polls >= 20 and sim.downloads == 20
     assert sim.connections <= 20 + POLL_SLOTS + DOWNLOAD_SLOTS, sim.connections
+
+
+def test_a_new_spec_costs_four_hops_to_the_state_thread(repo: Repo, sim: Simulator) -> None:
+    """Each hop to the state thread costs CPU (a wake of both threads, the GIL handed back and
+    forth: 30-100 us). A new spec makes four: the claim, the operation name (each its own commit,
+    never merged: DESIGN.md), the operation finished, and its bytes committed, recorded and
+    placed together (a small video)."""
+    write_specs(repo, 6)
+    with Apply(repo, concurrency=3) as run:
+        summary = asyncio.run(run.run())
+        assert summary.ok and len(summary.written) == 6
+        state = run.engine.ctx._thread
+        assert state is not None and state.calls == 4 * 6, state.calls
+    assert len(repo.videos()) == 6 and sim.paid_posts == 6
 
 
 def polls_per_operation(sim: Simulator) -> list[int]:
