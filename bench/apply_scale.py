@@ -46,6 +46,19 @@ def children_cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
+# How fast this machine runs Python now: the CPU time of a fixed loop, in a child like the apply.
+# A shared VM's speed swings between sittings (the same apply took 4.4 and 7.5 ms per spec an
+# hour apart): figures from two sittings compare only alongside this one.
+SPEED = """
+import resource
+u0 = resource.getrusage(resource.RUSAGE_SELF)
+x = 0
+for i in range(5_000_000):
+    x += i
+u1 = resource.getrusage(resource.RUSAGE_SELF)
+print(u1.ru_utime - u0.ru_utime + u1.ru_stime - u0.ru_stime)
+"""
+
 # The disk's part, measured in the same run: each video apply wrote, written again as apply
 # writes it (twice: the cache object and the output's copy, each a new temp file renamed into
 # place), then every file and folder fsynced once, as the syncer does. Run in a child of its
@@ -93,6 +106,8 @@ def run(specs: int, concurrency: int, latency: float) -> dict[str, float]:
         # measured run compiling): otherwise 0.1 s of compiling counts against the run.
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "reconciler")],
                        env=env, check=True, capture_output=True)  # fmt: skip
+        speed = subprocess.run([sys.executable, "-c", SPEED], capture_output=True, text=True,
+                               check=True)  # fmt: skip
         cpu0 = children_cpu()
         start = time.monotonic()
         proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
@@ -114,6 +129,7 @@ def run(specs: int, concurrency: int, latency: float) -> dict[str, float]:
         "user": user,
         "system": system,
         "files": files_user + files_system,
+        "speed": float(speed.stdout),
         "videos": videos,
         "duplicates": duplicates,
         "posts": stats["paid_posts"],
@@ -149,6 +165,8 @@ def main() -> int:
           "video written as")  # fmt: skip
     print(f"       two new files, renamed, fsynced; measured in this run): "
           f"{result['files'] * 1000 / specs:.1f} ms per spec")  # fmt: skip
+    print(f"speed  a fixed Python loop (5M additions): {result['speed'] * 1000:.0f} ms of CPU here, "
+          "now (the VM's speed moves between sittings)")  # fmt: skip
     print(f"wire   {result['connections']:.0f} TCP connections, {result['posts']:.0f} POSTs, "
           f"{result['polls']:.0f} polls ({result['polls'] / specs:.1f} per operation), "
           f"{result['downloads']:.0f} downloads")  # fmt: skip
