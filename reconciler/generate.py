@@ -383,7 +383,8 @@ class _KeyTask(KeyWork):
                 )
                 # Checked before the hop that may place it, as ``place`` checks before its own.
                 wanted = ctx.still_wanted(self.spec.name, self.key)
-                done, recorded = await landing.finish_then(partial(record, wanted=wanted))
+                then = partial(record, wanted=wanted) if run else None  # state work: its thread
+                done, recorded = await landing.finish_then(then)
             finally:
                 await landing.close()
             if recorded is None:
