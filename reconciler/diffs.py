@@ -7,7 +7,6 @@ replaced under the same name. Pure: two ``Desired.describe()`` dicts in, lines o
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 CONTEXT_WORDS = 4  # unchanged words kept on each side of a prompt change; the rest is "…"
@@ -35,6 +34,8 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def prompt_diff(old: str, new: str) -> str:
     """A word diff: removed words in ``[-…-]``, added ones in ``{+…+}``, long unchanged runs cut."""
+    import difflib  # here: only a replaced prompt needs it (1.3 ms of every plan's imports)
+
     a, b = old.split(), new.split()
     parts: list[str] = []
     opcodes = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
