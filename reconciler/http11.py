@@ -204,7 +204,7 @@ class Response(Body):
         buffered = conn.reader._buffer  # type: ignore[attr-defined]  # what the stream read
         head = bytes(buffered[: self._length])
         del buffered[: len(head)]
-        self._raw = RawBody(sock, head, self._length or 0, self._pool.timeout)
+        self._raw = RawBody(sock.dup(), head, self._length or 0, self._pool.timeout)
         return self._raw
 
     def _drop(self) -> None:
@@ -218,6 +218,7 @@ class Response(Body):
         blocked on its thread, a cancelled download's, returns at once)."""
         raw, self._raw = self._raw, None
         if raw is not None and raw.whole and self._conn is not None:
+            raw.close()
             conn, self._conn = self._conn, None
             transport: Any = conn.writer.transport
             if not getattr(conn.reader, "_paused", False):  # else its next read resumes it
@@ -226,6 +227,7 @@ class Response(Body):
             return
         if raw is not None:
             raw.abort()
+            raw.close()
         self._drop()
 
 

@@ -35,7 +35,10 @@ class RawBody:
     """The rest of a Content-Length body (``Response.raw``), read by ``pour`` on a thread."""
 
     def __init__(self, sock: Any, head: bytes, size: int, timeout: float) -> None:
-        self._sock = sock  # the transport's: shut by ``abort``, never read here
+        # A duplicate of the transport's socket, this body's own: a plain socket whichever loop
+        # made the transport (uvloop's own socket object can neither be read nor shut down).
+        # Shut by ``abort``, closed by ``close``; ``pour`` reads a duplicate of its own.
+        self._sock = sock
         self._head = head  # what the stream had read of the body already
         self.size = size
         self._timeout = timeout
@@ -76,3 +79,7 @@ class RawBody:
         """Shut the connection (from the loop): a read blocked in ``pour`` returns now."""
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Let this body's duplicate go (the connection stays the transport's)."""
+        self._sock.close()

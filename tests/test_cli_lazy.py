@@ -272,3 +272,27 @@ def test_a_command_started_with_its_output_closed_runs(
         )  # fmt: skip
     assert result.returncode == 0, out.read_text()
     assert "Traceback" not in out.read_text()
+
+
+def test_commands_run_on_uvloop_unless_asked_for_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply and watch run their loop on uvloop where it is installed, on asyncio's with
+    RECONCILE_EVENT_LOOP=asyncio; any other value is one clear error, before anything runs."""
+    import asyncio
+
+    import uvloop
+
+    from reconciler.cli.common import run_loop
+    from reconciler.errors import ReconcileError
+
+    async def which() -> type:
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop())
+
+    monkeypatch.delenv("RECONCILE_EVENT_LOOP", raising=False)
+    assert run_loop(which) is uvloop.Loop
+    monkeypatch.setenv("RECONCILE_EVENT_LOOP", "asyncio")
+    assert issubclass(run_loop(which), asyncio.BaseEventLoop)
+    assert not issubclass(run_loop(which), uvloop.Loop)
+    monkeypatch.setenv("RECONCILE_EVENT_LOOP", "trio")
+    with pytest.raises(ReconcileError, match="RECONCILE_EVENT_LOOP: 'trio' is not one of"):
+        run_loop(which)

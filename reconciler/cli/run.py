@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import CostLimitExceeded, ReconcileError
-from .common import asset_repo, friendly, load_valid, make_options, run_options
+from .common import asset_repo, friendly, load_valid, make_options, run_loop, run_options
 
 if TYPE_CHECKING:
     from .. import planfile
@@ -208,8 +208,6 @@ def _guard(
 
 def _run(engine: Engine, the_plan: Plan, options: Options) -> Summary:
     """Run the plan; the first SIGINT/SIGTERM stops cleanly, a second at once (``shutdown``)."""
-    import asyncio
-
     from ..shutdown import handling_signals, name_of
 
     def announce(signum: int) -> None:
@@ -222,7 +220,7 @@ def _run(engine: Engine, the_plan: Plan, options: Options) -> Summary:
         with handling_signals(engine.stop, announce=announce):
             return await engine.apply(the_plan, options=options)
 
-    return asyncio.run(main())
+    return run_loop(main)
 
 
 @click.command()
@@ -262,8 +260,6 @@ def watch(
     sim: bool,
 ) -> None:
     """Run as a daemon: reconcile whenever specs change, and every --resync seconds."""
-    import asyncio
-
     from ..daemon import Daemon, DaemonSettings
     from ..engine import Engine
     from ..money import run_limit
@@ -278,7 +274,7 @@ def watch(
             engine = Engine(ws, api=api, tuning=tuning, reporter=progress)
             engine.ctx.run_limit = run_limit(None, ws.config.budget_per_run)
             settings = DaemonSettings(resync=resync, settle=settle)
-            code = asyncio.run(Daemon(engine, settings).run())
+            code = run_loop(Daemon(engine, settings).run)
         finally:
             ws.close()
     sys.exit(code)
