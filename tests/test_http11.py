@@ -167,6 +167,34 @@ def test_a_proxy_in_the_environment_hands_the_requests_to_httpx(
     assert isinstance(httpproxy.pool(timeout=1, connect_timeout=1, keep=1), ProxiedPool)
 
 
+def test_the_proxy_variables_are_read_as_the_standard_library_reads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``environment_proxies`` (no import of urllib.request at start-up) gives what
+    ``urllib.request.getproxies_environment`` gives, over 3,000 environments of upper, lower
+    and mixed-case names, empty values, NO_PROXY and a CGI script's REQUEST_METHOD."""
+    import random
+    import urllib.request
+
+    names = ["HTTP_PROXY", "http_proxy", "Http_Proxy", "HTTPS_PROXY", "https_proxy",
+             "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "FTP_PROXY", "socks_proxy",
+             "HTTP_PROXY_X", "PROXY", "_proxy", "REQUEST_METHOD", "http_PROXY"]  # fmt: skip
+    values = ["", "http://a.invalid:3128", "http://b.invalid", "localhost"]
+    rng = random.Random(11)
+    for key in list(os.environ):
+        if key.lower().endswith("_proxy") or key == "REQUEST_METHOD":
+            monkeypatch.delenv(key)
+    for _ in range(3000):
+        env = {name: rng.choice(values) for name in rng.sample(names, rng.randint(0, 6))}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert httpproxy.environment_proxies(os.environ) == (
+            urllib.request.getproxies_environment()
+        ), env
+        for name in env:
+            monkeypatch.delenv(name)
+
+
 def test_https_verifies_certificates() -> None:
     context = http11.tls_context()
     assert context.verify_mode.name == "CERT_REQUIRED" and context.check_hostname

@@ -643,3 +643,23 @@ def test_no_db_is_opened_or_migrated_through_sqlite_utils(tmp_path: Path) -> Non
         assert ran.stdout.strip() == "False", (name, ran.stderr)
     assert not (tmp_path / "missing.db").exists()
     assert schema(tmp_path / "old.db") == schema(tmp_path / "new.db")
+
+
+def test_now_is_written_in_utc_to_the_second_across_a_second_boundary() -> None:
+    """The stamp every transition writes (formatted once a second, then reused) is the UTC time
+    datetime gives, to the second, on either side of a second's turn."""
+    from datetime import UTC, datetime
+
+    from reconciler.owners import now_iso
+
+    def utc() -> str:
+        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    seen = set()
+    deadline = time.monotonic() + 1.2  # at least one second turns
+    while time.monotonic() < deadline:
+        before, stamp, after = utc(), now_iso(), utc()
+        assert before <= stamp <= after, (before, stamp, after)
+        seen.add(stamp)
+        time.sleep(0.01)
+    assert len(seen) >= 2
