@@ -29,10 +29,14 @@ class StopFlag:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._pausing: set[asyncio.Future[None]] = set()  # the pauses a request cuts short
         self.signal: int | None = None  # the signal that asked, if one did
 
     def request(self) -> None:
+        """Ask to stop (on the loop's thread: a signal's handler hands it there)."""
         self._event.set()
+        for waiter in self._pausing:
+            _wake(waiter)
 
     @property
     def requested(self) -> bool:
@@ -42,15 +46,31 @@ class StopFlag:
         await self._event.wait()
 
     async def pause(self, seconds: float) -> bool:
-        """Sleep unless asked to stop; False when stopping."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout=seconds)
+        """Sleep unless asked to stop; False when stopping. One future and one timer: every
+        poll waits here, and ``wait_for`` on the event made a task, a timeout and two futures
+        each time."""
+        if self.requested:
+            return False
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _wake, waiter)
+        self._pausing.add(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._pausing.discard(waiter)
         return not self.requested
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, or raise ``Stopping`` as soon as a stop is requested."""
         if not await self.pause(seconds):
             raise Stopping
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def settle(tasks: Iterable[asyncio.Task[Any]], grace: float) -> None:

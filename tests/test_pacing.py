@@ -301,3 +301,34 @@ def test_ready_says_when_a_turn_would_not_wait() -> None:
     unmetered, clock = pacer()
     assert unmetered.ready()
     assert turn_times(unmetered, clock, 3) == [0.0] * 3 and unmetered.ready()
+
+
+def test_a_pause_ends_at_its_time_or_at_once_when_a_stop_is_asked() -> None:
+    """Every poll waits in ``StopFlag.pause``: it sleeps its time (True), ends at once when a
+    stop is asked meanwhile or was before (False), and a cancelled pause leaves nothing behind."""
+    import time
+
+    from reconciler.shutdown import StopFlag, Stopping
+
+    async def main() -> None:
+        flag = StopFlag()
+        started = time.monotonic()
+        assert await flag.pause(0.05) is True
+        assert time.monotonic() - started >= 0.05
+        many = [asyncio.ensure_future(flag.pause(30)) for _ in range(20)]
+        asyncio.get_running_loop().call_later(0.05, flag.request)
+        started = time.monotonic()
+        assert await asyncio.gather(*many) == [False] * 20
+        assert time.monotonic() - started < 5
+        assert await flag.pause(30) is False  # asked before: at once
+        with pytest.raises(Stopping):
+            await flag.sleep(30)
+        other = StopFlag()
+        task = asyncio.ensure_future(other.pause(30))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not other._pausing and not other.requested
+
+    asyncio.run(main())
