@@ -126,6 +126,8 @@ class StateThread:
         atexit.unregister(self.stop)
 
     async def call(self, fn: Callable[[], Any]) -> Any:
+        if not self._thread.is_alive():  # stopped (at exit): queued, it would never run
+            raise RuntimeError("the state thread has stopped")
         call = _Call(fn, asyncio.get_running_loop())
         self.calls += 1
         self._queue.put(call)

@@ -133,9 +133,13 @@ _OUTPUT_SET = frozenset(_OUTPUT_COLUMNS)
 _SELECT_GENERATIONS = f"SELECT {', '.join(lifecycle.COLUMNS)} FROM generations"
 _SELECT_ONE = f"{_SELECT_GENERATIONS} WHERE spec_key = ?"
 # sqlite 3.35 and later hand a written row back (RETURNING): a transition needs no second read.
+# Its REAL columns cast: RETURNING hands back the value as written, before the column's affinity
+# (a cost of 8 would come back 8 where any later read gives 8.0).
 _RETURNING = (
-    f" RETURNING {', '.join(lifecycle.COLUMNS)}" if sqlite3.sqlite_version_info >= (3, 35) else ""
-)
+    " RETURNING " + ", ".join(
+        f"CAST({c} AS REAL)" if c in ("cost", "claimed_at") else c for c in lifecycle.COLUMNS
+    ) if sqlite3.sqlite_version_info >= (3, 35) else ""
+)  # fmt: skip
 # Events committed without an fsync (synchronous=NORMAL): lost only to a power cut, each is found
 # again for free by the next run (a poll, a download within the provider's two days, a repair).
 RELAXED = frozenset({

@@ -296,3 +296,8 @@ def test_state_calls_run_in_order_and_hand_back_results_and_errors(repo: Repo) -
         asyncio.run(main())  # a second loop (a second apply of the daemon) uses the same thread
     finally:
         ws.close()
+    state = ctx._thread
+    assert state is not None
+    state.stop()  # as at exit: a call made after it is refused, never left waiting forever
+    with pytest.raises(RuntimeError, match="state thread has stopped"):
+        asyncio.run(ctx.db(step, 1))

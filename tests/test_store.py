@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -268,6 +269,11 @@ def test_a_transition_returns_the_row_it_left(
     assert moved.state is MATERIALIZED and moved.version == 4 and moved.op_failures == 0
     (row,) = raw(db_path, "SELECT state, version FROM generations")
     assert row == ("materialized", 4)
+    # A whole-number cost comes back as the column keeps it (a float), as a read gives it.
+    whole = store.transition("k2", Event.SUBMIT, seed=replace(generation("k2", "b"), cost=3))
+    assert whole is not None and whole.cost == 3.0 and type(whole.cost) is float
+    again = store.get("k2")
+    assert again is not None and type(again.claimed_at) is type(whole.claimed_at) is float
 
 
 # -- the claim ---------------------------------------------------------------------------------
