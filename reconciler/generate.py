@@ -143,6 +143,7 @@ def _downloaded(
     """Record the downloaded bytes, then place them when that is the next step (``next_step``'s
     PLACE: materialized, cached), in the hop that committed them (``Landing.finish_then``). The
     row, the cache check, and the placement's Outcome, or None: the task goes on from the row."""
+    failpoints.hit("after_download")
     try:
         moved = ws.gens.transition(spec.key, Event.DOWNLOADED, expect_file_id=file_id,
                                    sha256=sha, bytes=size)  # fmt: skip
@@ -362,12 +363,7 @@ class _KeyTask(KeyWork):
         """Stream the video into the cache (retried whole), then record the verified bytes; the
         Outcome when they were placed in the same hop (the usual end of a spec's task)."""
         ctx = self.ctx
-
-        recorded: Recorded | None = None
-
-        def record(done: tuple[str, int], *, wanted: bool) -> Recorded:
-            failpoints.hit("after_download")
-            return _downloaded(ctx.ws, self.spec, gen.file_id, *done, place=wanted)
+        recorded: Recorded | None = None  # set when the commit's hop recorded it too
 
         async def once() -> tuple[str, int]:
             nonlocal recorded
@@ -383,12 +379,13 @@ class _KeyTask(KeyWork):
                 )
                 # Checked before the hop that may place it, as ``place`` checks before its own.
                 wanted = ctx.still_wanted(self.spec.name, self.key)
-                then = partial(record, wanted=wanted) if run else None  # state work: its thread
+                then = (
+                    partial(_downloaded, ctx.ws, self.spec, gen.file_id, place=wanted)
+                    if run else None  # state work: on the state thread only
+                )  # fmt: skip
                 done, recorded = await landing.finish_then(then)
             finally:
                 await landing.close()
-            if recorded is None:
-                failpoints.hit("after_download")
             return done
 
         self.report.downloading(self.spec.name, gen.operation)

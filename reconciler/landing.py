@@ -125,7 +125,7 @@ class Landing:
         return done
 
     async def finish_then(
-        self, then: Callable[[tuple[str, int]], T] | None
+        self, then: Callable[[str, int], T] | None
     ) -> tuple[tuple[str, int], T | None]:
         """``finish``, and ``then``'s result when it ran in the same hop, right after the commit
         (a small video, committed where ``run`` puts it: the caller's state work then costs no
@@ -143,10 +143,10 @@ class Landing:
         return await loop.run_in_executor(self._writer, self._complete, rest), None
 
     def _complete_then(
-        self, rest: list[bytes], then: Callable[[tuple[str, int]], T] | None
+        self, rest: list[bytes], then: Callable[[str, int], T] | None
     ) -> tuple[tuple[str, int], T | None]:
         done = self._complete(rest)
-        return done, then(done) if then is not None else None
+        return done, then(*done) if then is not None else None
 
     async def close(self) -> None:
         """Drop whatever was not committed (safe after ``finish``), and the writer thread. The
