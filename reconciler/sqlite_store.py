@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from . import lifecycle
 from .errors import StateError
@@ -133,11 +133,12 @@ _OUTPUT_SET = frozenset(_OUTPUT_COLUMNS)
 _SELECT_GENERATIONS = f"SELECT {', '.join(lifecycle.COLUMNS)} FROM generations"
 _SELECT_ONE = f"{_SELECT_GENERATIONS} WHERE spec_key = ?"
 # sqlite 3.35 and later hand a written row back (RETURNING): a transition needs no second read.
-# Its REAL columns cast: RETURNING hands back the value as written, before the column's affinity
-# (a cost of 8 would come back 8 where any later read gives 8.0).
+# The record's float columns cast: RETURNING hands back the value as written, before the REAL
+# column's affinity (a cost of 8 would come back 8 where any later read gives 8.0).
+_FLOATS = {n for n, t in get_type_hints(Generation).items() if t is float or float in get_args(t)}
 _RETURNING = (
     " RETURNING " + ", ".join(
-        f"CAST({c} AS REAL)" if c in ("cost", "claimed_at") else c for c in lifecycle.COLUMNS
+        f"CAST({c} AS REAL)" if c in _FLOATS else c for c in lifecycle.COLUMNS
     ) if sqlite3.sqlite_version_info >= (3, 35) else ""
 )  # fmt: skip
 # Events committed without an fsync (synchronous=NORMAL): lost only to a power cut, each is found
