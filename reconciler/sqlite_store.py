@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any
 
 from . import lifecycle
 from .errors import StateError
@@ -135,7 +135,8 @@ _SELECT_ONE = f"{_SELECT_GENERATIONS} WHERE spec_key = ?"
 # sqlite 3.35 and later hand a written row back (RETURNING): a transition needs no second read.
 # The record's float columns cast: RETURNING hands back the value as written, before the REAL
 # column's affinity (a cost of 8 would come back 8 where any later read gives 8.0).
-_FLOATS = {n for n, t in get_type_hints(Generation).items() if t is float or float in get_args(t)}
+# (Read off the fields' annotations as written: typing.get_type_hints took 0.6 ms at import.)
+_FLOATS = {f.name for f in fields(Generation) if "float" in str(f.type)}
 _RETURNING = (
     " RETURNING " + ", ".join(
         f"CAST({c} AS REAL)" if c in _FLOATS else c for c in lifecycle.COLUMNS
